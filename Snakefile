@@ -1,0 +1,21 @@
+# synthmed: language-guided diffusion on medical images, one reproducible workflow.
+# This file is the table of contents; each stage lives in rules/<stage>.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# config.yaml is the demo study; `--configfile resources/presets/X.yaml` replaces it (not merged into it).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,37 @@
+"""Shared fixtures: small synthetic manifests built in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflow.manifest import label_column
+
+LABELS = ("A", "B", "C", "D")
+
+
+def make_manifest(n_patients: int, seed: int = 0, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
+    """A manifest with 1-4 images per patient and correlated, imbalanced labels."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    prevalence = np.linspace(0.05, 0.4, len(labels))
+    for p in range(n_patients):
+        base = rng.random(len(labels)) < prevalence
+        for i in range(int(rng.integers(1, 5))):
+            flips = rng.random(len(labels)) < 0.1
+            values = np.where(flips, ~base, base).astype(float)
+            rows.append(
+                {
+                    "image_id": f"patient{p:05d}/study{i + 1}/view1",
+                    "patient_id": f"patient{p:05d}",
+                    "path": "x",
+                }
+                | {label_column(name): v for name, v in zip(labels, values, strict=True)}
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def manifest() -> pd.DataFrame:
+    return make_manifest(400)

@@ -1,0 +1,136 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workflow.adapters import build_manifest
+from workflow.errors import InputError
+from workflow.labels import CHEXPERT_LABELS
+
+HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS, "Site"]
+
+
+def _write(root, rows):
+    for row in rows:
+        path = root / row[0]
+        if "missing" not in row[0]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    labels = {name: "" for name in CHEXPERT_LABELS}
+    table = pd.DataFrame(
+        [
+            dict(zip(HEADER[:5], r[:5], strict=True)) | labels | {"Cardiomegaly": r[5], "Site": "s1"}
+            for r in rows
+        ],
+        columns=HEADER,
+    )
+    table.to_csv(root / "train.csv", index=False)
+    return root / "train.csv"
+
+
+@pytest.fixture
+def chexpert(tmp_path):
+    rows = [
+        ("CheXpert-v1.0/train/patient00001/study1/view1_frontal.jpg", "Female", 68, "Frontal", "AP", 1.0),
+        ("CheXpert-v1.0/train/patient00001/study1/view2_lateral.jpg", "Female", 68, "Lateral", "", -1.0),
+        ("CheXpert-v1.0/train/patient00002/study2/view1_frontal.jpg", "Male", 40, "Frontal", "PA", None),
+        ("CheXpert-v1.0/train/patient00003/study1/missing.jpg", "Male", 50, "Frontal", "PA", 0.0),
+        ("CheXpert-v1.0/train/nopatient/study1/view1_frontal.jpg", "Male", 50, "Frontal", "PA", 0.0),
+    ]
+    return _write(tmp_path, rows), tmp_path
+
+
+def _dataset(csv, root, **extra):
+    settings = {"csv": str(csv), "image_root": str(root), "extra_columns": {"site": "Site"}} | extra
+    return {
+        "adapter": "chexpert",
+        "labels": list(CHEXPERT_LABELS),
+        "uncertain_policy": "ones",
+        "blank_policy": "zeros",
+        "chexpert": settings,
+    }
+
+
+def test_manifest_from_chexpert_csv(chexpert):
+    csv, root = chexpert
+    result = build_manifest(_dataset(csv, root))
+    table = result.manifest.set_index("image_id")
+    first = table.loc["CheXpert-v1.0/train/patient00001/study1/view1_frontal"]
+    assert first["patient_id"] == "patient00001"
+    assert first["study_id"] == "patient00001/study1"
+    assert (first["sex"], first["age"], first["view"], first["projection"]) == ("female", 68, "frontal", "AP")
+    assert first["site"] == "s1"
+    assert first["path"] == str(root / "CheXpert-v1.0/train/patient00001/study1/view1_frontal.jpg")
+    lateral = table.loc["CheXpert-v1.0/train/patient00001/study1/view2_lateral"]
+    assert lateral["label_Cardiomegaly"] == 1.0  # U-Ones
+    assert table.loc["CheXpert-v1.0/train/patient00002/study2/view1_frontal", "label_Cardiomegaly"] == 0.0
+    assert len(table) == 3
+
+
+def test_rejections_have_rows_and_reasons(chexpert):
+    csv, root = chexpert
+    rejected = build_manifest(_dataset(csv, root)).rejected
+    reasons = dict(zip(rejected["row"].tolist(), rejected["reason"], strict=True))
+    assert reasons == {
+        5: "image file not found",
+        6: "Path has no 'patientNNNNN' part, so the patient id is unknown",
+    }
+    assert set(rejected["stage"]) == {"adapter"}
+    assert set(rejected["source"]) == {str(csv)}
+
+
+def test_frontal_only_is_a_filter_not_an_error(chexpert):
+    csv, root = chexpert
+    result = build_manifest(_dataset(csv, root, frontal_only=True))
+    filtered = result.rejected[result.rejected["stage"] == "filter"]
+    assert filtered["row"].tolist() == [3]
+    assert "frontal_only" in filtered["reason"].iloc[0]
+    assert (result.manifest["view"] == "frontal").all()
+
+
+def test_missing_column_and_file_name_the_config_key(chexpert, tmp_path):
+    csv, root = chexpert
+    with pytest.raises(InputError, match=r"dataset\.chexpert\.csv = .*file not found"):
+        build_manifest(_dataset(tmp_path / "nope.csv", root))
+    pd.read_csv(csv).drop(columns=["Age"]).to_csv(csv, index=False)
+    with pytest.raises(InputError, match=r"lacks column\(s\) \['Age'\]"):
+        build_manifest(_dataset(csv, root))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"extra_columns": {"site": "Scanner"}}, "dataset.chexpert.extra_columns.site = 'Scanner'"),
+        ({"tabular": {"bmi": "BMI"}}, "dataset.chexpert.tabular.bmi = 'BMI'"),
+    ],
+)
+def test_missing_mapped_column_names_the_config_key_and_file(chexpert, extra, message):
+    csv, root = chexpert
+    with pytest.raises(InputError) as caught:
+        build_manifest(_dataset(csv, root, **extra))
+    assert message in str(caught.value)
+    assert f"'{csv}' has no such column" in str(caught.value)
+
+
+def test_unknown_extra_column_key_is_an_error(chexpert):
+    csv, root = chexpert
+    with pytest.raises(
+        InputError, match=r"dataset\.chexpert\.extra_columns has unknown key\(s\) \['scanner'\]"
+    ):
+        build_manifest(_dataset(csv, root, extra_columns={"scanner": "Site"}))
+
+
+def test_age_that_is_not_a_number_names_the_row(chexpert):
+    csv, root = chexpert
+    table = pd.read_csv(csv).astype({"Age": object})
+    table.loc[2, "Age"] = "forty"
+    table.to_csv(csv, index=False)
+    with pytest.raises(InputError, match=r"train\.csv' row 4 column 'Age' holds 'forty'"):
+        build_manifest(_dataset(csv, root))
+
+
+def test_unknown_adapter_is_a_clear_error():
+    with pytest.raises(InputError, match=r"dataset\.adapter = 'dicomweb' is unknown"):
+        build_manifest(
+            {"adapter": "dicomweb", "labels": [], "uncertain_policy": "zeros", "blank_policy": "zeros"}
+        )
