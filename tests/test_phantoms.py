@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workflow import phantoms
+from workflow import phantom_render, phantoms
 from workflow.errors import InputError
 from workflow.labels import CHEXPERT_LABELS
 
@@ -161,8 +161,8 @@ def _study(seed: int = 5, size: int = 64):
 
 def test_cardiomegaly_widens_the_heart_only():
     anatomy, pose, clean, noise = _study()
-    before, mask_before = phantoms.render(anatomy, pose, clean, noise)
-    after, mask_after = phantoms.render(
+    before, mask_before = phantom_render.render(anatomy, pose, clean, noise)
+    after, mask_after = phantom_render.render(
         anatomy, pose, replace(clean, present=frozenset({"Cardiomegaly"})), noise
     )
     assert (mask_after == 2).sum() > 1.3 * (mask_before == 2).sum()
@@ -177,8 +177,8 @@ def test_cardiomegaly_widens_the_heart_only():
 @pytest.mark.parametrize("finding", ["Pleural Effusion", "Pneumothorax", "Consolidation", "Lung Opacity"])
 def test_lung_findings_change_only_the_lungs(finding):
     anatomy, pose, clean, noise = _study()
-    before, mask = phantoms.render(anatomy, pose, clean, noise)
-    after, _ = phantoms.render(anatomy, pose, replace(clean, present=frozenset({finding})), noise)
+    before, mask = phantom_render.render(anatomy, pose, clean, noise)
+    after, _ = phantom_render.render(anatomy, pose, replace(clean, present=frozenset({finding})), noise)
     changed = after != before
     assert changed.any()
     near_lungs = np.zeros_like(changed)
@@ -189,8 +189,8 @@ def test_lung_findings_change_only_the_lungs(finding):
 
 def test_support_device_is_a_thin_bright_curve_in_the_mask():
     anatomy, pose, clean, noise = _study()
-    before, _ = phantoms.render(anatomy, pose, clean, noise)
-    after, mask = phantoms.render(
+    before, _ = phantom_render.render(anatomy, pose, clean, noise)
+    after, mask = phantom_render.render(
         anatomy, pose, replace(clean, present=frozenset({"Support Devices"})), noise
     )
     device = mask == 3
@@ -201,7 +201,7 @@ def test_support_device_is_a_thin_bright_curve_in_the_mask():
 @pytest.mark.parametrize("size", [256, 512])
 def test_renders_at_larger_sizes(size):
     anatomy, pose, findings, noise = _study(size=size)
-    image, mask = phantoms.render(
+    image, mask = phantom_render.render(
         anatomy, pose, replace(findings, present=frozenset(phantoms.RENDERED)), noise
     )
     assert image.shape == mask.shape == (size, size)
