@@ -16,6 +16,7 @@ $(BIN)/snakemake: pyproject.toml
 
 demo: $(BIN)/snakemake
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --report results/report.html
 
 test: $(BIN)/snakemake
 	$(BIN)/pytest -q
@@ -36,3 +37,21 @@ dag: $(BIN)/snakemake
 
 clean:
 	rm -rf results logs .snakemake
+
+# `snakemake --profile slurm` (a profile by name) searches ./slurm, then Snakemake's user config folder
+# ($XDG_CONFIG_HOME/snakemake, default ~/.config/snakemake; platformdirs), then /etc/xdg/snakemake.
+# install-profile links profiles/slurm there, and never replaces a profile the user already has.
+SNAKEMAKE_PROFILES = $${XDG_CONFIG_HOME:-$$HOME/.config}/snakemake
+.PHONY: install-profile
+install-profile:
+	@target="$(SNAKEMAKE_PROFILES)/slurm"; source="$(CURDIR)/profiles/slurm"; \
+	if [ -L "$$target" ] && [ "$$(readlink "$$target")" = "$$source" ]; then \
+		echo "$$target already links to $$source"; \
+	elif [ -e "$$target" ] || [ -L "$$target" ]; then \
+		echo "error: $$target exists and is not this checkout's profile; leaving it alone." >&2; \
+		echo "Move it away and run 'make install-profile' again, or use --profile $$source" >&2; \
+		exit 1; \
+	else \
+		mkdir -p "$$(dirname "$$target")" && ln -s "$$source" "$$target" && \
+		echo "installed $$target -> $$source: 'snakemake --profile slurm' now uses it"; \
+	fi

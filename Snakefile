@@ -13,6 +13,15 @@ if not workflow.overwrite_configfiles:
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/prompts.smk"
+include: "rules/diffusion.smk"
+include: "rules/classifier.smk"
+include: "rules/evaluation.smk"
+include: "rules/report.smk"
+
+
+# `snakemake --report results/report.html`: this text opens the report; rules mark outputs with report().
+report: "resources/report/workflow.rst"
 
 
 rule all:

@@ -21,9 +21,23 @@ def as_json(section):
     return json.dumps(section, sort_keys=True)
 
 
+def without_gpus(section, **extra):
+    """A config section (plus ``extra`` keys) as JSON for a script, less its `gpus` key: the GPU count
+    is the job's resource (`resources: gpu=`), not a setting of the computation."""
+    return as_json({k: v for k, v in section.items() if k != "gpus"} | extra)
+
+
 def final_outputs():
     """Everything `snakemake` builds by default: the end products of every stage."""
-    return [f"{DATA}/dataset.parquet", f"{DATA}/data_report.json"]
+    return [
+        f"{DATA}/dataset.parquet",
+        f"{DATA}/data_report.json",
+        *prompt_outputs(),
+        *diffusion_outputs(),
+        *classifier_outputs(),
+        *evaluation_outputs(),
+        *report_outputs(),
+    ]
 
 
 def adapter_tables():

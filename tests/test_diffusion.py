@@ -1,0 +1,259 @@
+"""Diffusion stage library: seeds, sampling plan and labels, base-model errors, LoRA round trip, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from workflow import checkpoints, export, finetune, latent_cache, sampling, sd_models
+from workflow.errors import InputError
+from workflow.seeding import derive_seed, text_key
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "resources" / "config.schema.yaml")
+RESOLUTION = 32
+
+
+def defaults() -> dict:
+    """The diffusion section of a config with every default filled in."""
+    config = {"dataset": {"chexpert": {"csv": "x.csv", "image_root": "."}}, "diffusion": {}}
+    validate(config, SCHEMA)
+    return config["diffusion"]
+
+
+def train_settings(**changes) -> finetune.TrainSettings:
+    section = defaults()
+    settings = {k: v for k, v in section["train"].items() if k != "gpus"}
+    settings |= {"method": "lora", "lora": section["lora"], "learning_rate": 1e-2, "validation_prompts": 2}
+    settings |= {"validation_inference_steps": 2, "batch_size": 4, "caption_dropout": 0.2} | changes
+    return finetune.TrainSettings.from_dict(settings)
+
+
+def sample_settings(**changes) -> sampling.SampleSettings:
+    section = {k: v for k, v in defaults()["sample"].items() if k != "gpus"}
+    section |= {"steps": 3, "resolution": RESOLUTION, "images_per_prompt": 3, "batch_size": 2} | changes
+    return sampling.SampleSettings.from_dict(section)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "tiny-sd"
+    sd_models.build_tiny(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny) -> Path:
+    """A dataset of 12 random images, a prompts table with 3 prompts, and their latent cache."""
+    root = tmp_path_factory.mktemp("study")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        path = root / f"img{i}.png"
+        from PIL import Image
+
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(path)
+        rows.append({"image_id": f"p{i}/s1/v1", "image": str(path), "sex": ["female", "male"][i % 2]})
+    dataset = pd.DataFrame(rows)
+    dataset["age"] = 40.0 + np.arange(12)
+    dataset["label_A"] = [1.0, 1.0, 0.0, 1.0] * 3
+    for column in ("race", "site", "view", "projection"):
+        dataset[column] = "x"
+    dataset.to_parquet(root / "dataset.parquet")
+    prompts = pd.DataFrame({"image_id": dataset["image_id"], "prompt_id": [0, 0, 1, 2] * 3})
+    prompts["prompt"] = prompts["prompt_id"].map({0: "chest x-ray a", 1: "chest x-ray b", 2: "chest x-ray c"})
+    prompts["selected"] = True
+    prompts.loc[11, "selected"] = False
+    prompts.to_parquet(root / "prompts.parquet")
+    settings = {"resolution": RESOLUTION, "random_flip": True, "batch_size": 5}
+    latent_cache.build(
+        str(root / "dataset.parquet"), str(root / "prompts.parquet"), "tiny", str(tiny), settings, 0,
+        str(root / "cache.safetensors"),
+    )  # fmt: skip
+    return root
+
+
+def test_seeds_are_stable_and_distinct():
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    seeds = {derive_seed(s, text_key(str(p)), i) for s in (0, 1) for p in range(20) for i in range(5)}
+    assert len(seeds) == 200
+    assert text_key("7") == int.from_bytes(__import__("hashlib").sha256(b"7").digest()[:8], "little")
+
+
+def test_consensus_labels_agree_majority_or_missing():
+    assert sampling.majority_label(pd.Series([1.0, 1.0, np.nan])) == 1.0
+    assert sampling.majority_label(pd.Series([1.0, 0.0, 0.0])) == 0.0
+    assert np.isnan(sampling.majority_label(pd.Series([1.0, 0.0])))
+    assert sampling.majority_text(pd.Series(["male", "male", "female"])) == "male"
+    assert sampling.majority_text(pd.Series(["male", "female"])) is pd.NA
+
+
+def test_plan_labels_ids_and_shards(study):
+    table = sampling.prompt_table(str(study / "prompts.parquet"), str(study / "dataset.parquet"))
+    assert table["prompt_id"].tolist() == [0, 1, 2]
+    assert table["source_images"].tolist() == [6, 3, 2]  # image 11 (prompt 2) is not selected
+    assert table["label_A"].tolist() == [1.0, 0.0, 1.0]
+    three = sampling.plan(table, sample_settings(shards=3))
+    one = sampling.plan(table, sample_settings(shards=1))
+    assert three["image_id"].iloc[0] == "synthetic/0/0" and (three["patient_id"] == three["image_id"]).all()
+    assert three["seed"].tolist() == one["seed"].tolist()
+    assert three["batch"].tolist() == one["batch"].tolist()
+    assert three["shard"].is_monotonic_increasing and set(three["shard"]) == {0, 1, 2}
+    assert sampling.plan(table, sample_settings(max_prompts=1))["prompt_id"].unique().tolist() == [0]
+
+
+def test_cache_holds_both_flips_and_the_empty_prompt(study):
+    cache = latent_cache.LatentCache(str(study / "cache.safetensors"))
+    assert len(cache) == 11 and cache.flips == 2 and cache.latent_size == RESOLUTION // 2
+    assert cache.prompts == ["chest x-ray a", "chest x-ray b", "chest x-ray c"]
+    assert cache.posteriors(torch.tensor([3, 0])).shape == (2, 2, 8, 16, 16)
+    assert "random-init tiny SD" in cache.provenance["weights"]
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ("/nonexistent/sd-1.5", "is not 'tiny', an existing diffusers folder"),
+        (".", "has no model_index.json"),
+    ],
+)
+def test_unknown_base_model_names_the_key(base, message):
+    with pytest.raises(InputError, match=f"diffusion.base_model.*{message}"):
+        sd_models.resolve_base(base, "unused")
+
+
+def test_hub_ids_and_tiny_resolve(tiny):
+    assert sd_models.resolve_base("runwayml/stable-diffusion-v1-5", tiny) == "runwayml/stable-diffusion-v1-5"
+    assert sd_models.resolve_base("tiny", tiny) == str(tiny)
+    assert sd_models.resolve_base(str(tiny), "unused") == str(tiny)
+
+
+@pytest.mark.parametrize(
+    ("edit", "names"),
+    [
+        (lambda d: d.update(lora={"rank": 0}), r"(?s)0 is less than the minimum of 1.*\['lora'\]\['rank'\]"),
+        (lambda d: d.update(resolution=36), r"(?s)36 is not a multiple of 8.*\['resolution'\]"),
+        (lambda d: d["sample"].update(scheduler="euler"), r"(?s)'euler' is not one of.*\['scheduler'\]"),
+        (lambda d: d["train"].update(mixed_precision="fp8"), "fp8"),
+    ],
+)
+def test_invalid_diffusion_config_names_the_key(edit, names):
+    config = copy.deepcopy(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    edit(config["diffusion"])
+    with pytest.raises(WorkflowError, match=names):
+        validate(config, SCHEMA)
+
+
+def test_ema_is_refused_for_lora():
+    with pytest.raises(InputError, match=r"diffusion\.train\.ema"):
+        train_settings(ema=True)
+
+
+def test_lora_save_and_reload_give_identical_samples(tiny, study, tmp_path):
+    lora = defaults()["lora"] | {"target_modules": ["to_q", "to_k", "to_v", "conv_out"]}  # linear and conv
+    settings = train_settings(max_steps=3, lora=lora)
+    cache = latent_cache.LatentCache(str(study / "cache.safetensors"))
+    unet = finetune.build_unet(str(tiny), settings, torch.float32)
+    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-2)
+    scheduler = sd_models.load_pipeline(str(tiny)).scheduler
+    for micro in range(3):
+        latents, text = finetune.batch_inputs(
+            cache, finetune.batch_indices(11, settings, 1, 0, micro), settings, "cpu"
+        )
+        finetune.diffusion_loss(unet, latents, text, scheduler, settings).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    export.save_model(unet, None, settings, "tiny", str(tiny), str(tmp_path / "lora"), "random-init tiny SD")
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert all("lora" in key for key in load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
+    unet.eval()
+    in_memory = sd_models.load_pipeline(str(tiny), unet=unet)
+    reloaded = export.load_trained(str(tmp_path / "lora"))
+    base = sd_models.load_pipeline(str(tiny))
+    prompts, seeds, options = ["chest x-ray a", "chest x-ray c"], [1, 2], sample_settings(grayscale=False)
+    first, second, untrained = (
+        np.stack(sampling.generate(p, prompts, seeds, options)) for p in (in_memory, reloaded, base)
+    )
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, untrained)
+
+
+def test_checkpoints_keep_the_newest_of_the_same_settings(tmp_path):
+    for step in (5, 10, 15):
+        checkpoints.save(tmp_path, {"step": step, "fingerprint": "aaaa", "w": torch.ones(2) * step}, keep=2)
+    checkpoints.save(tmp_path, {"step": 20, "fingerprint": "bbbb"}, keep=2)
+    (tmp_path / ".checkpoint-00000025-aaaa.pt.x.tmp").write_bytes(b"half")
+    assert checkpoints.newest(tmp_path, "aaaa")["step"] == 15
+    checkpoints.discard_foreign(tmp_path, "aaaa")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint-00000010-aaaa.pt", "checkpoint-00000015-aaaa.pt"]
+    assert checkpoints.newest(tmp_path, "cccc") is None
+
+
+def run_training(study: Path, tiny: Path, out: Path, settings: dict) -> subprocess.Popen:
+    """Start `scripts.diffusion train` (as the rule does, one CPU process) in the background."""
+    paths = {
+        name: str(out / name) for name in ("model", "report", "loss", "grid", "checkpoints", "validation")
+    }
+    paths["report"] += ".json"
+    paths["loss"] += ".png"
+    paths["grid"] += ".png"
+    command = [
+        sys.executable, "-m", "scripts.diffusion", "train", "--cache", str(study / "cache.safetensors"),
+        "--base-model", "tiny", "--tiny", str(tiny), "--settings", json.dumps(settings), "--gpus", "0",
+        *[arg for name, path in paths.items() for arg in (f"--{name}", path)],
+    ]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_killed_training_resumes_to_the_same_weights(tiny, study, tmp_path):
+    """SIGKILL after the first checkpoint, then start again: the result equals an uninterrupted run,
+    bitwise on the CPU (losses, EMA weights)."""
+    raw = {k: v for k, v in defaults()["train"].items() if k != "gpus"}
+    raw |= {"method": "full", "lora": defaults()["lora"], "max_steps": 20, "batch_size": 2, "ema": True}
+    raw |= {"ema_decay": 0.9, "learning_rate": 1e-3, "checkpoint_steps": 5, "snr_gamma": 5.0}
+    raw |= {"noise_offset": 0.05, "caption_dropout": 0.2, "validation_inference_steps": 2}
+    finetune.TrainSettings.from_dict(raw)  # valid settings
+    whole = run_training(study, tiny, tmp_path / "whole", raw)
+    killed = run_training(study, tiny, tmp_path / "killed", raw)
+    folder = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(folder.glob("checkpoint-*.pt")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert (
+        list(folder.glob("checkpoint-00000005-*.pt")) and not (tmp_path / "killed" / "report.json").exists()
+    )
+    resumed = run_training(study, tiny, tmp_path / "killed", raw)
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert whole.wait() == 0, whole.stderr.read()
+    report = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert report["resumed_from_step"] >= 5 and report["steps"] == 20
+    reference = json.loads((tmp_path / "whole" / "report.json").read_text())
+    assert report["losses"] == reference["losses"]
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a, b = (
+        load_file(tmp_path / "whole" / "model" / weights),
+        load_file(tmp_path / "killed" / "model" / weights),
+    )
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not list((tmp_path / "killed" / "checkpoints").glob("checkpoint-*.pt"))

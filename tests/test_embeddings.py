@@ -1,0 +1,85 @@
+"""DINO-style CLS embeddings with a tiny randomly initialised ViT built offline; shards and their merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workflow import embeddings, prompt_stage
+from workflow.errors import InputError
+from workflow.provenance import read_parquet_meta
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("models") / "tiny_vit"
+    prompt_stage.build_tiny_model(str(folder), seed=3)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    """A dataset table of 7 grayscale PNGs of different brightness (ids deliberately unsorted)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in (4, 0, 6, 2, 5, 1, 3):
+        path = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 30 * (i + 1), size=(48, 48), dtype=np.uint8)).save(path)
+        rows.append({"image_id": f"p{i}/view", "image": str(path), "path": str(path)})
+    pd.DataFrame(rows).to_parquet(root / "dataset.parquet")
+    return str(root / "dataset.parquet")
+
+
+def test_tiny_model_is_labelled_as_random_weights(tiny):
+    card = json.loads((Path(tiny) / embeddings.MODEL_CARD).read_text())
+    assert card["weights"] == embeddings.weights_label(tiny) == "random-init tiny ViT (demo)"
+    assert card["provenance"]["seeds"] == {"init": 3}
+    assert embeddings.weights_label("facebook/dino-vitb8").endswith("hub: facebook/dino-vitb8")
+
+
+def test_images_are_rescaled_once(tiny, tmp_path):
+    Image.new("L", (40, 40), 255).save(tmp_path / "white.png")
+    _, processor = embeddings.load(tiny)
+    pixels, _ = embeddings.ImageFiles([str(tmp_path / "white.png")], processor)[0]
+    expected = (1 - np.array(embeddings.IMAGENET_MEAN)) / np.array(embeddings.IMAGENET_STD)
+    np.testing.assert_allclose(pixels.amax(dim=(1, 2)).numpy(), expected, rtol=1e-4)
+    assert pixels.shape == (3, 32, 32)
+
+
+def test_cls_embeddings_are_deterministic_and_order_preserving(tiny, dataset):
+    network, processor = embeddings.load(tiny)
+    paths = pd.read_parquet(dataset)["image"].tolist()
+    first, none = embeddings.embed(network, processor, paths, batch_size=3, threads=2)
+    second, _ = embeddings.embed(network, processor, paths[::-1], batch_size=7, threads=1)
+    assert first.shape == (7, 32) and first.dtype == np.float32 and none is None
+    np.testing.assert_allclose(first, second[::-1], atol=1e-5)
+    assert np.linalg.matrix_rank(first) > 1
+
+
+def test_shards_merge_into_the_unsharded_result(tiny, dataset, tmp_path):
+    settings = {"batch_size": 2, "shards": 3, "outlier_features": True}
+    parts = [str(tmp_path / f"{k}.parquet") for k in range(3)]
+    for k, part in enumerate(parts):
+        prompt_stage.embed_shard(dataset, tiny, settings, k, 1, part)
+    prompt_stage.merge_embeddings(parts[::-1], str(tmp_path / "merged.parquet"))
+    whole = tmp_path / "whole.parquet"
+    prompt_stage.embed_shard(dataset, tiny, settings | {"shards": 1}, 0, 1, str(whole))
+    merged, single = pd.read_parquet(tmp_path / "merged.parquet"), pd.read_parquet(whole)
+    assert merged["image_id"].tolist() == sorted(merged["image_id"]) == single["image_id"].tolist()
+    np.testing.assert_allclose(np.stack(merged["embedding"]), np.stack(single["embedding"]), atol=1e-5)
+    assert {"mean_v", "contours"} <= set(merged.columns)
+    meta = read_parquet_meta(tmp_path / "merged.parquet")
+    assert meta["weights"] == "random-init tiny ViT (demo)" and meta["rows"] == 7
+    with pytest.raises(InputError, match=r"prompts\.mep\.shards"):
+        prompt_stage.embed_shard(dataset, tiny, settings, 3, 1, str(tmp_path / "x.parquet"))
+
+
+def test_unloadable_model_names_the_key(tmp_path):
+    with pytest.raises(InputError, match=r"prompts\.mep\.model = "):
+        embeddings.load(str(tmp_path / "no_such_model"))

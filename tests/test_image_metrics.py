@@ -1,0 +1,289 @@
+"""Image-quality metrics (FID, KID, precision/recall) on phantom sets with the tiny random-init extractor."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch_fidelity
+import yaml
+from PIL import Image
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from workflow import feature_extractors, image_metrics, phantoms
+from workflow.errors import InputError
+from workflow.image_features import FeatureCache, ImagePolicy, check_features
+from workflow.manifest import label_column
+
+ROOT = Path(__file__).resolve().parents[1]
+# The same patients imaged at two sites that differ in noise and contrast.
+SITES = {"site_a": {"noise": 0.015, "contrast": 1.0}, "site_c": {"noise": 0.06, "contrast": 1.3}}
+PREVALENCE = {"Cardiomegaly": 0.5, "Pneumothorax": 0.0}
+
+
+def evaluation_settings(cache_dir: Path, **changes) -> dict:
+    """evaluation.* with the schema's defaults, the tiny extractor and ``changes``."""
+    config = {"dataset": {"chexpert": {"csv": "x.csv", "image_root": "."}}}
+    validate(config, str(ROOT / "resources/config.schema.yaml"))
+    return config["evaluation"] | {"extractor": "tiny", "cache_dir": str(cache_dir)} | changes
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    feature_extractors.build_tiny(out, seed=0)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    """Two phantom sets (about 60 images each, 48 px), flat folders, image paths sorted, truth labels."""
+    root = tmp_path_factory.mktemp("phantoms")
+    frames = {}
+    for site, values in SITES.items():
+        raw = {"n_patients": 30, "image_size": 48, "seed": 1, "sites": {site: values}}
+        settings = phantoms.PhantomSettings.from_dict(raw | {"prevalence": PREVALENCE})
+        phantoms.generate(settings, root / site)
+        truth = pd.read_csv(root / site / phantoms.DATASET / "truth.csv")
+        flat = root / f"{site}_flat"
+        flat.mkdir()
+        images = []
+        for i, rel in enumerate(truth["Path"]):
+            images.append(str(flat / f"{i:03d}.png"))
+            shutil.copy(root / site / rel, images[-1])
+        frame = truth.drop(columns="Path").rename(columns=label_column)
+        frame.insert(0, "image", images)
+        frame.insert(0, "image_id", [f"{site}/{i}" for i in range(len(frame))])
+        frame["prompt_id"] = frame[label_column("Cardiomegaly")].astype("Int64")
+        frame["prompt"] = frame["prompt_id"].map({1: "cardiomegaly", 0: "no finding"})
+        frames[site] = frame
+    return frames
+
+
+@pytest.fixture(scope="module")
+def features(tiny, sets, tmp_path_factory) -> dict[str, torch.Tensor]:
+    spec = feature_extractors.resolve(evaluation_settings(Path()), tiny)
+    cache = FeatureCache(tmp_path_factory.mktemp("cache"), spec, ImagePolicy(48, "grayscale"), False, 64)
+    return {site: cache.features(frame["image"].tolist(), site)[0] for site, frame in sets.items()}
+
+
+def write_inputs(folder: Path, real: pd.DataFrame, fake: pd.DataFrame) -> None:
+    """dataset.parquet (real images with a split), samples.parquet and the real images' prompts table."""
+    real.drop(columns=["prompt_id", "prompt"]).to_parquet(folder / "dataset.parquet")
+    fake.to_parquet(folder / "samples.parquet")
+    real[["image_id", "prompt_id"]].to_parquet(folder / "prompts.parquet")
+
+
+def metric_settings(**changes) -> image_metrics.MetricSettings:
+    return image_metrics.MetricSettings.from_dict(evaluation_settings(Path()) | changes)
+
+
+def test_tiny_extractor_is_random_init_and_not_degenerate(tiny, features):
+    card = feature_extractors.read_card(tiny)
+    assert card["weights"] == feature_extractors.TINY_WEIGHTS
+    assert "random-init" in card["weights"] and "(demo)" in card["weights"]
+    a = features["site_a"]
+    assert a.shape == (len(a), 32)
+    assert float(a.std(dim=0).min()) > 1e-3  # every feature varies across images
+    with pytest.raises(InputError, match="do not vary across images"):
+        check_features(torch.full((5, 8), 1e-8), "set")
+
+
+def test_self_fid_is_zero_and_metrics_equal_torch_fidelity_on_the_folders(tiny, sets, features):
+    settings = metric_settings()
+    a, c = features["site_a"], features["site_c"]
+    same = image_metrics.compare(a, a, settings)
+    assert abs(same["fid"]) < 1e-6
+    assert same["precision"] == same["recall"] == 1.0
+    ours = image_metrics.compare(c, a, settings)
+    direct = torch_fidelity.calculate_metrics(
+        input1=str(Path(sets["site_c"]["image"][0]).parent),
+        input2=str(Path(sets["site_a"]["image"][0]).parent),
+        fid=True,
+        kid=True,
+        prc=True,
+        feature_extractor=feature_extractors.TRANSFORMERS,
+        feature_extractor_weights_path=tiny,
+        kid_subset_size=ours["kid_subset_size"],
+        rng_seed=settings.seed,
+        cuda=False,
+        cache=False,
+        verbose=False,
+    )
+    assert ours["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-5)
+    assert ours["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-5)
+    assert ours["kid_std"] == pytest.approx(direct["kernel_inception_distance_std"], rel=1e-3, abs=1e-9)
+    assert (ours["precision"], ours["recall"]) == (direct["precision"], direct["recall"])
+
+
+def test_another_site_is_further_away_than_the_other_half_of_the_same_site(features):
+    a, c = features["site_a"], features["site_c"]
+    half = len(a) // 2  # equal N on both sides: FID is biased in N
+    within = image_metrics.compare(a[:half], a[half : 2 * half], metric_settings())
+    across = image_metrics.compare(a[:half], c[half : 2 * half], metric_settings())
+    assert across["fid"] > 2 * within["fid"] > 0
+    assert across["kid_mean"] > within["kid_mean"]
+
+
+def test_kid_subset_is_clamped_and_small_sets_are_flagged(features):
+    a, c = features["site_a"], features["site_c"]
+    row = image_metrics.compare(a[:12], c[:20], metric_settings(kid_subset_size=1000))
+    assert row["kid_subset_size"] == 12
+    assert any("clamped" in w for w in row["warnings"])
+    assert any("12 synthetic images < feature dimension 32" in w for w in row["warnings"])
+    assert any("20 real images < feature dimension 32" in w for w in row["warnings"])
+    large = image_metrics.compare(a, c, metric_settings(kid_subset_size=40))
+    assert large["kid_subset_size"] == 40 and large["warnings"] == []
+    few = image_metrics.compare(a[:5], c, metric_settings(min_images=10))
+    assert few["fid"] is None and few["kid_mean"] is None
+    assert few["reason"] == "fewer than evaluation.min_images = 10 images (synthetic 5, real 62)"
+
+
+def test_cache_is_keyed_by_image_content(tiny, sets, tmp_path, monkeypatch):
+    paths = [shutil.copy(source, tmp_path) for source in sets["site_a"]["image"][:12]]
+    spec = feature_extractors.resolve(evaluation_settings(tmp_path), tiny)
+    policy = ImagePolicy(48, "grayscale")
+    first, key = FeatureCache(tmp_path / "cache", spec, policy, False, 8).features(paths, "set")
+    entry = json.loads((tmp_path / "cache" / key / "entry.json").read_text())
+    assert entry["extractor"]["weights_sha256_16"] and len(entry["images"]) == 12
+
+    def no_model(self, cuda):
+        raise AssertionError("the extractor was loaded although the features are cached")
+
+    monkeypatch.setattr(feature_extractors.ExtractorSpec, "create", no_model)
+    again, same_key = FeatureCache(tmp_path / "cache", spec, policy, False, 8).features(paths, "set")
+    assert same_key == key and torch.equal(again, first)
+    monkeypatch.undo()
+
+    pixels = np.array(Image.open(paths[3]))
+    pixels[10:20, 10:20] = 255 - pixels[10:20, 10:20]
+    Image.fromarray(pixels).save(paths[3])
+    changed, new_key = FeatureCache(tmp_path / "cache", spec, policy, False, 8).features(paths, "set")
+    assert new_key != key
+    assert not torch.allclose(changed[3], first[3])
+    assert torch.allclose(torch.cat([changed[:3], changed[4:]]), torch.cat([first[:3], first[4:]]), atol=1e-5)
+    smaller = FeatureCache(tmp_path / "cache", spec, ImagePolicy(32, "grayscale"), False, 8)
+    other_key = smaller.features(paths, "set")[1]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([key, new_key, other_key])
+
+
+def test_resize_policy_converts_synthetic_rgb_like_real_grayscale(tmp_path):
+    gray = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    Image.fromarray(gray).save(tmp_path / "real.png")
+    Image.fromarray(np.stack([gray] * 3, axis=-1)[::2, ::2].copy()).save(tmp_path / "fake.png")
+    settings = evaluation_settings(tmp_path)
+    policy = image_metrics.resolve_policy(
+        settings, [str(tmp_path / "real.png")], [str(tmp_path / "fake.png")]
+    )
+    assert policy == ImagePolicy(32, "grayscale")
+    real, fake = policy.load(str(tmp_path / "real.png")), policy.load(str(tmp_path / "fake.png"))
+    assert real.shape == fake.shape == (3, 32, 32) and real.dtype == torch.uint8
+    assert torch.equal(real[0], real[2]) and torch.equal(fake[0], fake[1])
+    assert (real.int() - fake.int()).abs().max() <= 8  # bicubic shrink of the same ramp
+
+
+def test_groups_per_label_per_prompt_and_per_slice_position():
+    real = pd.DataFrame(
+        {
+            "label_A": [1.0, 1.0, 0.0, np.nan],
+            "prompt_id": pd.array([0, 0, 1, pd.NA], dtype="Int64"),
+            "volume_id": ["v1"] * 4,
+            "slice_index": pd.array([0, 1, 2, 3], dtype="Int64"),
+            "slice_axis": pd.array([2] * 4, dtype="Int64"),
+            "volume_shape": ["[8, 8, 4]"] * 4,
+        }
+    )
+    fake = pd.DataFrame({"label_A": [1.0, 0.0, 0.0], "prompt_id": [0, 1, 1], "prompt": ["a", "b", "b"]})
+    found = {(g.kind, g.name): g for g in image_metrics.groups(fake, real, slice_bins=2)}
+    assert found[("label", "A")].fake.tolist() == [True, False, False]
+    assert found[("label", "A")].real.tolist() == [True, True, False, False]
+    assert found[("prompt", "1")].real.tolist() == [False, False, True, False]
+    assert found[("prompt", "1")].extra == {"prompt": "b"}
+    low, high = found[("slice_bin", "0.00-0.50")], found[("slice_bin", "0.50-1.00")]
+    assert low.real.tolist() == [True, True, False, False]
+    assert high.real.tolist() == [False, False, True, True]
+    assert low.reason == "the synthetic images carry no slice position (slice_index)"
+    flat = real.assign(volume_id=None)
+    assert not any(group.kind == "slice_bin" for group in image_metrics.groups(fake, flat, slice_bins=2))
+
+
+def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path):
+    real, fake = sets["site_a"].assign(split="train"), sets["site_c"]
+    test_rows = real.index[-4:]
+    real.loc[test_rows, "split"] = "test"
+    write_inputs(tmp_path, real, fake)
+    settings = evaluation_settings(tmp_path / "cache", kid_subset_size=100)
+    inputs = [f"--{name}={tmp_path / name}.parquet" for name in ("dataset", "samples", "prompts")]
+    outputs = [f"--json={tmp_path / 'fid.json'}", f"--table={tmp_path / 'fid_per_class.csv'}"]
+    command = [sys.executable, "-m", "scripts.evaluation", "image-metrics", *inputs, *outputs]
+    command += ["--settings", json.dumps(settings), "--extractor-path", tiny]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "random-init tiny DINOv2 (demo): the numbers check the plumbing" in done.stderr
+    report = json.loads((tmp_path / "fid.json").read_text())
+    assert report["extractor"]["kind"] == "tiny" and report["extractor"]["feature_dim"] == 32
+    assert (
+        report["extractor"]["weights"] == report["provenance"]["weights"] == feature_extractors.TINY_WEIGHTS
+    )
+    assert report["provenance"]["seeds"] == {"kid": 2020, "tiny_extractor": 0}
+    assert report["resize_policy"]["size"] == 48 and report["resize_policy"]["color"] == "grayscale"
+    assert report["reference"] == {"split": "train", "images": len(real) - 4, "volumes": None}
+    assert report["synthetic"]["images"] == len(fake) and report["seed"] == 2020
+    assert report["metrics"]["kid_subset_size"] == len(real) - 4
+    assert any("random-init" in w for w in report["warnings"])
+
+    cardiomegaly = report["per_label"]["Cardiomegaly"]
+    positive = (real["split"] == "train") & (real[label_column("Cardiomegaly")] == 1)
+    a = features["site_a"][torch.from_numpy(np.flatnonzero(positive))]
+    c = features["site_c"][torch.from_numpy(np.flatnonzero(fake[label_column("Cardiomegaly")] == 1))]
+    expected = image_metrics.compare(c, a, metric_settings(kid_subset_size=100))
+    assert cardiomegaly["fid"] == pytest.approx(expected["fid"], rel=1e-5)
+    assert cardiomegaly["kid_mean"] == pytest.approx(expected["kid_mean"], rel=1e-5)
+    assert report["per_label"]["Pneumothorax"]["fid"] is None
+    assert report["per_label"]["Pneumothorax"]["reason"].startswith("fewer than evaluation.min_images")
+    assert set(report["per_prompt"]) == {"0", "1"}
+    assert report["per_prompt"]["1"]["prompt"] == "cardiomegaly"
+    assert report["per_slice_bin"] == {} and report["slicewise"]["volumes"] is False
+
+    table = pd.read_csv(tmp_path / "fid_per_class.csv")
+    assert table.iloc[0][["group", "name"]].tolist() == ["overall", "all"]
+    assert table.iloc[0]["fid"] == pytest.approx(report["metrics"]["fid"])
+    assert set(table["group"]) == {"overall", "label", "prompt"}
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_missing_image_and_empty_split_name_the_file(tiny, sets, tmp_path):
+    real = sets["site_a"].assign(split="train")
+    fake = sets["site_c"].copy()
+    fake.loc[2, "image"] = str(tmp_path / "gone.png")
+    write_inputs(tmp_path, real, fake)
+    args = [str(tmp_path / f"{n}.parquet") for n in ("dataset", "samples", "prompts")]
+    settings = evaluation_settings(tmp_path / "cache")
+    with pytest.raises(InputError, match=r"samples.parquet row 2: cannot read image '.*gone.png'"):
+        image_metrics.evaluate(*args, settings, tiny, str(tmp_path / "a.json"), str(tmp_path / "a.csv"))
+    with pytest.raises(InputError, match="no images to evaluate in split 'val'"):
+        image_metrics.evaluate(*args, settings | {"reference_split": "val"}, tiny, "a.json", "a.csv")
+
+
+def test_config_defaults_and_demo_config():
+    defaults = evaluation_settings(Path("results/cache/features"))
+    assert defaults["reference_split"] == "train" and defaults["kid_subset_size"] == 1000
+    demo = yaml.safe_load((ROOT / "config.yaml").read_text())
+    validate(demo, str(ROOT / "resources/config.schema.yaml"))
+    assert demo["evaluation"]["extractor"] == "tiny"
+    assert demo["evaluation"]["model"] == feature_extractors.DEFAULT_MODEL
+    bad = copy.deepcopy(demo)
+    bad["evaluation"]["extractor"] = "inception"
+    with pytest.raises(WorkflowError, match="'inception' is not one of"):
+        validate(bad, str(ROOT / "resources/config.schema.yaml"))

@@ -1,0 +1,88 @@
+"""Integration: `snakemake results/fid.json` on tiny phantoms, tiny SD and the tiny random-init extractor."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from test_workflow_data import snakemake, write_config
+
+from workflow.provenance import file_hash
+
+pytestmark = pytest.mark.integration
+
+# Rules results/fid.json does not need: the classifier stage, the diffusers image folder, MEP clusters.
+NOT_NEEDED = {
+    "train_classifier",
+    "evaluate_classifier",
+    "classifier_focus",
+    "compare_classifiers",
+    "export_imagefolder",
+    "build_tiny_vit",
+    "embed_images",
+    "cluster_embeddings",
+}
+
+
+def rules_run(output: str) -> set[str]:
+    return set(re.findall(r"^(?:local)?rule (\w+):", output, re.M))
+
+
+def set_config(workdir: Path, min_images: int) -> None:
+    config = write_config(workdir, prompts={"strategies": ["labels"]}, evaluation={"min_images": min_images})
+    config["diffusion"]["train"].update(max_steps=1, checkpoint_steps=1)
+    config["diffusion"]["sample"].update(images_per_prompt=2, shards=1, steps=1)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, str]:
+    workdir = tmp_path_factory.mktemp("evaluation")
+    set_config(workdir, min_images=2)
+    done = snakemake(workdir, "results/fid.json")
+    return workdir, done.stdout + done.stderr
+
+
+def test_fid_json_builds_only_what_it_needs(run):
+    workdir, output = run
+    ran = rules_run(output)
+    assert {"collect_samples", "build_tiny_extractor", "image_metrics"} <= ran
+    assert not ran & NOT_NEEDED
+    assert not (workdir / "results/classifier").exists()
+
+
+def test_report_describes_extractor_inputs_and_groups(run):
+    workdir, _ = run
+    report = json.loads((workdir / "results/fid.json").read_text())
+    samples = pd.read_parquet(workdir / "results/samples/manifest.parquet")
+    dataset = pd.read_parquet(workdir / "results/data/dataset.parquet")
+    assert report["extractor"]["weights"] == "random-init tiny DINOv2 (demo)"
+    assert report["extractor"]["location"] == "results/models/tiny_dinov2"
+    inputs = report["provenance"]["inputs"]
+    assert inputs["samples"]["sha256_16"] == file_hash(workdir / "results/samples/manifest.parquet")
+    assert report["reference"]["images"] == int((dataset["split"] == "train").sum())
+    assert report["synthetic"]["images"] == len(samples)
+    assert report["resize_policy"]["size"] == 32
+    assert report["metrics"]["fid"] is not None
+    assert set(report["per_prompt"]) == {str(p) for p in samples["prompt_id"].unique()}
+    assert any(row["fid"] is not None for row in report["per_prompt"].values())
+    table = pd.read_csv(workdir / "results/fid_per_class.csv")
+    assert len(table) == 1 + len(report["per_label"]) + len(report["per_prompt"])
+
+
+def test_rerun_is_a_no_op_and_a_setting_change_reuses_cached_features(run):
+    workdir, _ = run
+    assert "Nothing to be done" in snakemake(workdir, "results/fid.json", "--dry-run").stdout
+    before = json.loads((workdir / "results/fid.json").read_text())
+    set_config(workdir, min_images=3)
+    done = snakemake(workdir, "results/fid.json")
+    assert rules_run(done.stdout + done.stderr) == {"image_metrics"}
+    after = json.loads((workdir / "results/fid.json").read_text())
+    assert after["feature_cache"] == before["feature_cache"]
+    assert after["metrics"]["fid"] == before["metrics"]["fid"]
+    log = (workdir / "logs/evaluation/image_metrics.log").read_text()
+    assert log.count("cached features") == 2 and "extracting" not in log
