@@ -42,8 +42,8 @@ import torch.nn.functional as F
 
 from workflow import checkpoints, export, sd_models
 from workflow.errors import InputError
-from workflow.figures import loss_curve
 from workflow.latent_cache import EMPTY_PROMPT, LatentCache
+from workflow.plots import loss_curve
 from workflow.provenance import config_hash, provenance, write_json
 from workflow.seeding import derive_seed
 

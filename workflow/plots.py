@@ -1,4 +1,5 @@
-"""Figures of the classifier stage: test ROC curves, subgroup AUROC bars with CIs, Grad-CAM overlays.
+"""Charts for people to look at: the fine-tuning loss curve, and the classifier stage's test ROC curves,
+subgroup AUROC bars with CIs and Grad-CAM overlays.
 
 Drawn with matplotlib's object API (``Figure``, no pyplot state, no display needed) and written atomically.
 The numbers behind every figure are in the stage's JSON files.
@@ -21,6 +22,19 @@ from workflow.provenance import atomic_path
 def _save(figure: Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
+
+
+def loss_curve(losses: Sequence[float], path: str | Path, title: str) -> None:
+    """The loss per optimizer step (grey) and its trailing mean over 5% of the steps (black)."""
+    figure = Figure(figsize=(6.4, 3.6), layout="constrained")
+    axes = figure.subplots()
+    steps = np.arange(1, len(losses) + 1)
+    smooth = pd.Series(losses, dtype=float).rolling(max(len(losses) // 20, 1), min_periods=1).mean()
+    axes.plot(steps, losses, color="0.7", linewidth=0.8, label="loss")
+    axes.plot(steps, smooth, color="black", linewidth=1.5, label="moving average")
+    axes.set(xlabel="optimizer step", ylabel="loss", title=title)
+    axes.legend(fontsize="small")
+    _save(figure, path)
 
 
 def roc_curves(
