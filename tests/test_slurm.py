@@ -337,10 +337,13 @@ def with_gpus(section: object, gpus: int) -> object:
     return section
 
 
-def cancel_training_and_rerun(cluster: LocalSlurm, demo: Path, workdir: Path) -> tuple[Run, Run]:
+def cancel_training_and_rerun(
+    cluster: LocalSlurm, demo: Path, workdir: Path, started: list[ProfileRun]
+) -> tuple[Run, Run]:
     """Preemption of a long GPU step: in ``workdir``, a copy of the finished demo's working directory,
     fine-tuning is made longer (so it runs again), its Slurm job is cancelled with `scancel` once it has
-    written a checkpoint, the workflow is stopped with Ctrl-C and run again. Returns (cancelled run, rerun).
+    written a checkpoint, the workflow is stopped with Ctrl-C and run again. Returns (cancelled run, rerun);
+    each run is added to ``started`` as soon as it runs.
 
     Snakemake is stopped by hand because the slurm plugin (2.8.0) does not see the job end: sacct reports
     the state as "CANCELLED by <uid>", which it does not match as a failure, so it would wait forever."""
@@ -352,6 +355,7 @@ def cancel_training_and_rerun(cluster: LocalSlurm, demo: Path, workdir: Path) ->
     config_file.write_text(yaml.safe_dump(config))
     target = f"{TRAINING}/train_report.json"
     first = ProfileRun(cluster, workdir, *args).start(target)
+    started.append(first)
     checkpoint = workdir / TRAINING / "checkpoints"
     try:
         wait_until(lambda: any(checkpoint.glob("checkpoint-*.pt")), "a checkpoint", timeout=RUN_TIMEOUT)
@@ -365,7 +369,9 @@ def cancel_training_and_rerun(cluster: LocalSlurm, demo: Path, workdir: Path) ->
         lambda: cluster.records(workdir)[running[0]]["State"].startswith("CANCELLED"), "the cancellation"
     )
     cancelled = first.interrupt()
-    return cancelled, ProfileRun(cluster, workdir, *args).start(target).finish()
+    rerun = ProfileRun(cluster, workdir, *args).start(target)
+    started.append(rerun)
+    return cancelled, rerun.finish()
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +396,7 @@ def runs(slurm: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         finished = {"demo": demo.finish(), "probe": probe.finish()}
         if finished["demo"].returncode == 0:
             resume = tmp_path_factory.mktemp("slurm-resume") / "work"
-            finished["resume"] = cancel_training_and_rerun(slurm, workdir, resume)
+            finished["resume"] = cancel_training_and_rerun(slurm, workdir, resume, started)
         return finished
     finally:  # no Snakemake outlives this fixture
         for process in (run.process for run in started):
