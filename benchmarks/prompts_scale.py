@@ -50,6 +50,7 @@ def bench_vit(images: int, batch_size: int, threads: int) -> dict[str, float | s
     from transformers import ViTModel
 
     from workflow import embeddings
+    from workflow.devices import pick_device
 
     torch.manual_seed(0)
     network = ViTModel(embeddings.dino_vitb8_config(), add_pooling_layer=False).eval()
@@ -65,7 +66,7 @@ def bench_vit(images: int, batch_size: int, threads: int) -> dict[str, float | s
         matrix, _ = embeddings.embed(network, processor, paths, batch_size=batch_size, threads=threads)
         seconds = time.perf_counter() - start
     return {
-        "device": str(embeddings.device()),
+        "device": str(pick_device()),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
         "images": images,
         "dimension": int(matrix.shape[1]),

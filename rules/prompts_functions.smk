@@ -43,8 +43,10 @@ def cluster_settings():
 
 
 def prompt_settings(wildcards):
-    """The prompts section as JSON (a function, so the templates' {fields} are not taken for wildcards)."""
-    return as_json(config["prompts"])
+    """The prompts section as JSON, of prompts.mep only the template: its embedding and clustering keys
+    reach build_prompts through the clusters file, so changing them (e.g. gpus) must not rerun it here.
+    (A function, so the templates' {fields} are not taken for wildcards.)"""
+    return as_json(config["prompts"] | {"mep": {"template": MEP["template"]}})
 
 
 def cluster_tables():

@@ -42,6 +42,10 @@ from test_workflow_data import DATA_TARGETS, write_config
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = Path(__file__).parent / "slurm"
 PROFILE = yaml.safe_load((ROOT / "profiles" / "slurm" / "profile.yaml").read_text())
+# The profile's entries for GPU rules (they ask for a GPU model, a GPU count or GRES).
+GPU_ENTRIES = {
+    rule: r for rule, r in PROFILE["set-resources"].items() if {"gpu", "gpu_model", "gres"} & set(r)
+}
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server"]
 PROGRAMS = ["slurmctld", "slurmd", "slurmdbd", "sbatch", "srun", "sacct", "sacctmgr", "scancel", "squeue"]
 PROGRAMS += ["munged", "mungekey", "mariadbd", "mariadb-install-db", "mariadb", "mariadb-admin"]
@@ -480,8 +484,7 @@ def test_every_gpu_rule_of_the_workflow_asks_for_a100s(runs: dict, slurm: LocalS
     demo = runs["demo"]
     assert_gpu_requests(demo, slurm.records(demo.workdir), USER_ENV["SLURM_GPU_PARTITION"])
     gpu_rules = {job.rule for job in demo.submitted() if job.gpus}
-    entries = {rule for rule, r in PROFILE["set-resources"].items() if {"gpu", "gpu_model", "gres"} & set(r)}
-    assert gpu_rules == entries
+    assert gpu_rules == set(GPU_ENTRIES)
 
 
 @pytest.mark.slurm
@@ -507,14 +510,11 @@ def test_profile_gpu_entries_get_a100s(runs: dict, slurm: LocalSlurm) -> None:
     assert probe.returncode == 0, probe.log
     records = slurm.records(probe.workdir)
     assert_submitted_by_this_run(probe, records)
-    entries = {
-        rule: r for rule, r in PROFILE["set-resources"].items() if {"gpu", "gpu_model", "gres"} & set(r)
-    }
-    gpu_jobs = [job for job in probe.submitted() if job.rule in entries]
-    assert sorted(job.rule for job in gpu_jobs) == sorted(entries)
+    gpu_jobs = [job for job in probe.submitted() if job.rule in GPU_ENTRIES]
+    assert sorted(job.rule for job in gpu_jobs) == sorted(GPU_ENTRIES)
     assert_gpu_requests(probe, records, USER_ENV["SLURM_GPU_PARTITION"])
     for job in gpu_jobs:
-        entry, record = entries[job.rule], records[job.slurm_ids[0]]
+        entry, record = GPU_ENTRIES[job.rule], records[job.slurm_ids[0]]
         allocated = tres(record["AllocTRES"])
         assert job.gpus == (4 if job.rule == PROBE_MULTI_GPU else 1)
         assert allocated.get("gres/gpu:a100") == str(job.gpus), f"{job.rule}: {record}"

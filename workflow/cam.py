@@ -37,8 +37,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy.stats import pearsonr
 
 from workflow import models
-from workflow.classifier import load_gray
 from workflow.errors import InputError
+from workflow.figures import load_gray
 from workflow.manifest import label_column
 
 MASS = 0.85

@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from workflow import checkpoints, metrics, models
 from workflow.errors import InputError
+from workflow.figures import load_gray
 from workflow.manifest import label_column
 from workflow.regimes import TrainingData
 
@@ -76,18 +76,6 @@ class FitResult:
     best_epoch: int
     stopped_early: bool
     selection: str
-
-
-def load_gray(path: str, size: int, resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
-    """A PNG as a ``size`` x ``size`` uint8 grayscale array (RGB converted with PIL's ITU-R 601 luma)."""
-    try:
-        with Image.open(path) as image:
-            gray = image.convert("L")
-            if gray.size != (size, size):
-                gray = gray.resize((size, size), resample)
-            return np.asarray(gray)
-    except OSError as err:
-        raise InputError(f"'{path}': unreadable image ({err})") from err
 
 
 class ImageTable(Dataset):
@@ -167,11 +155,6 @@ def configure_determinism() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
-
-
-def device() -> torch.device:
-    """The first GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()

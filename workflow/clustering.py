@@ -68,8 +68,11 @@ def kmeans(k: int, settings: Mapping[str, Any], seed: int) -> KMeans | MiniBatch
     return KMeans(n_clusters=k, n_init=settings["n_init"], random_state=seed)
 
 
-def choose_k(x: np.ndarray, settings: Mapping[str, Any], seed: int) -> tuple[int, dict[int, float]]:
-    """k from ``prompts.mep.k_range`` with the best ``prompts.mep.validity_index`` on ``x``."""
+def choose_k(
+    x: np.ndarray, settings: Mapping[str, Any], seed: int
+) -> tuple[KMeans | MiniBatchKMeans, dict[int, float]]:
+    """The k-means model fitted on ``x`` whose k in ``prompts.mep.k_range`` has the best
+    ``prompts.mep.validity_index``, and every k's score."""
     low, high = settings["k_range"]
     if not 2 <= low <= high < len(x):
         raise InputError(
@@ -77,30 +80,29 @@ def choose_k(x: np.ndarray, settings: Mapping[str, Any], seed: int) -> tuple[int
             "(the number of training images to cluster)"
         )
     score, higher_is_better = VALIDITY[settings["validity_index"]]
-    scores = {
-        k: float(score(x, kmeans(k, settings, seed).fit_predict(x), seed)) for k in range(low, high + 1)
-    }
+    models = {k: kmeans(k, settings, seed).fit(x) for k in range(low, high + 1)}
+    scores = {k: float(score(x, model.labels_, seed)) for k, model in models.items()}
     pick = max if higher_is_better else min
-    return pick(scores, key=lambda k: scores[k]), scores
+    return models[pick(scores, key=lambda k: scores[k])], scores
 
 
 def fit(x: np.ndarray, settings: Mapping[str, Any], seed: int) -> tuple[KMeans | MiniBatchKMeans, dict]:
     """Fit k-means on the training embeddings ``x``; returns the model and how k was chosen."""
     if settings["k"] == "auto":
-        k, scores = choose_k(x, settings, seed)
+        model, scores = choose_k(x, settings, seed)
         choice = {
             "method": settings["validity_index"],
             "k_range": list(settings["k_range"]),
             "scores": scores,
         }
-    else:
-        k, choice = int(settings["k"]), {"method": "fixed (prompts.mep.k)"}
-        if k > len(x):
-            raise InputError(
-                f"prompts.mep.k = {k} is larger than the number of training images to cluster ({len(x)}, "
-                "after outlier removal); lower prompts.mep.k or use k: auto with prompts.mep.k_range"
-            )
-    return kmeans(k, settings, seed).fit(x), choice | {"k": k}
+        return model, choice | {"k": model.n_clusters}
+    k = int(settings["k"])
+    if k > len(x):
+        raise InputError(
+            f"prompts.mep.k = {k} is larger than the number of training images to cluster ({len(x)}, "
+            "after outlier removal); lower prompts.mep.k or use k: auto with prompts.mep.k_range"
+        )
+    return kmeans(k, settings, seed).fit(x), {"method": "fixed (prompts.mep.k)", "k": k}
 
 
 def nearest(x: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:

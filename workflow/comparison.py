@@ -22,9 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from workflow.metrics import MACRO_METRICS
 from workflow.provenance import atomic_path, provenance, write_json
-
-MACRO = ("auroc", "auprc", "f1", "tpr", "fpr", "brier", "ece")
 
 
 def _largest(values: list[float | None]) -> float | None:
@@ -41,7 +40,7 @@ def regime_row(
         "regime": regime,
         "training_rows": sum(scores["training"]["training_rows"].values()),
     }
-    row |= {f"macro_{m}": macro[m] for m in MACRO}
+    row |= {f"macro_{m}": macro[m] for m in MACRO_METRICS}
     for statistic in ("auroc", "auprc"):
         low, high = macro.get(f"{statistic}_ci") or (None, None)
         row |= {f"macro_{statistic}_ci_low": low, f"macro_{statistic}_ci_high": high}

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from workflow import classifier, fairness, metrics, models, plots, regimes
+from workflow.devices import pick_device
 from workflow.manifest import label_column
 from workflow.provenance import config_hash, provenance, write_json, write_parquet
 
@@ -69,7 +70,7 @@ def train(
         weights=models.describe_weights(params.weights),
     )
     fingerprint = config_hash({k: meta[k] for k in ("config_hash", "inputs", "weights")})
-    where = classifier.device()
+    where = pick_device()
     result = classifier.fit(data, spec, params, work_dir, fingerprint, where)
     models.save(model_out, result.model, spec, meta)
     write_json(
@@ -115,7 +116,7 @@ def evaluate(
     training = json.loads(Path(training_path).read_text())
     dataset = pd.read_parquet(dataset_path)
     splits = regimes.real_splits(dataset, dataset_path)
-    where = classifier.device()
+    where = pick_device()
     model.to(where)
     truth = {name: _truth(splits[name], spec.labels) for name in ("val", "test")}
     scores = {

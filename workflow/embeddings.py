@@ -30,8 +30,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessor, ViTModel
 
+from workflow.devices import pick_device
 from workflow.errors import InputError
 from workflow.outliers import FEATURES, image_features
+from workflow.provenance import write_json
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def build_tiny_vit(out_dir: str | Path, seed: int, meta: Mapping[str, Any]) -> N
     model.save_pretrained(out_dir)
     image_processor(TINY_VIT["image_size"]).save_pretrained(out_dir)
     card = {"weights": TINY_WEIGHTS, "seed": seed, "architecture": TINY_VIT, "provenance": dict(meta)}
-    (Path(out_dir) / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
+    write_json(Path(out_dir) / MODEL_CARD, card)
 
 
 def weights_label(model: str) -> str:
@@ -82,11 +84,6 @@ def weights_label(model: str) -> str:
     if Path(model).is_dir():
         return f"pretrained weights from local folder {model}"
     return f"pretrained weights from the Hugging Face hub: {model}"
-
-
-def device() -> torch.device:
-    """The first GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load(model: str) -> tuple[torch.nn.Module, Any]:
@@ -148,7 +145,7 @@ def embed(
             the main process runs the model (with ``threads`` intra-op threads when on the CPU).
         feature_paths: files to compute MEP's outlier features on (one per image), or None.
     """
-    target = device()
+    target = pick_device()
     torch.set_num_threads(max(threads, 1))
     workers = max(threads - 1, 0)
     network = network.to(target)

@@ -16,8 +16,9 @@ threshold. Undefined values (e.g. AUROC of a group without positives) are null w
 
 **Disparity** (the LoRA-fairness figures show a "disparity" without defining it; here):
 
-- ``gaps``: largest minus smallest value over the groups where it is defined (``MetricFrame.difference``,
-  between groups) for AUROC, TPR and FPR, with the groups at either end;
+- ``gaps``: largest minus smallest value over the groups where it is defined (what
+  ``MetricFrame.difference`` computes, taken from ``MetricFrame.by_group`` here so that the groups at
+  either end are named) for AUROC, TPR and FPR;
 - ``equalized_odds_difference`` (Hardt et al., NeurIPS 2016; fairlearn ``equalized_odds_difference``): the
   larger of the TPR and FPR gaps, over the groups that have positives and negatives only, because fairlearn
   counts an undefined rate as 0; the groups left out are listed;
@@ -87,8 +88,10 @@ def _group_metrics(threshold: float, resamples: int, confidence: float, seed: in
 
     def auroc_ci(y: np.ndarray, score: np.ndarray) -> list[float] | None:
         y, score = np.asarray(y, float), np.asarray(score, float)
+        if metrics.class_problem(y):  # AUROC undefined: every resample would be too
+            return None
         draws = metrics.bootstrap(y, score, "auroc", metrics.resample_indices(len(y), resamples, seed))
-        return metrics.percentile_ci(draws, confidence)["ci"] if not metrics.class_problem(y) else None
+        return metrics.percentile_ci(draws, confidence)["ci"]
 
     return {
         "n": count,

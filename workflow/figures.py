@@ -1,4 +1,5 @@
-"""Image files made of images: tiles of equally sized images (validation grids) and atomic PNG writing.
+"""Image files as pixels: reading one as a grayscale array, tiling equally sized images (validation grids),
+atomic PNG writing.
 
 Pillow only; charts (loss curves, ROC curves, ...) are drawn with matplotlib in :mod:`workflow.plots`.
 """
@@ -8,9 +9,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
+from workflow.errors import InputError
 from workflow.provenance import atomic_path
+
+
+def load_gray(path: str, size: int, resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
+    """A PNG as a ``size`` x ``size`` uint8 grayscale array (RGB converted with PIL's ITU-R 601 luma)."""
+    try:
+        with Image.open(path) as image:
+            gray = image.convert("L")
+            if gray.size != (size, size):
+                gray = gray.resize((size, size), resample)
+            return np.asarray(gray)
+    except OSError as err:
+        raise InputError(f"'{path}': unreadable image ({err})") from err
 
 
 def save_grid(images: Sequence[Image.Image], path: str | Path, columns: int) -> None:

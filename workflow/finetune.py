@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from workflow import checkpoints, export, sd_models
+from workflow.devices import pick_device
 from workflow.errors import InputError
 from workflow.latent_cache import EMPTY_PROMPT, LatentCache
 from workflow.plots import loss_curve
@@ -268,7 +269,7 @@ def train(
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        cpu=sd_models.pick_device(gpus).type == "cpu",
+        cpu=pick_device(gpus).type == "cpu",
     )
     device, processes, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     if settings.mixed_precision == "fp16" and device.type == "cpu":

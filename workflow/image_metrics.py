@@ -256,9 +256,10 @@ def evaluate(
         evaluate_group(group, fake_features, real_features, metrics)
         for group in groups(fake, real, settings["slice_bins"])
     ]
+    weights = spec.weights()
     warnings = list(overall["warnings"])
-    if "random-init" in spec.weights():
-        warnings.append(f"{spec.weights()}: the numbers check the plumbing and do not measure image quality")
+    if "random-init" in weights:
+        warnings.append(f"{weights}: the numbers check the plumbing and do not measure image quality")
     for warning in warnings:
         log.warning(warning)
     computed = sum(row["reason"] is None for row in rows)
@@ -267,11 +268,11 @@ def evaluate(
     card = feature_extractors.read_card(spec.location)
     seeds = {"kid": settings["seed"]} | ({"tiny_extractor": card["seed"]} if "seed" in card else {})
     inputs = {"dataset": dataset_in, "samples": samples_in, "prompts": prompts_in}
-    extractor = {"weights": spec.weights(), "feature_dim": int(real_features.shape[1])}
+    extractor = {"weights": weights, "feature_dim": int(real_features.shape[1])}
     runtime = {"device": "cuda" if cuda else "cpu", "torch_fidelity": torch_fidelity.__version__}
     report = {
-        "provenance": provenance(settings, seeds=seeds, inputs=inputs, weights=spec.weights()),
-        "extractor": spec.identity() | extractor | runtime,
+        "provenance": provenance(settings, seeds=seeds, inputs=inputs, weights=weights),
+        "extractor": cache.identity | extractor | runtime,
         "resize_policy": policy.describe(),
         "seed": settings["seed"],
         "reference": {"split": split, "images": len(real), "volumes": volume_count(real)},

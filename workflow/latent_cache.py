@@ -92,10 +92,12 @@ def build(
     import torch
     from safetensors.torch import save_file
 
+    from workflow.devices import pick_device
+
     location = sd_models.resolve_base(base_model, tiny_dir)
     rows = training_rows(dataset_path, prompts_path)
-    device = sd_models.pick_device(gpus)
-    pipe = sd_models.load_pipeline(location).to(device)
+    device = pick_device(gpus)
+    pipe = sd_models.load_pipeline(location, unet=None).to(device)  # only the VAE and text encoder run
     prompts = sorted(rows["prompt"].unique())
     embeddings = sd_models.encode_prompts(pipe, ["", *prompts])
     prompt_row = {prompt: i + 1 for i, prompt in enumerate(prompts)}

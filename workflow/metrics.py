@@ -42,6 +42,9 @@ THRESHOLD_METHODS = ("youden", "max_f1", "fixed")
 BOOTSTRAPPED = ("auroc", "auprc")
 _CHUNK_CELLS = 4_000_000  # resamples x rows evaluated at once, to bound memory on large test sets
 
+# The per-finding metrics that are also averaged over findings ("macro"), in report order.
+MACRO_METRICS = ("auroc", "auprc", "f1", "tpr", "fpr", "brier", "ece")
+
 
 def class_problem(y: np.ndarray) -> str | None:
     """Why a two-class metric is undefined on labels ``y`` (no NaN), or None when it is defined."""
@@ -244,7 +247,7 @@ def evaluate(
                 report[f"{statistic}_resamples_dropped"] = interval["dropped"]
         labels[name] = report
     macro: dict[str, Any] = {}
-    for metric in ("auroc", "auprc", "f1", "tpr", "fpr", "brier", "ece"):
+    for metric in MACRO_METRICS:
         included = [n for n, r in labels.items() if r[metric] is not None]
         macro[metric] = float(np.mean([labels[n][metric] for n in included])) if included else None
         if len(included) < len(labels):

@@ -104,6 +104,7 @@ def embed_shard(
 ) -> None:
     """Embed shard ``shard`` of ``settings["shards"]`` (contiguous blocks of the images sorted by id)."""
     from workflow import embeddings, outliers
+    from workflow.devices import pick_device
 
     if not 0 <= shard < settings["shards"]:
         raise InputError(f"shard {shard} is outside 0..{settings['shards'] - 1} (prompts.mep.shards)")
@@ -124,7 +125,7 @@ def embed_shard(
         table[list(outliers.FEATURES)] = features
     meta = provenance(settings, inputs={"dataset": dataset_in}, weights=embeddings.weights_label(model)) | {
         "model": model,
-        "device": str(embeddings.device()),
+        "device": str(pick_device()),
         "shard": shard,
         "dimension": int(matrix.shape[1]),
     }

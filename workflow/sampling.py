@@ -179,10 +179,11 @@ def sample_shard(
     import torch  # torch and diffusers only here: planning and collecting need neither
 
     from workflow import export, sd_models
+    from workflow.devices import pick_device
 
     if not 0 <= shard < settings.shards:
         raise InputError(f"shard {shard} is outside 0..{settings.shards - 1} (diffusion.sample.shards)")
-    device = sd_models.pick_device(gpus)
+    device = pick_device(gpus)
     if settings.dtype == "float16" and device.type == "cpu":
         raise InputError("diffusion.sample.dtype: float16 needs a GPU; use float32 or bfloat16 on a CPU")
     items = pd.read_parquet(plan_path)

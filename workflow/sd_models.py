@@ -170,13 +170,6 @@ def weights_note(base_model: str, location: str) -> str:
     return f"pretrained {base_model} ({kind})"
 
 
-def pick_device(gpus: int) -> torch.device:
-    """CUDA when the job was given GPUs (``gpus > 0``) and one is visible, else the CPU."""
-    import torch
-
-    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
-
-
 def load_pipeline(
     location: str, dtype: torch.dtype | None = None, **components: Any
 ) -> StableDiffusionPipeline:

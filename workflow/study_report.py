@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from workflow import plots
+from workflow.figures import load_gray
 from workflow.manifest import label_column
 from workflow.provenance import atomic_path
 
@@ -108,13 +109,6 @@ def write_tables(
     )
 
 
-def _gray(path: str, size: int) -> np.ndarray:
-    """An image file as a ``size`` x ``size`` RGB array of its grayscale version."""
-    with Image.open(path) as image:
-        gray = image.convert("L").resize((size, size), Image.Resampling.BICUBIC)
-    return np.repeat(np.asarray(gray)[..., None], 3, axis=-1)
-
-
 def _pick(frame: pd.DataFrame, name: str, count: int, rng: np.random.Generator) -> list[str]:
     column = label_column(name)
     if column not in frame:
@@ -146,7 +140,9 @@ def real_vs_synthetic(
             continue
         cells: list[tuple[np.ndarray, str] | None] = []
         for kind, paths in rows:
-            cells += [(_gray(p, size), kind) for p in paths] + [None] * (per_row - len(paths))
+            gray = [load_gray(p, size, Image.Resampling.BICUBIC) for p in paths]
+            cells += [(np.repeat(g[..., None], 3, axis=-1), kind) for g in gray]
+            cells += [None] * (per_row - len(paths))
         path = out / f"{index:02d}_{name.replace(' ', '_')}.png"
         title = f"{name}: real training images (top) vs synthetic (bottom)"
         plots.image_grid(cells, str(path), title, columns=per_row, empty="no image")

@@ -1,0 +1,14 @@
+"""Where a job computes: CUDA when the job was given GPUs and one is visible, else the CPU.
+
+Every GPU rule declares ``resources: gpu=N``; on CPU-only machines (the demo, the tests) the same code runs on
+the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(gpus: int = 1) -> torch.device:
+    """CUDA (the first visible GPU) when ``gpus > 0`` and one is visible, else the CPU."""
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
