@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from workflow.labels import CHEXPERT_LABELS
-from workflow.manifest import label_column
-from workflow.split import assign_splits, check_no_leakage
+from workflow.common.manifest import label_column
+from workflow.data.labels import CHEXPERT_LABELS
+from workflow.data.split import assign_splits, check_no_leakage
 
 N_IMAGES = 224_316
 N_PATIENTS = 65_240

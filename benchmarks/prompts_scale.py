@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workflow import clustering
+from workflow.prompts import clustering
 
 
 def synthetic_embeddings(n: int, dim: int, k: int, spread: float, seed: int = 0) -> np.ndarray:
@@ -49,8 +49,8 @@ def bench_vit(images: int, batch_size: int, threads: int) -> dict[str, float | s
     import torch
     from transformers import ViTModel
 
-    from workflow import embeddings
-    from workflow.devices import pick_device
+    from workflow.common.devices import pick_device
+    from workflow.prompts import embeddings
 
     torch.manual_seed(0)
     network = ViTModel(embeddings.dino_vitb8_config(), add_pooling_layer=False).eval()

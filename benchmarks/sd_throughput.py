@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from workflow import finetune, sampling, sd_models
+from workflow.diffusion import base_models as sd_models
+from workflow.diffusion import sampling
+from workflow.diffusion import training as finetune
 
 # SD 1.5's component configs (runwayml/stable-diffusion-v1-5 unet/vae/text_encoder config.json).
 SD15_UNET: dict[str, Any] = {

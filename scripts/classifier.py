@@ -7,13 +7,13 @@ import argparse
 import json
 from types import ModuleType
 
-from workflow import comparison
-from workflow.cli import run
+from workflow.classifier import comparison
+from workflow.common.cli import run
 
 
 def _stage() -> ModuleType:
     """The torch-based stage functions, imported only by the subcommands using them (torch loads slowly)."""
-    from workflow import downstream
+    from workflow.classifier import stage as downstream
 
     return downstream
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from workflow import dataset
-from workflow.cli import run
+from workflow.common.cli import run
+from workflow.data import stage as dataset
 
 
 def main(argv: list[str] | None = None) -> None:

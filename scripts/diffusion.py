@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from workflow.cli import run
+from workflow.common.cli import run
 
 TRAIN_PATHS = ("model", "report", "loss", "grid", "checkpoints", "validation")
 
@@ -64,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
 # Each command imports only its own library: torch and diffusers take seconds to import, and the plan and
 # collect steps need neither.
 def tiny(args: argparse.Namespace) -> None:
-    from workflow import sd_models
+    from workflow.diffusion import base_models as sd_models
 
     sd_models.build_tiny(args.out, args.seed)
 
 
 def cache(args: argparse.Namespace) -> None:
-    from workflow import latent_cache
+    from workflow.diffusion import latent_cache
 
     latent_cache.build(
         args.dataset, args.prompts, args.base_model, args.tiny, args.settings, args.gpus, args.out
@@ -78,7 +78,7 @@ def cache(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from workflow import finetune
+    from workflow.diffusion import training as finetune
 
     settings = finetune.TrainSettings.from_dict(args.settings)
     paths = {name: getattr(args, name) for name in TRAIN_PATHS}
@@ -86,7 +86,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def plan(args: argparse.Namespace) -> None:
-    from workflow import sampling
+    from workflow.diffusion import sampling
 
     sampling.write_plan(
         args.prompts, args.dataset, sampling.SampleSettings.from_dict(args.settings), args.out
@@ -94,14 +94,14 @@ def plan(args: argparse.Namespace) -> None:
 
 
 def sample(args: argparse.Namespace) -> None:
-    from workflow import sampling
+    from workflow.diffusion import sampling
 
     settings = sampling.SampleSettings.from_dict(args.settings)
     sampling.sample_shard(args.plan, args.model, settings, args.shard, args.gpus, args.images, args.out)
 
 
 def collect(args: argparse.Namespace) -> None:
-    from workflow import sampling
+    from workflow.diffusion import sampling
 
     sampling.collect(args.parts, args.out)
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from workflow import feature_extractors, image_metrics
-from workflow.cli import run
+from workflow.common.cli import run
+from workflow.evaluation import extractors as feature_extractors
+from workflow.evaluation import fidelity as image_metrics
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from workflow import phantoms
-from workflow.cli import run
+from workflow.common.cli import run
+from workflow.data import phantoms
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from workflow import prompt_stage
-from workflow.cli import run
+from workflow.common.cli import run
+from workflow.prompts import stage as prompt_stage
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from workflow import study_report
-from workflow.cli import run
+from workflow.common.cli import run
+from workflow.report import stage as study_report
 
 
 def main(argv: list[str] | None = None) -> None:

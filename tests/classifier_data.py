@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from workflow.manifest import label_column
+from workflow.common.manifest import label_column
 
 LABELS = ("A", "B", "C")
 MASK_CLASSES = ["background", "square", "bar"]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow.manifest import label_column
+from workflow.common.manifest import label_column
 
 LABELS = ("A", "B", "C", "D")
 

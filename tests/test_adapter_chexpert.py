@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workflow.adapters import build_manifest
-from workflow.errors import InputError
-from workflow.labels import CHEXPERT_LABELS
+from workflow.common.errors import InputError
+from workflow.data.adapters import build_manifest
+from workflow.data.labels import CHEXPERT_LABELS
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS, "Site"]
 

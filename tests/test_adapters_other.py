@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workflow.adapters import DatasetSpec, build_manifest, imagefolder, mimic
-from workflow.adapters import csv as csv_adapter
-from workflow.errors import InputError
+from workflow.common.errors import InputError
+from workflow.data.adapters import DatasetSpec, build_manifest, imagefolder, mimic
+from workflow.data.adapters import csv as csv_adapter
 
 LABELS = ["Cardiomegaly", "Edema"]
 NAN = float("nan")

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow.balancing import balanced_subset, choose, ranked_prompts
-from workflow.errors import InputError
+from workflow.common.errors import InputError
+from workflow.prompts.balancing import balanced_subset, choose, ranked_prompts
 
 
 def _data(seed: int = 0, n: int = 3000, classes: int = 3) -> tuple[pd.Series, pd.Series]:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from classifier_data import FOCUS, MASK_CLASSES, fabricate
 
-from workflow import cam, models
-from workflow.errors import InputError
+from workflow.classifier import cam
+from workflow.classifier import networks as models
+from workflow.common.errors import InputError
 
 
 def test_entropy_sparsity_and_region_fraction_by_hand():

@@ -8,9 +8,12 @@ import pytest
 import torch
 from classifier_data import LABELS, fabricate, training_settings
 
-from workflow import checkpoints, classifier, models, regimes
-from workflow.errors import InputError
-from workflow.manifest import label_column
+from workflow.classifier import networks as models
+from workflow.classifier import regimes
+from workflow.classifier import training as classifier
+from workflow.common import checkpoints
+from workflow.common.errors import InputError
+from workflow.common.manifest import label_column
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import make_blobs
 
-from workflow import clustering, outliers
-from workflow.errors import InputError
-from workflow.provenance import write_parquet
+from workflow.common.errors import InputError
+from workflow.common.provenance import write_parquet
+from workflow.prompts import clustering, outliers
 
 SETTINGS = {
     "k": 4,

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from workflow.dataset import enforce_rejection_bound, rejected_fraction
-from workflow.errors import InputError
-from workflow.manifest import rejected
+from workflow.common.errors import InputError
+from workflow.common.manifest import rejected
+from workflow.data.stage import enforce_rejection_bound, rejected_fraction
 
 
 def _rejections():

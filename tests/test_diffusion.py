@@ -20,9 +20,13 @@ from safetensors.torch import load_file
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from workflow import checkpoints, export, finetune, latent_cache, sampling, sd_models
-from workflow.errors import InputError
-from workflow.seeding import derive_seed, text_key
+from workflow.common import checkpoints
+from workflow.common.errors import InputError
+from workflow.common.seeding import derive_seed, text_key
+from workflow.diffusion import base_models as sd_models
+from workflow.diffusion import latent_cache, sampling
+from workflow.diffusion import saving as export
+from workflow.diffusion import training as finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "resources" / "config.schema.yaml")

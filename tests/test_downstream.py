@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from classifier_data import EVALUATION, FAIRNESS, FOCUS, LABELS, MASK_CLASSES, fabricate, training_settings
 
-from workflow import classifier, comparison, downstream, metrics
-from workflow.manifest import label_column
-from workflow.provenance import read_parquet_meta
+from workflow.classifier import comparison, metrics
+from workflow.classifier import stage as downstream
+from workflow.classifier import training as classifier
+from workflow.common.manifest import label_column
+from workflow.common.provenance import read_parquet_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workflow import embeddings, prompt_stage
-from workflow.errors import InputError
-from workflow.provenance import read_parquet_meta
+from workflow.common.errors import InputError
+from workflow.common.provenance import read_parquet_meta
+from workflow.prompts import embeddings
+from workflow.prompts import stage as prompt_stage
 
 
 @pytest.fixture(scope="module")

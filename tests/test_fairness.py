@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow import fairness
+from workflow.classifier import fairness
 
 # group a: TPR 2/3, FPR 1/3, AUROC 8/9; group b: TPR 1/2, FPR 0, AUROC 7/8 (threshold 0.5);
 # two rows without sex: TPR 0, FPR 1, AUROC 0.

@@ -20,10 +20,12 @@ from PIL import Image
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from workflow import feature_extractors, image_metrics, phantoms
-from workflow.errors import InputError
-from workflow.image_features import FeatureCache, ImagePolicy, check_features
-from workflow.manifest import label_column
+from workflow.common.errors import InputError
+from workflow.common.manifest import label_column
+from workflow.data import phantoms
+from workflow.evaluation import extractors as feature_extractors
+from workflow.evaluation import fidelity as image_metrics
+from workflow.evaluation.features import FeatureCache, ImagePolicy, check_features
 
 ROOT = Path(__file__).resolve().parents[1]
 # The same patients imaged at two sites that differ in noise and contrast.

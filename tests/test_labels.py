@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow.errors import InputError
-from workflow.labels import apply_label_policy
+from workflow.common.errors import InputError
+from workflow.data.labels import apply_label_policy
 
 RAW = pd.DataFrame({"Edema": [1.0, 0.0, -1.0, np.nan], "Fracture": ["1", "", "-1", "0"]})
 

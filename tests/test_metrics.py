@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from workflow import metrics
+from workflow.classifier import metrics
 
 Y = np.array([0.0, 0.0, 1.0, 1.0])
 S = np.array([0.1, 0.4, 0.35, 0.8])

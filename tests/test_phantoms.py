@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workflow import phantom_render, phantoms
-from workflow.errors import InputError
-from workflow.labels import CHEXPERT_LABELS
+from workflow.common.errors import InputError
+from workflow.data import phantom_render, phantoms
+from workflow.data.labels import CHEXPERT_LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"n_patients": 8, "image_size": 48, "seed": 3}

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workflow.manifest import normalise
-from workflow.preprocess import (
+from workflow.common.manifest import normalise
+from workflow.data.preprocess import (
     PreprocessSettings,
     fit_geometry,
     preprocess_rows,

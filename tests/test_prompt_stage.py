@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 from test_prompts import defaults
 
-from workflow import outliers, prompt_stage
-from workflow.errors import InputError
-from workflow.manifest import label_column
-from workflow.provenance import provenance, read_parquet_meta, write_parquet
+from workflow.common.errors import InputError
+from workflow.common.manifest import label_column
+from workflow.common.provenance import provenance, read_parquet_meta, write_parquet
+from workflow.prompts import outliers
+from workflow.prompts import stage as prompt_stage
 
 LABELS = ("No Finding", "Edema")
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from workflow import prompts
-from workflow.errors import InputError
-from workflow.manifest import label_column
+from workflow.common.errors import InputError
+from workflow.common.manifest import label_column
+from workflow.prompts import strategies as prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("No Finding", "Cardiomegaly", "Edema", "Pleural Effusion", "Support Devices")

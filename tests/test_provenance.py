@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from workflow.provenance import (
+from workflow.common.provenance import (
     atomic_path,
     config_hash,
     frame_hash,

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from classifier_data import LABELS, fabricate
 
-from workflow import regimes
-from workflow.errors import InputError
-from workflow.manifest import label_column
+from workflow.classifier import regimes
+from workflow.common.errors import InputError
+from workflow.common.manifest import label_column
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from system_packages import SYSTEM_PATH, apt_install
 from test_workflow_classifier import CLASSIFIER
 from test_workflow_data import snakemake, write_config
 
-from workflow import study_report
-from workflow.manifest import label_column
+from workflow.common.manifest import label_column
+from workflow.report import stage as study_report
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_manifest
 
-from workflow.errors import InputError
-from workflow.manifest import label_column
-from workflow.split import assign_splits, check_no_leakage, patient_labels, split_report
+from workflow.common.errors import InputError
+from workflow.common.manifest import label_column
+from workflow.data.split import assign_splits, check_no_leakage, patient_labels, split_report
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from workflow import manifest
-from workflow.adapters import DatasetSpec
-from workflow.adapters.volumes import build
-from workflow.errors import InputError
-from workflow.volumes import (
+from workflow.common import manifest
+from workflow.common.errors import InputError
+from workflow.data.adapters import DatasetSpec
+from workflow.data.adapters.volumes import build
+from workflow.data.slicing import (
     assemble_volume,
     load_volume,
     mask_slice,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow.provenance import read_parquet_meta
+from workflow.common.provenance import read_parquet_meta
 
 pytestmark = pytest.mark.integration
 

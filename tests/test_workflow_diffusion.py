@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from test_workflow_data import snakemake, write_config
 
-from workflow import manifest
-from workflow.provenance import read_parquet_meta
+from workflow.common import manifest
+from workflow.common.provenance import read_parquet_meta
 
 pytestmark = pytest.mark.integration
 

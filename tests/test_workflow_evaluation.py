@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_workflow_data import snakemake, write_config
 
-from workflow.provenance import file_hash
+from workflow.common.provenance import file_hash
 
 pytestmark = pytest.mark.integration
 

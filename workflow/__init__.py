@@ -1,4 +1,8 @@
 """synthmed: the importable library behind the Snakemake workflow.
 
-One module per concern; rules wire files, ``scripts/`` parse arguments, and the functions here do the work.
+One package per stage, named like its config section, its rules file and its script
+(``prompts`` = ``rules/prompts.smk`` = ``scripts/prompts.py`` = ``workflow/prompts/``); each stage package has a
+``stage`` module with one function per rule, named after the rule. ``common`` holds what every stage shares.
+Packages import only downwards: common <- data <- prompts <- diffusion <- classifier <- evaluation <- report
+(tests/test_architecture.py).
 """

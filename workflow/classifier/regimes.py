@@ -1,0 +1,127 @@
+"""Training data of the classifier regimes: real, synthetic, mixed and real + counterfactual.
+
+Every regime is selected and tested on *real* images: model selection and thresholds on the real ``val``
+split, evaluation on the real ``test`` split. The regimes differ only in the training rows:
+
+=====================  ===============================================================================
+regime                 training rows
+=====================  ===============================================================================
+real                   the real ``train`` split
+synthetic              every row of the synthetic manifest (``classifier.sources.synthetic``)
+mixed                  the real ``train`` split plus ``round(synthetic_per_real * n_real_train)`` synthetic
+                       rows drawn without replacement with the training seed (all of them, with a note,
+                       when there are fewer)
+real+counterfactual    the real ``train`` split plus every row of the counterfactual manifest
+                       (``classifier.sources.counterfactual``)
+=====================  ===============================================================================
+
+Synthetic and counterfactual manifests are in the manifest schema (:mod:`workflow.manifest`) with an ``image``
+column of PNG paths; their ``split`` column, if any, is ignored: they are training data only. Leak guard: a
+row whose ``patient_id`` is a real validation or test patient (e.g. a counterfactual edit of a test image) is
+excluded and counted. A label column a manifest lacks is missing (NaN, left out of the loss), with a note.
+The test split is not part of :class:`TrainingData`, so training and threshold selection cannot see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workflow.common import manifest
+from workflow.common.errors import InputError
+
+SOURCES: dict[str, tuple[str, ...]] = {
+    "real": (),
+    "synthetic": ("synthetic",),
+    "mixed": ("synthetic",),
+    "real+counterfactual": ("counterfactual",),
+}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TrainingData:
+    """The rows a regime trains on (``origin``: real, synthetic, counterfactual) and the real val rows."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def real_splits(dataset: pd.DataFrame, source: str = "dataset") -> dict[str, pd.DataFrame]:
+    """The real train / val / test rows of the final dataset; each split must have rows."""
+    for column in ("split", "image"):
+        if column not in dataset:
+            raise InputError(f"{source}: column '{column}' is missing; expected results/data/dataset.parquet")
+    splits = {name: dataset[dataset["split"] == name].reset_index(drop=True) for name in SPLITS}
+    empty = [name for name, rows in splits.items() if rows.empty]
+    if empty:
+        raise InputError(f"{source}: split(s) {empty} have no rows; the classifier needs train, val and test")
+    return splits
+
+
+def read_extra(path: str, labels: Sequence[str], notes: list[str]) -> pd.DataFrame:
+    """Read a synthetic or counterfactual manifest; missing label columns become NaN with a note."""
+    frame = pd.read_parquet(path)
+    manifest.validate(frame, path)
+    if "image" not in frame:
+        raise InputError(f"{path}: column 'image' (PNG path of each image) is missing")
+    absent = [name for name in labels if manifest.label_column(name) not in frame]
+    for name in absent:
+        frame[manifest.label_column(name)] = np.nan
+    if absent:
+        notes.append(f"{path} has no label column for {absent}: counted as missing (not in the loss)")
+    return frame
+
+
+def _guarded(frame: pd.DataFrame, name: str, held_out: set[str], notes: list[str]) -> pd.DataFrame:
+    leaked = frame["patient_id"].astype(str).isin(held_out)
+    if leaked.any():
+        notes.append(
+            f"{int(leaked.sum())} {name} rows excluded: their patient is in the real val or test split"
+        )
+    return frame[~leaked].assign(origin=name)
+
+
+def training_data(
+    regime: str,
+    dataset: pd.DataFrame,
+    extras: Mapping[str, pd.DataFrame],
+    synthetic_per_real: float,
+    seed: int,
+) -> TrainingData:
+    """Assemble the training rows of ``regime`` and the real validation rows (see the module docstring)."""
+    if regime not in SOURCES:
+        raise InputError(f"classifier.regimes: '{regime}' is not one of {list(SOURCES)}")
+    missing = [name for name in SOURCES[regime] if name not in extras]
+    if missing:
+        raise InputError(f"regime '{regime}' needs the {missing} manifest(s) (classifier.sources)")
+    splits = real_splits(dataset)
+    held_out = set(splits["val"]["patient_id"].astype(str)) | set(splits["test"]["patient_id"].astype(str))
+    notes: list[str] = []
+    real = splits["train"].assign(origin="real")
+    parts: list[pd.DataFrame] = [] if regime == "synthetic" else [real]
+    if regime in ("synthetic", "mixed"):
+        synthetic = _guarded(extras["synthetic"], "synthetic", held_out, notes)
+        if regime == "mixed":
+            wanted = round(synthetic_per_real * len(real))
+            if wanted > len(synthetic):
+                notes.append(
+                    f"mixed: {wanted} synthetic rows wanted, only {len(synthetic)} available; all used"
+                )
+            rng = np.random.default_rng(seed)
+            chosen = np.sort(rng.choice(len(synthetic), size=min(wanted, len(synthetic)), replace=False))
+            synthetic = synthetic.iloc[chosen]
+        parts.append(synthetic)
+    if regime == "real+counterfactual":
+        parts.append(_guarded(extras["counterfactual"], "counterfactual", held_out, notes))
+    train = pd.concat(parts, ignore_index=True)
+    if train.empty:
+        raise InputError(f"regime '{regime}' has no training rows left")
+    counts: dict[str, Any] = train["origin"].value_counts().to_dict()
+    return TrainingData(train, splits["val"], {str(k): int(v) for k, v in counts.items()}, notes)

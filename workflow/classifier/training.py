@@ -1,0 +1,281 @@
+"""Multi-label classifier training: masked BCE, seeded augmentation, early stopping, checkpoint and resume.
+
+Training follows the LoRA-fairness recipe (seeds spec 5.4) made reproducible: Adam with weight decay, cosine
+annealing over ``epochs``, one logit per finding and binary cross-entropy. Labels missing after the dataset's
+uncertain-label policy (NaN: U-Ignore, or a column a synthetic manifest lacks) are masked out of the loss.
+
+**Model selection** on the real validation split: after every epoch the macro AUROC over the findings that
+have positives and negatives in ``val`` (the negative validation loss when none has); the best epoch's
+weights are kept, and training stops once ``patience`` epochs passed without improvement (not before
+``min_epochs``).
+
+**Determinism.** Same seed, same weights: torch runs in deterministic mode, the model is initialised after
+``torch.manual_seed(seed)``, and epoch ``e`` draws its data order and augmentation from
+``numpy.random.default_rng([seed, e])``, so no random state has to be saved.
+
+**Checkpoints.** After every epoch the whole state (weights, optimizer, scheduler, history, best weights,
+early-stopping counter) is written atomically with :mod:`workflow.checkpoints`. A restarted job resumes from
+the newest checkpoint that has the same fingerprint (settings + input hashes) and ends with the same result
+as an uninterrupted run; checkpoints of other settings are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from workflow.classifier import metrics
+from workflow.classifier import networks as models
+from workflow.classifier.regimes import TrainingData
+from workflow.common import checkpoints
+from workflow.common.errors import InputError
+from workflow.common.figures import load_gray
+from workflow.common.manifest import label_column
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """``classifier.training`` (resources/config.schema.yaml documents each key)."""
+
+    backbone: str
+    weights: str
+    channels: str
+    image_size: int
+    epochs: int
+    min_epochs: int
+    patience: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    augment_shift: float
+    augment_intensity: float
+    loader_workers: int
+    seed: int
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainSettings:
+        """Take this class's keys from the validated config section (other keys are ignored)."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+
+
+@dataclass
+class FitResult:
+    """The best model (loaded) and how training went."""
+
+    model: models.Classifier
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped_early: bool
+    selection: str
+
+
+class ImageTable(Dataset):
+    """Rows of a manifest as (image ``(1, size, size)`` in [0, 1], label vector with NaN for missing)."""
+
+    def __init__(self, frame: pd.DataFrame, labels: Sequence[str], size: int) -> None:
+        self.paths = frame["image"].astype(str).tolist()
+        targets = frame[[label_column(name) for name in labels]].to_numpy(dtype=np.float32)
+        self.targets = torch.tensor(targets)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(load_gray(self.paths[index], self.size).copy()).float().div(255)
+        return image.unsqueeze(0), self.targets[index]
+
+
+def trainable_labels(train: pd.DataFrame, labels: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The findings with positive and negative training images, and the reason each other one is skipped."""
+    kept, skipped = [], {}
+    for name in labels:
+        values = train[label_column(name)].dropna()
+        if not (values == 1).any():
+            skipped[name] = "no positive training image"
+        elif not (values == 0).any():
+            skipped[name] = "no negative training image"
+        else:
+            kept.append(name)
+    if not kept:
+        raise InputError(f"no finding of dataset.labels has positive and negative training images: {skipped}")
+    return kept, skipped
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy with logits over the known (non-NaN) targets; NaN never enters the loss."""
+    known = ~torch.isnan(targets)
+    loss = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets), reduction="none")
+    return torch.where(known, loss, 0.0).sum() / known.sum().clamp(min=1)
+
+
+def augment(
+    images: torch.Tensor, rng: np.random.Generator, max_shift: float, intensity: float
+) -> torch.Tensor:
+    """Per image: a random translation by up to ``max_shift`` of the side (edge pixels repeated) and a
+    random contrast and brightness change by up to ``intensity``. No flips: left and right matter in a chest
+    X-ray."""
+    count, _, height, width = images.shape
+    pad = round(max_shift * height)
+    if pad:
+        padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+        offsets = rng.integers(0, 2 * pad + 1, size=(count, 2))
+        images = torch.stack(
+            [padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets)]
+        )
+    if intensity:
+        contrast = torch.from_numpy(1 + rng.uniform(-intensity, intensity, count)).float().view(-1, 1, 1, 1)
+        brightness = torch.from_numpy(rng.uniform(-intensity, intensity, count)).float().view(-1, 1, 1, 1)
+        images = ((images - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+    return images
+
+
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """A seeded permutation of ``range(n)`` cut into batches; a last batch of one joins the one before it
+    (batch normalisation cannot train on a single image)."""
+    order = rng.permutation(n).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()
+        batches[-1] += last
+    return batches
+
+
+def configure_determinism() -> None:
+    """Deterministic torch kernels (on GPU too: cuBLAS needs its workspace setting before CUDA starts)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+@torch.no_grad()
+def logits(
+    model: models.Classifier, table: ImageTable, batch_size: int, where: torch.device, workers: int = 0
+) -> torch.Tensor:
+    """The model's logits for every row of ``table``, in order."""
+    model.eval()
+    loader = DataLoader(table, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return torch.cat([model(images.to(where)).cpu() for images, _ in loader])
+
+
+def predict(
+    model: models.Classifier,
+    frame: pd.DataFrame,
+    spec: models.ModelSpec,
+    batch_size: int,
+    where: torch.device,
+    workers: int = 0,
+) -> pd.DataFrame:
+    """Predicted probabilities (sigmoid of the logits), one column per finding, indexed by ``image_id``."""
+    table = ImageTable(frame, spec.labels, spec.image_size)
+    probabilities = torch.sigmoid(logits(model, table, batch_size, where, workers)).numpy()
+    return pd.DataFrame(
+        probabilities, index=pd.Index(frame["image_id"], name="image_id"), columns=spec.labels
+    )
+
+
+def _train_epoch(
+    model: models.Classifier,
+    table: ImageTable,
+    optimizer: torch.optim.Optimizer,
+    settings: TrainSettings,
+    epoch: int,
+    where: torch.device,
+) -> float:
+    rng = np.random.default_rng([settings.seed, epoch])
+    batches = epoch_batches(len(table), settings.batch_size, rng)
+    loader = DataLoader(table, batch_sampler=batches, num_workers=settings.loader_workers)
+    model.train()
+    total, seen = 0.0, 0
+    for images, targets in loader:
+        images = augment(images, rng, settings.augment_shift, settings.augment_intensity)
+        loss = masked_bce(model(images.to(where)), targets.to(where))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(images)
+        seen += len(images)
+    return total / seen
+
+
+def _selection_score(table: ImageTable, val_logits: torch.Tensor) -> tuple[float, str, float, float | None]:
+    """(score to maximise, its name, validation loss, validation macro AUROC or None)."""
+    loss = float(masked_bce(val_logits, table.targets))
+    scores = torch.sigmoid(val_logits).numpy()
+    truth = table.targets.numpy()
+    aurocs = [metrics.auroc(truth[:, j], scores[:, j]) for j in range(truth.shape[1])]
+    defined = [a for a in aurocs if a is not None]
+    if defined:
+        macro = float(np.mean(defined))
+        return macro, "val macro AUROC", loss, macro
+    return -loss, "negative val loss (no finding has positives and negatives in val)", loss, None
+
+
+def fit(
+    data: TrainingData,
+    spec: models.ModelSpec,
+    settings: TrainSettings,
+    work_dir: str,
+    fingerprint: str,
+    where: torch.device,
+) -> FitResult:
+    """Train on ``data.train``, select on ``data.val``; resume from ``work_dir`` when a checkpoint fits."""
+    configure_determinism()
+    torch.manual_seed(settings.seed)
+    model = models.build(spec, settings.weights).to(where)
+    optimizer = torch.optim.Adam(
+        model.parameters(), settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
+    train_table = ImageTable(data.train, spec.labels, spec.image_size)
+    val_table = ImageTable(data.val, spec.labels, spec.image_size)
+    checkpoints.discard_foreign(work_dir, fingerprint)
+    state = checkpoints.newest(work_dir, fingerprint)
+    if state is None:
+        state = {
+            "step": 0,
+            "history": [],
+            "best_score": None,
+            "best_epoch": 0,
+            "since_best": 0,
+            "stopped": False,
+        }
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    selection = state["history"][-1]["selection"] if state["history"] else ""
+    while not state["stopped"] and state["step"] < settings.epochs:
+        epoch = state["step"]
+        train_loss = _train_epoch(model, train_table, optimizer, settings, epoch, where)
+        learning_rate = scheduler.get_last_lr()[0]
+        scheduler.step()
+        val_logits = logits(model, val_table, settings.batch_size, where, settings.loader_workers)
+        score, selection, val_loss, val_auroc = _selection_score(val_table, val_logits)
+        if state["best_score"] is None or score > state["best_score"]:
+            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state |= {"best_score": score, "best_epoch": epoch + 1, "since_best": 0, "best_state": best}
+        else:
+            state["since_best"] += 1
+        record = {"epoch": epoch + 1, "learning_rate": learning_rate, "train_loss": train_loss}
+        state["history"].append(
+            record | {"val_loss": val_loss, "val_macro_auroc": val_auroc, "selection": selection}
+        )
+        log.info("epoch %d: %s", epoch + 1, state["history"][-1])
+        state["stopped"] = epoch + 1 >= settings.min_epochs and state["since_best"] >= settings.patience
+        state |= {"step": epoch + 1, "fingerprint": fingerprint, "model": model.state_dict()}
+        state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        checkpoints.save(work_dir, state, keep=1)
+    model.load_state_dict(state["best_state"])
+    return FitResult(model.eval(), state["history"], state["best_epoch"], state["stopped"], selection)

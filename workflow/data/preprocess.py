@@ -1,0 +1,196 @@
+"""Preprocessing: every image (or volume slice) to one grayscale PNG at the configured resolution.
+
+Geometry is aspect-preserving: ``crop`` scales the short side to the resolution and centre-crops,
+``pad`` scales the long side to the resolution and pads with black. Images are resampled with Lanczos
+(antialiased), masks with nearest neighbour through the same geometry so they stay aligned and keep their
+class ids. The work is split into shards by patient (a stable CRC32 of the patient id), so N cluster jobs
+share it and a volume's slices are read by one job only.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from workflow.common.manifest import empty_rejected, rejected
+from workflow.data import slicing as volumes
+
+Fit = Literal["crop", "pad"]
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """``preprocess.*`` in config.yaml."""
+
+    resolution: int
+    fit: Fit = "crop"
+    shards: int = 1
+    mask_classes: Collection[int] = ()
+    volume_reader: str = "auto"
+
+
+def shard_of(patient_ids: pd.Series, shards: int) -> np.ndarray:
+    """Shard index per row: CRC32 of the patient id modulo ``shards`` (stable across runs and machines)."""
+    return np.array([zlib.crc32(str(p).encode()) % shards for p in patient_ids], dtype=np.int64)
+
+
+def fit_geometry(size: tuple[int, int], resolution: int, fit: Fit) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Scaled size ``(w, h)`` and the offset ``(x, y)`` of the scaled image in the square output.
+
+    For ``crop`` the offset is negative (the part cut off on the left/top); for ``pad`` it is positive.
+    """
+    width, height = size
+    scale = resolution / (min(width, height) if fit == "crop" else max(width, height))
+    scaled = (max(1, round(width * scale)), max(1, round(height * scale)))
+    offset = ((resolution - scaled[0]) // 2, (resolution - scaled[1]) // 2)
+    return scaled, offset
+
+
+def resize_to_square(
+    image: Image.Image, resolution: int, fit: Fit, resample: Image.Resampling
+) -> Image.Image:
+    """Aspect-preserving resize of a single-channel image onto a ``resolution`` square."""
+    scaled, (x, y) = fit_geometry(image.size, resolution, fit)
+    canvas = Image.new(image.mode, (resolution, resolution), 0)
+    canvas.paste(image.resize(scaled, resample), (x, y))
+    return canvas
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """8-bit grayscale: 16-bit images keep their top 8 bits, colour images use ITU-R 601 luma."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.uint32)
+        return Image.fromarray((array >> 8 if array.max() > 255 else array).astype(np.uint8))
+    return image.convert("L")
+
+
+class _Reader:
+    """Reads manifest rows as 2D arrays.
+
+    Keeps the two most recent volumes (an image volume and its label volume) so that each is loaded once
+    per shard: a volume's slices are consecutive rows and all of a patient's rows are in one shard.
+    """
+
+    def __init__(self, volume_reader: str) -> None:
+        self._volume_reader = volume_reader
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def _volume(self, path: str) -> np.ndarray:
+        if path not in self._cache:
+            self._cache[path] = volumes.load_volume(path, self._volume_reader)[0]
+            if len(self._cache) > 2:
+                self._cache.popitem(last=False)
+        return self._cache[path]
+
+    def image(self, row: pd.Series) -> Image.Image:
+        if pd.isna(row["slice_index"]):
+            with Image.open(row["path"]) as source:
+                return to_grayscale(source)
+        array = volumes.render_slice(
+            self._volume(row["path"]),
+            int(row["slice_index"]),
+            int(row["slice_axis"]),
+            float(row["window_low"]),
+            float(row["window_high"]),
+        )
+        return Image.fromarray(array)
+
+    def mask(self, row: pd.Series) -> Image.Image:
+        if pd.isna(row["slice_index"]):
+            with Image.open(row["mask_path"]) as source:
+                if source.mode not in ("L", "P", "I", "I;16", "1"):
+                    raise ValueError(f"mask mode {source.mode} is not a single-channel integer image")
+                array = np.asarray(source)
+        else:
+            array = volumes.mask_slice(
+                self._volume(row["mask_path"]), int(row["slice_index"]), int(row["slice_axis"])
+            )
+        if array.max(initial=0) > 255 or array.min(initial=0) < 0:
+            raise ValueError("mask values outside 0..255")
+        return Image.fromarray(array.astype(np.uint8))
+
+
+def _output_path(out_dir: Path, image_id: str, suffix: str) -> Path:
+    return out_dir / f"{image_id}{suffix}.png"
+
+
+def preprocess_rows(
+    frame: pd.DataFrame, settings: PreprocessSettings, out_dir: str | Path, source: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write each row's image (and mask) as a PNG under ``out_dir``; return ``(processed, rejected)``.
+
+    ``processed`` is ``frame`` restricted to the rows that worked, with two added columns: ``image`` and
+    ``mask`` (paths of the written PNGs; ``mask`` is missing where the row has no mask). Unreadable
+    images, masks whose size differs from the image's and masks with class ids outside
+    ``settings.mask_classes`` are rejected with the reason; ``source`` names the input table in the
+    rejection list.
+    """
+    out = Path(out_dir)
+    reader = _Reader(settings.volume_reader)
+    images: list[str | None] = []
+    masks: list[str | None] = []
+    failures: list[tuple[int, str, str]] = []
+    allowed = set(settings.mask_classes)
+    for pos, (_, row) in enumerate(frame.iterrows()):
+        try:
+            image_path, mask_path = _process_one(row, reader, settings, out, allowed)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            failures.append((pos, str(row["image_id"]), _reason(err)))
+            images.append(None)
+            masks.append(None)
+            continue
+        images.append(image_path)
+        masks.append(mask_path)
+    processed = frame.assign(image=images, mask=masks)
+    processed["image"] = processed["image"].astype("string")
+    processed["mask"] = processed["mask"].astype("string")
+    bad = [pos for pos, _, _ in failures]
+    kept = processed.drop(index=processed.index[bad]).reset_index(drop=True)
+    if not failures:
+        return kept, empty_rejected()
+    return kept, rejected(
+        "preprocess",
+        source,
+        [None] * len(failures),
+        [image_id for _, image_id, _ in failures],
+        [reason for _, _, reason in failures],
+    )
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, FileNotFoundError):
+        return f"file not found: {err.filename}"
+    if isinstance(err, UnidentifiedImageError | OSError):
+        return f"unreadable image: {err}"
+    return str(err)
+
+
+def _process_one(
+    row: pd.Series, reader: _Reader, settings: PreprocessSettings, out: Path, allowed: set[int]
+) -> tuple[str, str | None]:
+    image = reader.image(row)
+    mask_out = None
+    if not pd.isna(row["mask_path"]):
+        mask = reader.mask(row)
+        if mask.size != image.size:
+            raise ValueError(f"mask size {mask.size} does not match image size {image.size} (width, height)")
+        found = set(np.unique(np.asarray(mask)).tolist())
+        if allowed and not found <= allowed:
+            raise ValueError(
+                f"mask has class ids {sorted(found - allowed)} not in dataset.mask_classes {sorted(allowed)}"
+            )
+        mask_out = _output_path(out, str(row["image_id"]), "_mask")
+        mask_out.parent.mkdir(parents=True, exist_ok=True)
+        resize_to_square(mask, settings.resolution, settings.fit, Image.Resampling.NEAREST).save(mask_out)
+    image_out = _output_path(out, str(row["image_id"]), "")
+    image_out.parent.mkdir(parents=True, exist_ok=True)
+    resize_to_square(image, settings.resolution, settings.fit, Image.Resampling.LANCZOS).save(image_out)
+    return str(image_out), None if mask_out is None else str(mask_out)

@@ -1,0 +1,371 @@
+"""Fine-tuning Stable Diffusion on cached latents: the full UNet (PRISM) or LoRA adapters (LoRA-fairness).
+
+One loop for both methods (rule ``finetune_sd``, launched with ``accelerate launch``); the VAE and the text
+encoder are frozen and their outputs come from the cache (:mod:`workflow.latent_cache`), so a step runs the
+UNet only. Per step, for a batch of latents ``z0 = s * z`` (``z`` drawn from the cached VAE posterior,
+``s`` the VAE scaling factor) and text embeddings ``c``:
+
+- **Caption dropout** (classifier-free guidance, Ho & Salimans 2022): ``c`` is replaced by the empty prompt's
+  embedding with probability ``caption_dropout``, so the model also learns the unconditional score.
+- **Noise offset** (Guttenberg 2023, "Diffusion with offset noise"): ``eps += offset * n`` with ``n`` one
+  normal draw per (sample, channel), constant over the image.
+- **DDPM forward process** (Ho et al. 2020, eq. 4): ``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps``, ``t``
+  uniform over the 1000 training steps.
+- **Loss**: the simple epsilon loss ``|| eps - eps_theta(z_t, t, c) ||^2`` (Ho et al. 2020, eq. 14), or the
+  v-prediction target (Salimans & Ho 2022) when the base model's scheduler says so; with ``snr_gamma`` each
+  sample is weighted by min-SNR-gamma (Hang et al. 2023): ``min(SNR_t, gamma) / SNR_t`` (epsilon) or
+  ``min(SNR_t, gamma) / (SNR_t + 1)`` (v).
+- AdamW, gradient clipping, a diffusers learning-rate schedule, and for ``full`` optionally an EMA of the
+  UNet weights (diffusers' ``EMAModel``; the saved model then holds the EMA weights, as diffusers does).
+
+**Seeded data order and noise.** Epoch ``e`` visits the images in the permutation seeded by ``(seed, 0, e)``;
+micro-step ``m`` of process ``r`` reseeds torch's generators with ``(seed, 1, m, r)`` before drawing its
+latents, caption dropout, noise, timesteps and LoRA dropout (:func:`workflow.seeding.derive_seed`). The random
+state is therefore a function of the step, and a run resumed from a checkpoint draws exactly what an
+uninterrupted run draws.
+
+**Data parallel.** With ``n`` processes, every optimizer step consumes ``n * batch_size * accumulation``
+images: process ``r`` takes the ``r``-th slice of each global batch; gradients are averaged by DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from workflow.classifier.figures import loss_curve
+from workflow.common import checkpoints
+from workflow.common.devices import pick_device
+from workflow.common.errors import InputError
+from workflow.common.provenance import config_hash, provenance, write_json
+from workflow.common.seeding import derive_seed
+from workflow.diffusion import base_models as sd_models
+from workflow.diffusion import saving as export
+from workflow.diffusion.latent_cache import EMPTY_PROMPT, LatentCache
+
+log = logging.getLogger(__name__)
+
+ORDER, NOISE = 0, 1  # seed domains: data order per epoch, random draws per micro-step
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (Hu et al. 2022) on the UNet's attention projections, via peft."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """``diffusion.train`` plus the method and its LoRA settings (the config schema documents each key)."""
+
+    method: str
+    seed: int
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float
+    adam_betas: tuple[float, float]
+    adam_epsilon: float
+    weight_decay: float
+    lr_scheduler: str
+    lr_warmup_steps: int
+    max_grad_norm: float
+    mixed_precision: str
+    gradient_checkpointing: bool
+    snr_gamma: float | None
+    noise_offset: float
+    caption_dropout: float
+    ema: bool
+    ema_decay: float
+    checkpoint_steps: int
+    checkpoints_total_limit: int
+    validation_steps: int | None
+    validation_prompts: int
+    validation_inference_steps: int
+    lora: LoraSettings
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> TrainSettings:
+        values = dict(settings)
+        values["adam_betas"] = tuple(values["adam_betas"])
+        lora = dict(values["lora"]) | {"target_modules": tuple(values["lora"]["target_modules"])}
+        values["lora"] = LoraSettings(**lora)
+        if values["ema"] and values["method"] != "full":
+            raise InputError("diffusion.train.ema: EMA is for method 'full' only (LoRA trains no full UNet)")
+        return cls(**values)
+
+
+def steps_per_epoch(n_images: int, settings: TrainSettings, processes: int) -> int:
+    """Micro-batches per epoch on each process (the last incomplete global batch is dropped)."""
+    micro = n_images // (settings.batch_size * processes)
+    if micro == 0:
+        raise InputError(
+            f"diffusion.train.batch_size: {n_images} training images are fewer than batch_size "
+            f"{settings.batch_size} x {processes} processes"
+        )
+    return micro
+
+
+def total_steps(n_images: int, settings: TrainSettings, processes: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, or ``epochs`` over the data."""
+    if settings.max_steps is not None:
+        return settings.max_steps
+    micro = settings.epochs * steps_per_epoch(n_images, settings, processes)
+    return max(1, micro // settings.gradient_accumulation_steps)
+
+
+def batch_indices(
+    n_images: int, settings: TrainSettings, processes: int, rank: int, micro: int
+) -> torch.Tensor:
+    """Cache rows of micro-step ``micro`` on process ``rank`` in the seeded data order."""
+    per_epoch = steps_per_epoch(n_images, settings, processes)
+    epoch, position = divmod(micro, per_epoch)
+    order = torch.Generator().manual_seed(derive_seed(settings.seed, ORDER, epoch))
+    permutation = torch.randperm(n_images, generator=order)
+    start = (position * processes + rank) * settings.batch_size
+    return permutation[start : start + settings.batch_size]
+
+
+def diffusion_loss(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    text: torch.Tensor,
+    noise_scheduler: Any,
+    settings: TrainSettings,
+) -> torch.Tensor:
+    """The DDPM training loss of one batch (epsilon or v target, optional noise offset and min-SNR weights);
+    draws from torch's default generators."""
+    from diffusers.training_utils import compute_snr
+
+    noise = torch.randn_like(latents)
+    if settings.noise_offset:
+        noise += settings.noise_offset * torch.randn(*latents.shape[:2], 1, 1, device=latents.device)
+    steps = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
+    target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+    prediction = unet(noisy, timesteps, text).sample.float()
+    if settings.snr_gamma is None:
+        return F.mse_loss(prediction, target.float())
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=settings.snr_gamma) / (snr + 1 if v_prediction else snr)
+    per_sample = F.mse_loss(prediction, target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weights).mean()
+
+
+def batch_inputs(
+    cache: LatentCache, indices: torch.Tensor, settings: TrainSettings, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents ``s * z`` drawn from the cached posteriors (a random flip view each) and text embeddings with
+    caption dropout; draws from torch's default generator."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    posteriors = cache.posteriors(indices)
+    view = torch.randint(0, cache.flips, (len(indices),))
+    chosen = posteriors[torch.arange(len(indices)), view].to(device)
+    latents = DiagonalGaussianDistribution(chosen).sample() * cache.scaling_factor
+    prompt_rows = cache.prompt_index[indices]
+    dropped = torch.rand(len(indices)) < settings.caption_dropout
+    prompt_rows = torch.where(dropped, EMPTY_PROMPT, prompt_rows)
+    return latents, cache.embeddings[prompt_rows].to(device)
+
+
+def build_unet(location: str, settings: TrainSettings, weight_dtype: torch.dtype) -> torch.nn.Module:
+    """The base UNet with SDPA attention, made trainable whole (full) or through LoRA adapters."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet")
+    unet.set_attn_processor(AttnProcessor2_0())
+    if settings.method == "lora":
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        if weight_dtype != torch.float32:  # frozen base weights in the mixed-precision dtype
+            unet.to(dtype=weight_dtype)
+        torch.manual_seed(settings.seed)  # the adapters' Gaussian initialisation
+        lora = settings.lora
+        unet.add_adapter(
+            LoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                init_lora_weights="gaussian",
+                target_modules=list(lora.target_modules),
+            )
+        )
+        cast_training_params(unet, dtype=torch.float32)
+    if settings.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    return unet
+
+
+def write_report(
+    path: str,
+    settings: TrainSettings,
+    base_model: str,
+    cache: Mapping[str, Any],
+    run: Mapping[str, Any],
+    losses: list[float],
+) -> None:
+    """The run's JSON report: provenance (which weights it started from), throughput and the loss curve."""
+    per_step = settings.batch_size * settings.gradient_accumulation_steps * run["processes"]
+    seconds = run["seconds"]
+    meta = provenance(asdict(settings) | {"base_model": base_model}, seeds={"train": settings.seed})
+    meta["weights"] = f"fine-tuned ({settings.method}) from {cache['weights']}"
+    report = {
+        "provenance": meta,
+        "method": settings.method,
+        "base_model": base_model,
+        "cache_id": cache["cache_id"],
+    }
+    report |= {key: value for key, value in run.items() if key != "seconds"}
+    report |= {
+        "images_seen": run["steps"] * per_step,
+        "train_seconds_this_job": round(seconds, 3),
+        "images_per_second_this_job": (
+            round((run["steps"] - run["resumed_from_step"]) * per_step / seconds, 3) if seconds > 0 else None
+        ),
+        "loss_first_10": sum(losses[:10]) / max(len(losses[:10]), 1),
+        "loss_last_10": sum(losses[-10:]) / max(len(losses[-10:]), 1),
+        "losses": losses,
+    }
+    write_json(path, report)
+
+
+def train(
+    cache_path: str,
+    base_model: str,
+    tiny_dir: str | None,
+    settings: TrainSettings,
+    gpus: int,
+    paths: Mapping[str, str],
+) -> None:
+    """Fine-tune, checkpointing every ``checkpoint_steps`` and resuming from the newest checkpoint.
+
+    Args:
+        gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
+        paths: ``model`` (output folder), ``report`` (JSON), ``loss`` and ``grid`` (PNGs), ``checkpoints``
+            and ``validation`` (working folders, kept across a killed job).
+    """
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    accelerator = Accelerator(
+        mixed_precision=settings.mixed_precision,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        cpu=pick_device(gpus).type == "cpu",
+    )
+    device, processes, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    if settings.mixed_precision == "fp16" and device.type == "cpu":
+        raise InputError("diffusion.train.mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU")
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        settings.mixed_precision, torch.float32
+    )
+    location = sd_models.resolve_base(base_model, tiny_dir)
+    cache = LatentCache(cache_path)
+    steps = total_steps(len(cache), settings, processes)
+    fingerprint = config_hash(
+        {
+            "settings": asdict(settings),
+            "cache": cache.provenance["cache_id"],
+            "base": location,
+            "n": processes,
+        }
+    )
+
+    unet = build_unet(location, settings, weight_dtype)
+    noise_scheduler = DDPMScheduler.from_pretrained(location, subfolder="scheduler")
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=settings.learning_rate,
+        betas=settings.adam_betas,
+        eps=settings.adam_epsilon,
+        weight_decay=settings.weight_decay,
+    )
+    # Stepped once per optimizer step by hand (not through accelerate, which steps it once per process).
+    lr_schedule = get_scheduler(settings.lr_scheduler, optimizer, settings.lr_warmup_steps, steps)
+    ema = EMAModel(unet.parameters(), decay=settings.ema_decay) if settings.ema else None
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    if ema is not None:
+        ema.to(device)
+
+    work = Path(paths["checkpoints"])
+    if accelerator.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        checkpoints.discard_foreign(work, fingerprint)
+    accelerator.wait_for_everyone()
+    training = checkpoints.TrainingState(accelerator, unet, optimizer, lr_schedule, ema)
+    state = checkpoints.newest(work, fingerprint)
+    step, losses = 0, []
+    if state is not None:
+        training.restore(state)
+        step, losses = state["step"], list(state["losses"])
+
+    validator = export.Validator(location, cache, settings, weight_dtype, device) if rank == 0 else None
+    accumulation = settings.gradient_accumulation_steps
+    started, first_step, running = time.perf_counter(), step, 0.0
+    for micro in range(step * accumulation, steps * accumulation):
+        torch.manual_seed(derive_seed(settings.seed, NOISE, micro, rank))
+        latents, text = batch_inputs(
+            cache, batch_indices(len(cache), settings, processes, rank, micro), settings, device
+        )
+        with accelerator.accumulate(unet), accelerator.autocast():
+            loss = diffusion_loss(unet, latents, text.to(weight_dtype), noise_scheduler, settings)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        running += loss.detach().item() / accumulation
+        if not accelerator.sync_gradients:
+            continue
+        lr_schedule.step()
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(unet).parameters())
+        step += 1
+        losses.append(accelerator.reduce(torch.tensor(running, device=device), "mean").item())
+        running = 0.0
+        if step % settings.checkpoint_steps == 0 or step == steps:
+            if accelerator.is_main_process:
+                state = training.snapshot() | {"step": step, "fingerprint": fingerprint, "losses": losses}
+                checkpoints.save(work, state, settings.checkpoints_total_limit)
+            accelerator.wait_for_everyone()
+        if validator is not None and settings.validation_steps and step % settings.validation_steps == 0:
+            validator.grid(
+                accelerator.unwrap_model(unet), ema, Path(paths["validation"]) / f"step-{step:08d}.png"
+            )
+    seconds = time.perf_counter() - started
+
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(unet)
+        validator.grid(final, ema, paths["grid"])
+        export.save_model(
+            final, ema, settings, base_model, location, paths["model"], cache.provenance["weights"]
+        )
+        run = {"processes": processes, "device": device.type, "steps": step, "resumed_from_step": first_step}
+        run |= {"seconds": seconds, "trainable_parameters": sum(p.numel() for p in parameters)}
+        write_report(paths["report"], settings, base_model, cache.provenance, run, losses)
+        loss_curve(losses, paths["loss"], f"{settings.method} fine-tuning, base {base_model}")
+        for path in work.glob("checkpoint-*.pt"):
+            path.unlink()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()

@@ -1,0 +1,295 @@
+"""Image quality of the synthetic set against a real split: FID, KID, precision/recall, overall and per group.
+
+Metrics are torch-fidelity's own implementations (``input1`` = synthetic, ``input2`` = real). They are
+applied to feature matrices rather than through ``torch_fidelity.calculate_metrics``, which extracts the
+features of whole inputs on every call: the groups below are subsets of one extraction, so each image set
+is extracted once (:mod:`workflow.image_features`, content-keyed cache) and every comparison indexes it. On
+the same images the numbers equal ``calculate_metrics``' (tested):
+
+- FID, Fréchet distance between Gaussians fitted to the two feature sets (Heusel et al., "GANs trained by a
+  two time-scale update rule converge to a local Nash equilibrium", NeurIPS 2017). Biased in N; with fewer
+  images than feature dimensions the covariance is rank-deficient: a warning says so;
+- KID, unbiased MMD² with the cubic polynomial kernel, mean and std over ``kid_subsets`` random subsets
+  (Bińkowski et al., "Demystifying MMD GANs", ICLR 2018); the subset size is
+  ``min(evaluation.kid_subset_size, n_real, n_synthetic)`` and a warning says when it was clamped;
+- improved precision and recall, k-NN manifold estimates with k = ``prc_neighborhood`` (Kynkäänniemi et al.,
+  "Improved precision and recall metric for assessing generative models", NeurIPS 2019).
+
+Groups (:func:`groups`), each with its own FID/KID/precision/recall, or null values and the reason when
+either side has fewer than ``evaluation.min_images`` images:
+
+- ``label``: per finding, synthetic vs real images positive for it (``label_<name> == 1``);
+- ``prompt``: per prompt id, its synthetic images vs the real images of the reference split that carry the
+  same prompt (prompt ids are shared by all splits' prompt tables);
+- ``slice_bin``: for volumes only. "Slice-wise" metrics treat every 2D slice as one image: the overall
+  metrics pool all slices of all volumes; per bin, slices whose relative position in their volume,
+  ``slice_index / (n_slices - 1)``, lies in ``[b/B, (b+1)/B)`` (``B`` = ``evaluation.slice_bins``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch_fidelity
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
+from workflow.common.errors import InputError
+from workflow.common.manifest import label_column, label_names
+from workflow.common.provenance import atomic_path, provenance, write_json
+from workflow.evaluation import extractors as feature_extractors
+from workflow.evaluation.features import FeatureCache, resolve_policy
+
+log = logging.getLogger(__name__)
+
+METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall")
+GROUP_KINDS = ("label", "prompt", "slice_bin")
+SLICEWISE = (
+    "every 2D slice is one image: the overall metrics pool all slices of all volumes; per_slice_bin compares "
+    "slices by relative position slice_index / (n_slices - 1) in their volume, in evaluation.slice_bins bins"
+)
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """The ``evaluation.*`` keys the metrics read (the config schema documents each)."""
+
+    kid_subset_size: int
+    kid_subsets: int
+    prc_neighborhood: int
+    min_images: int
+    seed: int
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> MetricSettings:
+        return cls(**{name: settings[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass
+class Group:
+    """A comparison: which synthetic and real rows, and why it cannot be computed (None if it can)."""
+
+    kind: str
+    name: str
+    fake: np.ndarray
+    real: np.ndarray
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def compare(fake: torch.Tensor, real: torch.Tensor, settings: MetricSettings) -> dict[str, Any]:
+    """FID, KID (mean, std) and precision/recall of synthetic vs real features, with sample-size warnings.
+
+    Returns a row (:func:`empty_row`): counts, the metrics (null with ``reason`` when either set is smaller
+    than ``min_images``), ``kid_subset_size`` as used and ``warnings``.
+    """
+    n_fake, n_real, dim = len(fake), len(real), real.shape[1]
+    smallest = min(n_fake, n_real)
+    if smallest < settings.min_images:
+        reason = f"fewer than evaluation.min_images = {settings.min_images} images"
+        return empty_row(n_fake, n_real, f"{reason} (synthetic {n_fake}, real {n_real})")
+    row = empty_row(n_fake, n_real, None)
+    for which, n in (("synthetic", n_fake), ("real", n_real)):
+        if n < dim:
+            row["warnings"].append(
+                f"FID: {n} {which} images < feature dimension {dim}, the covariance is rank-deficient and "
+                "FID is biased upwards; compare FIDs only at equal N, or use KID"
+            )
+    row["kid_subset_size"] = min(settings.kid_subset_size, smallest)
+    if row["kid_subset_size"] < settings.kid_subset_size:
+        row["warnings"].append(f"KID: subset size {settings.kid_subset_size} clamped to min(n_real, n_fake)")
+    options = {
+        "kid_subsets": settings.kid_subsets,
+        "kid_subset_size": row["kid_subset_size"],
+        "prc_neighborhood": settings.prc_neighborhood,
+        "rng_seed": settings.seed,
+        "verbose": False,
+    }
+    stats = [fid_features_to_statistics(features) for features in (fake, real)]
+    row["fid"] = fid_statistics_to_metric(*stats, False)[KEY_METRIC_FID]
+    kid = kid_features_to_metric(fake, real, **options)
+    row |= {"kid_mean": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD]}
+    if smallest > settings.prc_neighborhood:
+        prc = prc_features_to_metric(fake, real, **options)
+        row |= {"precision": prc[KEY_METRIC_PRECISION], "recall": prc[KEY_METRIC_RECALL]}
+    else:
+        row["warnings"].append(
+            f"precision/recall need more than prc_neighborhood = {settings.prc_neighborhood}"
+        )
+    return row
+
+
+def empty_row(n_fake: int, n_real: int, reason: str | None) -> dict[str, Any]:
+    """A result row with its counts and no metrics yet."""
+    return {"n_fake": n_fake, "n_real": n_real, **dict.fromkeys(METRICS), "kid_subset_size": None} | {
+        "reason": reason,
+        "warnings": [],
+    }
+
+
+def slice_position(frame: pd.DataFrame) -> pd.Series:
+    """Relative position of each slice in its volume, 0 (first) to 1 (last); NaN for 2D images."""
+    if "slice_index" not in frame or "volume_shape" not in frame or "slice_axis" not in frame:
+        return pd.Series(np.nan, index=frame.index)
+    known = frame["slice_index"].notna() & frame["volume_shape"].notna() & frame["slice_axis"].notna()
+    position = pd.Series(np.nan, index=frame.index)
+    for i in frame.index[known]:
+        n_slices = json.loads(frame.at[i, "volume_shape"])[int(frame.at[i, "slice_axis"])]
+        position[i] = int(frame.at[i, "slice_index"]) / max(n_slices - 1, 1)
+    return position
+
+
+def has_volumes(frame: pd.DataFrame) -> bool:
+    """Whether a manifest holds slices of volumes."""
+    return "volume_id" in frame and bool(frame["volume_id"].notna().any())
+
+
+def groups(fake: pd.DataFrame, real: pd.DataFrame, slice_bins: int) -> Iterator[Group]:
+    """The per-label, per-prompt and (for volumes) per-slice-position comparisons (module docstring).
+
+    Both frames carry ``prompt_id`` (``real``: from the reference split's prompts table; NA for none).
+    """
+    for name in [n for n in label_names(fake) if label_column(n) in real]:
+        column = label_column(name)
+        yield Group("label", name, (fake[column] == 1).to_numpy(), (real[column] == 1).to_numpy())
+    for prompt_id, rows in fake.groupby("prompt_id", sort=True):
+        fake_rows = (fake["prompt_id"] == prompt_id).to_numpy(dtype=bool, na_value=False)
+        real_rows = (real["prompt_id"] == prompt_id).to_numpy(dtype=bool, na_value=False)
+        yield Group(
+            "prompt", str(prompt_id), fake_rows, real_rows, extra={"prompt": str(rows["prompt"].iloc[0])}
+        )
+    if has_volumes(real):
+        yield from slice_groups(slice_position(fake), slice_position(real), slice_bins)
+
+
+def slice_groups(fake: pd.Series, real: pd.Series, bins: int) -> Iterator[Group]:
+    """One group per bin of relative slice position; null when the synthetic images carry no position."""
+    reason = None if fake.notna().any() else "the synthetic images carry no slice position (slice_index)"
+    fake_bin = np.minimum(np.floor(fake.to_numpy() * bins), bins - 1)
+    real_bin = np.minimum(np.floor(real.to_numpy() * bins), bins - 1)
+    for b in range(bins):
+        name = f"{b / bins:.2f}-{(b + 1) / bins:.2f}"
+        yield Group("slice_bin", name, fake_bin == b, real_bin == b, reason)
+
+
+def evaluate_group(
+    group: Group, fake: torch.Tensor, real: torch.Tensor, settings: MetricSettings
+) -> dict[str, Any]:
+    """One row of the per-group table: the group's id, counts, metrics, reason and warnings."""
+    head = {"group": group.kind, "name": group.name, **group.extra}
+    if group.reason is not None:
+        return head | empty_row(int(group.fake.sum()), int(group.real.sum()), group.reason)
+    rows = [torch.from_numpy(np.flatnonzero(mask)) for mask in (group.fake, group.real)]
+    return head | compare(fake[rows[0]], real[rows[1]], settings)
+
+
+def clean(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A table row for the JSON report: without its group and name, NaN/inf as null."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in row.items()
+        if key not in ("group", "name")
+    }
+
+
+def volume_count(frame: pd.DataFrame) -> int | None:
+    """Number of volumes the slices come from; None for 2D images."""
+    return int(frame["volume_id"].nunique()) if has_volumes(frame) else None
+
+
+def read_sets(
+    dataset_in: str, samples_in: str, prompts_in: str, split: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The real images of ``split`` (with their ``prompt_id``) and the synthetic images.
+
+    Raises:
+        InputError: when either set is empty.
+    """
+    dataset = pd.read_parquet(dataset_in)
+    real = dataset[dataset["split"] == split].reset_index(drop=True)
+    fake = pd.read_parquet(samples_in)
+    if real.empty or fake.empty:
+        empty = f"split '{split}' of {dataset_in} (evaluation.reference_split)" if real.empty else samples_in
+        raise InputError(f"no images to evaluate in {empty}")
+    prompts = pd.read_parquet(prompts_in, columns=["image_id", "prompt_id"])
+    return real.merge(prompts, on="image_id", how="left"), fake
+
+
+def evaluate(
+    dataset_in: str,
+    samples_in: str,
+    prompts_in: str,
+    settings: Mapping[str, Any],
+    extractor_path: str | None,
+    json_out: str,
+    table_out: str,
+) -> None:
+    """Rule ``image_metrics``: the synthetic set against the reference split, overall and per group.
+
+    Writes ``json_out`` (``results/fid.json``: provenance, extractor and its weights, resize policy, counts,
+    seed, overall metrics, per-group metrics, warnings, feature-cache keys) and ``table_out``
+    (``results/fid_per_class.csv``: one row per group, the first the overall one).
+
+    Raises:
+        InputError: for an empty reference split or synthetic set, or a missing image.
+    """
+    split = settings["reference_split"]
+    real, fake = read_sets(dataset_in, samples_in, prompts_in, split)
+    spec = feature_extractors.resolve(settings, extractor_path)
+    policy = resolve_policy(settings, real["image"].tolist(), fake["image"].tolist())
+    cuda = torch.cuda.is_available()
+    cache = FeatureCache(settings["cache_dir"], spec, policy, cuda, settings["batch_size"])
+    fake_features, fake_key = cache.features(fake["image"].tolist(), samples_in)
+    real_features, real_key = cache.features(real["image"].tolist(), f"{dataset_in} split {split}")
+    metrics = MetricSettings.from_dict(settings)
+    overall = compare(fake_features, real_features, metrics)
+    rows = [
+        evaluate_group(group, fake_features, real_features, metrics)
+        for group in groups(fake, real, settings["slice_bins"])
+    ]
+    weights = spec.weights()
+    warnings = list(overall["warnings"])
+    if "random-init" in weights:
+        warnings.append(f"{weights}: the numbers check the plumbing and do not measure image quality")
+    for warning in warnings:
+        log.warning(warning)
+    computed = sum(row["reason"] is None for row in rows)
+    log.info("overall FID %s; %d of %d groups computed", overall["fid"], computed, len(rows))
+
+    card = feature_extractors.read_card(spec.location)
+    seeds = {"kid": settings["seed"]} | ({"tiny_extractor": card["seed"]} if "seed" in card else {})
+    inputs = {"dataset": dataset_in, "samples": samples_in, "prompts": prompts_in}
+    extractor = {"weights": weights, "feature_dim": int(real_features.shape[1])}
+    runtime = {"device": "cuda" if cuda else "cpu", "torch_fidelity": torch_fidelity.__version__}
+    report = {
+        "provenance": provenance(settings, seeds=seeds, inputs=inputs, weights=weights),
+        "extractor": cache.identity | extractor | runtime,
+        "resize_policy": policy.describe(),
+        "seed": settings["seed"],
+        "reference": {"split": split, "images": len(real), "volumes": volume_count(real)},
+        "synthetic": {
+            "images": len(fake),
+            "prompts": fake["prompt_id"].nunique(),
+            "volumes": volume_count(fake),
+        },
+        "metrics": clean(overall),
+        "slicewise": {"volumes": has_volumes(real), "definition": SLICEWISE, "bins": settings["slice_bins"]},
+        **{f"per_{kind}": {r["name"]: clean(r) for r in rows if r["group"] == kind} for kind in GROUP_KINDS},
+        "warnings": warnings,
+        "feature_cache": {"dir": settings["cache_dir"], "synthetic": fake_key, "real": real_key},
+    }
+    write_json(json_out, report)
+    table = pd.DataFrame([{"group": "overall", "name": "all", "prompt": None} | overall, *rows])
+    table["kid_subset_size"] = table["kid_subset_size"].astype("Int64")
+    table["warnings"] = table["warnings"].map("; ".join)
+    with atomic_path(table_out) as tmp:
+        table.to_csv(tmp, index=False)

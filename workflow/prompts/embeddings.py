@@ -1,0 +1,169 @@
+"""DINO CLS-token embeddings of images, batched, for MEP-LDM's morphology clusters.
+
+MEP-LDM (Osorio et al., Diagnostics 2024; ``dataset-to-tokens``) embeds every image with DINO v1 ViT-B/8
+(``facebook/dino-vitb8``; Caron et al., "Emerging Properties in Self-Supervised Vision Transformers",
+ICCV 2021) and keeps the CLS token of the last hidden state, ``last_hidden_state[:, 0]`` (768-d, not
+normalised). As there, the model's own image processor resizes and normalises; unlike there, it receives
+8-bit PIL images, so pixels are rescaled to [0, 1] exactly once (MEP passes [0, 1] floats, which the
+processor divides by 255 again; seeds_spec 2.2). Images are decoded and processed by DataLoader worker
+processes while the main process runs the model on the GPU when there is one (``torch.cuda.is_available``),
+else on the CPU, in float32.
+
+``prompts.mep.model`` is a hub id (loaded with ``AutoModel``/``AutoImageProcessor`` on a machine that can
+reach the hub), a local folder in the same layout, or ``tiny``: :func:`build_tiny_vit` writes a randomly
+initialised ViT (hidden size 32, 2 layers, patch 8, 32 px) for the demo and the tests. A folder written by
+:func:`build_tiny_vit` carries a ``synthmed_model.json`` card saying so, and every output records which
+weights were used (:func:`weights_label`), so random weights are never mistaken for DINO.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessor, ViTModel
+
+from workflow.common.devices import pick_device
+from workflow.common.errors import InputError
+from workflow.common.provenance import write_json
+from workflow.prompts.outliers import FEATURES, image_features
+
+log = logging.getLogger(__name__)
+
+TINY_WEIGHTS = "random-init tiny ViT (demo)"
+MODEL_CARD = "synthmed_model.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TINY_VIT: dict[str, int] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "patch_size": 8,
+    "image_size": 32,
+}
+
+
+def dino_vitb8_config() -> ViTConfig:
+    """The architecture of ``facebook/dino-vitb8`` (ViT-B/8 at 224 px), for offline benchmarks."""
+    return ViTConfig(patch_size=8, image_size=224)
+
+
+def image_processor(size: int) -> ViTImageProcessor:
+    """DINO's preprocessing: bilinear resize to ``size`` x ``size``, x/255, ImageNet mean and std."""
+    return ViTImageProcessor(
+        size={"height": size, "width": size}, resample=2, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+    )
+
+
+def build_tiny_vit(out_dir: str | Path, seed: int, meta: Mapping[str, Any]) -> None:
+    """Save a randomly initialised tiny ViT, its image processor and a card saying so into ``out_dir``.
+
+    ``meta`` (the step's provenance) goes into the card, ``synthmed_model.json``.
+    """
+    torch.manual_seed(seed)
+    model = ViTModel(ViTConfig(**TINY_VIT))
+    model.save_pretrained(out_dir)
+    image_processor(TINY_VIT["image_size"]).save_pretrained(out_dir)
+    card = {"weights": TINY_WEIGHTS, "seed": seed, "architecture": TINY_VIT, "provenance": dict(meta)}
+    write_json(Path(out_dir) / MODEL_CARD, card)
+
+
+def weights_label(model: str) -> str:
+    """What to record as the weights: the card of a synthmed-built model, else the folder or hub id."""
+    card = Path(model) / MODEL_CARD
+    if card.is_file():
+        return str(json.loads(card.read_text())["weights"])
+    if Path(model).is_dir():
+        return f"pretrained weights from local folder {model}"
+    return f"pretrained weights from the Hugging Face hub: {model}"
+
+
+def load(model: str) -> tuple[torch.nn.Module, Any]:
+    """The model (eval mode) and its image processor from a hub id or local folder."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(model)
+        network = AutoModel.from_pretrained(model)
+    except OSError as err:
+        raise InputError(
+            f"prompts.mep.model = '{model}' could not be loaded ({err}). Give a Hugging Face hub id "
+            "(the machine needs hub access or a filled cache), a local model folder, or 'tiny'"
+        ) from None
+    return network.eval(), processor
+
+
+class ImageFiles(Dataset):
+    """Images as the processor's ``pixel_values``; optionally the outlier features of a second file."""
+
+    def __init__(self, paths: Sequence[str], processor: Any, feature_paths: Sequence[str] | None = None):
+        self.paths = list(paths)
+        self.processor = processor
+        self.feature_paths = None if feature_paths is None else list(feature_paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with Image.open(self.paths[index]) as image:
+            rgb = image.convert("RGB")
+        pixels = self.processor(images=rgb, return_tensors="pt")["pixel_values"][0]
+        if self.feature_paths is None:
+            return pixels, torch.empty(0, dtype=torch.float64)
+        features = image_features(self.feature_paths[index])
+        return pixels, torch.tensor([features[name] for name in FEATURES], dtype=torch.float64)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+@torch.inference_mode()
+def embed(
+    network: torch.nn.Module,
+    processor: Any,
+    paths: Sequence[str],
+    *,
+    batch_size: int,
+    threads: int,
+    feature_paths: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """CLS tokens (N x hidden, float32) of ``paths``, in order, and the outlier features if asked for.
+
+    Args:
+        network: a ViT-like model returning ``last_hidden_state``.
+        processor: its image processor (given 8-bit PIL images).
+        paths: image files.
+        batch_size: images per forward pass.
+        threads: CPU threads of the job: ``threads - 1`` DataLoader worker processes decode images while
+            the main process runs the model (with ``threads`` intra-op threads when on the CPU).
+        feature_paths: files to compute MEP's outlier features on (one per image), or None.
+    """
+    target = pick_device()
+    torch.set_num_threads(max(threads, 1))
+    workers = max(threads - 1, 0)
+    network = network.to(target)
+    loader = DataLoader(
+        ImageFiles(paths, processor, feature_paths),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=target.type == "cuda",
+        worker_init_fn=_one_thread if workers else None,
+    )
+    tokens, features = [], []
+    for pixels, extra in loader:
+        hidden = network(pixel_values=pixels.to(target, non_blocking=True)).last_hidden_state
+        tokens.append(hidden[:, 0].float().cpu().numpy())
+        features.append(extra.numpy())
+    matrix = np.concatenate(tokens) if tokens else np.empty((0, network.config.hidden_size), np.float32)
+    log.info("embedded %d images on %s", len(matrix), target)
+    if feature_paths is None:
+        return matrix, None
+    return matrix, (np.concatenate(features) if features else np.empty((0, len(FEATURES))))
