@@ -1,117 +1,156 @@
-# Classifier stage: train per regime (real, synthetic, mixed, real+counterfactual) -> evaluate on the real
-# test split (metrics, fairness, figures) -> Grad-CAM focus -> one comparison table across regimes.
-# Functions: workflow/downstream.py (file to file), workflow/regimes.py, workflow/classifier.py,
-# workflow/models.py, workflow/metrics.py, workflow/fairness.py, workflow/cam.py, workflow/plots.py,
-# workflow/comparison.py.
+# Classifier stage: train per run (a regime and the source of its extra images) -> evaluate on the real test
+# split (metrics, fairness, figures) -> Grad-CAM focus -> one comparison table across runs.
+# Functions: workflow/classifier/stage.py (one per rule); settings: workflow/classifier/settings.py;
+# runs: workflow/classifier/regimes.py.
+import re
+
+from workflow.classifier.regimes import run_sources, runs
+from workflow.classifier.settings import (
+    EvaluationSettings,
+    FairnessSettings,
+    FocusSettings,
+    TrainSettings,
+)
+
+CLASSIFIER = "results/classifier"
+CLS = config["classifier"]
+RUNS = runs(config)
+RUN = f"{CLASSIFIER}/{{run}}"
 
 
-include: "classifier_functions.smk"
+wildcard_constraints:
+    run="|".join(re.escape(run) for run in RUNS),
+
+
+def classifier_outputs():
+    """The end products of the classifier stage for the study's runs."""
+    per_run = ["metrics.json", "fairness.json", "focus.json"]
+    return [
+        *expand(f"{RUN}/{{name}}", run=RUNS, name=per_run),
+        f"{CLASSIFIER}/comparison.csv",
+        f"{CLASSIFIER}/comparison.json",
+    ]
+
+
+def extra_manifests(wildcards):
+    """The synthetic or counterfactual manifest a run trains on, by kind (none for real)."""
+    return run_sources(config, wildcards.run)
+
+
+def extra_manifests_json(wildcards):
+    """extra_manifests as JSON for the script's --sources."""
+    return json.dumps(extra_manifests(wildcards))
+
+
+def weights_file():
+    """The pretrained weights file as an input (none for random or imagenet weights)."""
+    weights = CLS["training"]["weights"]
+    return [] if weights in ("random", "imagenet") else [weights]
 
 
 rule train_classifier:
     input:
-        unpack(regime_sources),
+        unpack(extra_manifests),
         weights_file(),
-        dataset=f"{DATA}/dataset.parquet",
+        dataset=DATASET,
     output:
-        model=f"{CLASSIFIER}/{{regime}}/model.pt",
-        report=f"{CLASSIFIER}/{{regime}}/training.json",
+        model=f"{RUN}/model.pt",
+        report=f"{RUN}/training.json",
     log:
-        "logs/classifier/train_classifier/{regime}.log",
+        "logs/classifier/train_classifier/{run}.log",
     conda:
         "../envs/synthmed.yaml"
     threads: 2
     resources:
         gpu=CLS["gpus"],
     params:
-        sources=regime_sources_json,
-        labels=as_json(config["dataset"]["labels"]),
-        settings=as_json(CLS["training"]),
+        sources=extra_manifests_json,
+        labels=LABELS,
+        settings=TrainSettings.of(config).to_json(),
         synthetic_per_real=CLS["synthetic_per_real"],
-        work_dir=f"{CLASSIFIER}/{{regime}}/checkpoints",
+        work_dir=f"{RUN}/checkpoints",
     shell:
-        "python -m scripts.classifier train --regime {wildcards.regime:q} --dataset {input.dataset}"
+        "python -m scripts.classifier train_classifier --run {wildcards.run:q} --dataset {input.dataset}"
         " --sources {params.sources:q} --labels {params.labels:q} --settings {params.settings:q}"
-        " --synthetic-per-real {params.synthetic_per_real} --model {output.model} --report {output.report}"
-        " --work-dir {params.work_dir:q} --threads {threads} 2> {log}"
+        " --synthetic-per-real {params.synthetic_per_real} --model {output.model}"
+        " --report {output.report} --work-dir {params.work_dir:q} --threads {threads} 2> {log}"
 
 
 rule evaluate_classifier:
     input:
-        dataset=f"{DATA}/dataset.parquet",
+        dataset=DATASET,
         model=rules.train_classifier.output.model,
         training=rules.train_classifier.output.report,
     output:
-        metrics=f"{CLASSIFIER}/{{regime}}/metrics.json",
-        fairness=f"{CLASSIFIER}/{{regime}}/fairness.json",
-        predictions=f"{CLASSIFIER}/{{regime}}/test_predictions.parquet",
+        metrics=f"{RUN}/metrics.json",
+        fairness=f"{RUN}/fairness.json",
+        predictions=f"{RUN}/test_predictions.parquet",
         roc=report(
-            f"{CLASSIFIER}/{{regime}}/roc.png",
+            f"{RUN}/roc.png",
             caption="../resources/report/roc.rst",
             category="5. Classifiers",
-            subcategory="{regime}",
+            subcategory="{run}",
         ),
         subgroups=report(
-            f"{CLASSIFIER}/{{regime}}/subgroup_auroc.png",
+            f"{RUN}/subgroup_auroc.png",
             caption="../resources/report/subgroups.rst",
             category="5. Classifiers",
-            subcategory="{regime}",
+            subcategory="{run}",
         ),
     log:
-        "logs/classifier/evaluate_classifier/{regime}.log",
+        "logs/classifier/evaluate_classifier/{run}.log",
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=as_json(CLS["evaluation"]),
-        fairness=as_json(CLS["fairness"]),
+        settings=EvaluationSettings.of(config).to_json(),
+        fairness=FairnessSettings.of(config).to_json(),
     shell:
-        "python -m scripts.classifier evaluate --dataset {input.dataset} --model {input.model}"
-        " --training {input.training} --settings {params.settings:q} --fairness {params.fairness:q}"
-        " --metrics {output.metrics} --fairness-out {output.fairness} --predictions {output.predictions}"
-        " --roc {output.roc} --subgroups {output.subgroups} --threads {threads} 2> {log}"
+        "python -m scripts.classifier evaluate_classifier --dataset {input.dataset} --model {input.model}"
+        " --training-report {input.training} --settings {params.settings:q}"
+        " --fairness-settings {params.fairness:q} --metrics-report {output.metrics}"
+        " --fairness-report {output.fairness} --predictions {output.predictions} --roc {output.roc}"
+        " --subgroups {output.subgroups} --threads {threads} 2> {log}"
 
 
 rule classifier_focus:
     input:
-        dataset=f"{DATA}/dataset.parquet",
+        dataset=DATASET,
         model=rules.train_classifier.output.model,
     output:
-        focus=f"{CLASSIFIER}/{{regime}}/focus.json",
+        focus=f"{RUN}/focus.json",
         overlays=report(
-            f"{CLASSIFIER}/{{regime}}/cam_examples.png",
+            f"{RUN}/cam_examples.png",
             caption="../resources/report/cam.rst",
             category="5. Classifiers",
-            subcategory="{regime}",
+            subcategory="{run}",
         ),
     log:
-        "logs/classifier/classifier_focus/{regime}.log",
+        "logs/classifier/classifier_focus/{run}.log",
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=as_json(CLS["focus"]),
-        mask_classes=as_json(config["dataset"]["mask_classes"]),
-        seed=CLS["evaluation"]["seed"],
+        settings=FocusSettings.of(config).to_json(),
     shell:
-        "python -m scripts.classifier focus --dataset {input.dataset} --model {input.model}"
-        " --settings {params.settings:q} --mask-classes {params.mask_classes:q} --seed {params.seed}"
-        " --out {output.focus} --overlays {output.overlays} --threads {threads} 2> {log}"
+        "python -m scripts.classifier classifier_focus --dataset {input.dataset} --model {input.model}"
+        " --settings {params.settings:q} --focus {output.focus} --overlays {output.overlays}"
+        " --threads {threads} 2> {log}"
 
 
 rule compare_classifiers:
     input:
-        metrics=expand(rules.evaluate_classifier.output.metrics, regime=REGIMES),
-        fairness=expand(rules.evaluate_classifier.output.fairness, regime=REGIMES),
-        focus=expand(rules.classifier_focus.output.focus, regime=REGIMES),
+        metrics=expand(rules.evaluate_classifier.output.metrics, run=RUNS),
+        fairness=expand(rules.evaluate_classifier.output.fairness, run=RUNS),
+        focus=expand(rules.classifier_focus.output.focus, run=RUNS),
     output:
-        csv=f"{CLASSIFIER}/comparison.csv",
-        json=f"{CLASSIFIER}/comparison.json",
+        table=f"{CLASSIFIER}/comparison.csv",
+        summary=f"{CLASSIFIER}/comparison.json",
     log:
         "logs/classifier/compare_classifiers.log",
     conda:
         "../envs/synthmed.yaml"
     params:
-        regimes=REGIMES,
+        runs=RUNS,
     shell:
-        "python -m scripts.classifier compare --regimes {params.regimes:q} --metrics {input.metrics}"
-        " --fairness {input.fairness} --focus {input.focus} --csv {output.csv} --json {output.json}"
-        " 2> {log}"
+        "python -m scripts.classifier compare_classifiers --runs {params.runs:q}"
+        " --metrics-reports {input.metrics} --fairness-reports {input.fairness}"
+        " --focus-reports {input.focus} --table {output.table} --summary {output.summary} 2> {log}"

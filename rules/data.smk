@@ -1,8 +1,29 @@
 # Data stage: demo phantoms -> manifest -> patient-level split -> sharded preprocessing -> dataset.
-# Functions: workflow/phantoms.py, workflow/adapters/, workflow/split.py, workflow/preprocess.py,
-# workflow/dataset.py.
+# Functions: workflow/data/stage.py (one per rule); settings: workflow/data/settings.py.
+from workflow.data.adapters import table_files
+from workflow.data.phantoms import PhantomSettings
+from workflow.data.settings import (
+    DatasetSettings,
+    PreprocessSettings,
+    RejectionSettings,
+    SplitSettings,
+)
 
+DATA = "results/data"
 PHANTOM_DIR = f"{config['phantom']['out_dir']}/CheXpert-v1.0-phantom"
+DATA_SHARDS = range(config["preprocess"]["shards"])
+DATASET = f"{DATA}/dataset.parquet"
+
+
+def data_outputs():
+    """The end products of the data stage."""
+    return [DATASET, f"{DATA}/data_report.json"]
+
+
+def adapter_tables():
+    """The table files the selected adapter reads (workflow.data.adapters.TABLE_FILES)."""
+    adapter = config["dataset"]["adapter"]
+    return table_files(adapter, config["dataset"][adapter])
 
 
 rule make_phantoms:
@@ -14,10 +35,10 @@ rule make_phantoms:
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=as_json(config["phantom"]["settings"]),
-        out_dir=lambda wildcards, output: Path(output.csv).parents[1],
+        settings=PhantomSettings.of(config).to_json(),
+        out=config["phantom"]["out_dir"],
     shell:
-        "python -m scripts.make_phantoms --settings {params.settings:q} --out {params.out_dir} 2> {log}"
+        "python -m scripts.data make_phantoms --settings {params.settings:q} --out {params.out} 2> {log}"
 
 
 rule build_manifest:
@@ -31,9 +52,9 @@ rule build_manifest:
     conda:
         "../envs/synthmed.yaml"
     params:
-        dataset=as_json(config["dataset"]),
+        dataset=DatasetSettings.of(config).to_json(),
     shell:
-        "python -m scripts.data build --dataset {params.dataset:q}"
+        "python -m scripts.data build_manifest --dataset {params.dataset:q}"
         " --manifest {output.manifest} --rejected {output.rejected} 2> {log}"
 
 
@@ -49,13 +70,12 @@ rule split_dataset:
     conda:
         "../envs/synthmed.yaml"
     params:
-        split=as_json(config["split"]),
-        labels=as_json(config["dataset"]["labels"]),
-        max_rejected=config["dataset"]["max_rejected_fraction"],
+        settings=SplitSettings.of(config).to_json(),
+        checks=RejectionSettings.of(config).to_json(),
     shell:
-        "python -m scripts.data split --manifest {input.manifest} --rejected {input.rejected}"
-        " --settings {params.split:q} --labels {params.labels:q} --max-rejected {params.max_rejected}"
-        " --out {output.split} --report {output.report} 2> {log}"
+        "python -m scripts.data split_dataset --manifest {input.manifest} --rejected {input.rejected}"
+        " --settings {params.settings:q} --checks {params.checks:q} --split {output.split}"
+        " --report {output.report} 2> {log}"
 
 
 rule preprocess_shard:
@@ -72,17 +92,17 @@ rule preprocess_shard:
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=preprocess_settings(),
+        settings=PreprocessSettings.of(config).to_json(),
     shell:
-        "python -m scripts.data preprocess --split {input.split} --settings {params.settings:q}"
-        " --shard {wildcards.shard} --images {output.images} --out {output.table}"
+        "python -m scripts.data preprocess_shard --split {input.split} --settings {params.settings:q}"
+        " --shard {wildcards.shard} --images {output.images} --table {output.table}"
         " --rejected {output.rejected} 2> {log}"
 
 
 rule merge_rejections:
     input:
         adapter=rules.build_manifest.output.rejected,
-        shards=expand(f"{DATA}/shards/{{shard}}.rejected.parquet", shard=SHARDS),
+        shards=expand(rules.preprocess_shard.output.rejected, shard=DATA_SHARDS),
     output:
         f"{DATA}/rejected.parquet",
     log:
@@ -90,24 +110,23 @@ rule merge_rejections:
     conda:
         "../envs/synthmed.yaml"
     shell:
-        "python -m scripts.data merge-rejections --out {output} {input.adapter} {input.shards} 2> {log}"
+        "python -m scripts.data merge_rejections --rejected {output} {input.adapter} {input.shards}"
+        " 2> {log}"
 
 
 rule finalize_dataset:
     input:
-        shards=expand(f"{DATA}/shards/{{shard}}.parquet", shard=SHARDS),
+        shards=expand(rules.preprocess_shard.output.table, shard=DATA_SHARDS),
         rejected=rules.merge_rejections.output[0],
     output:
-        dataset=f"{DATA}/dataset.parquet",
+        dataset=DATASET,
         report=f"{DATA}/data_report.json",
     log:
         "logs/data/finalize_dataset.log",
     conda:
         "../envs/synthmed.yaml"
     params:
-        labels=as_json(config["dataset"]["labels"]),
-        max_rejected=config["dataset"]["max_rejected_fraction"],
+        checks=RejectionSettings.of(config).to_json(),
     shell:
-        "python -m scripts.data finalize --rejected {input.rejected} --labels {params.labels:q}"
-        " --max-rejected {params.max_rejected} --out {output.dataset} --report {output.report}"
-        " {input.shards} 2> {log}"
+        "python -m scripts.data finalize_dataset --rejected {input.rejected} --checks {params.checks:q}"
+        " --dataset {output.dataset} --report {output.report} {input.shards} 2> {log}"

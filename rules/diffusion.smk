@@ -1,30 +1,50 @@
-# Diffusion stage: (tiny demo SD) -> cached latents -> fine-tuning (full UNet or LoRA, accelerate) ->
-# sampling plan -> sharded, seeded sampling -> labelled synthetic dataset.
-# Functions: workflow/sd_models.py, workflow/latent_cache.py, workflow/finetune.py, workflow/export.py,
-# workflow/sampling.py.
+# Diffusion stage: cached latents -> fine-tuning (full UNet or LoRA, accelerate) -> sampling plan -> sharded,
+# seeded sampling -> labelled synthetic dataset, per generator (workflow/diffusion/generators.py).
+# Functions: workflow/diffusion/stage.py (one per rule); settings: workflow/diffusion/settings.py.
+from workflow.diffusion.generators import (
+    generator_names,
+    model_dir,
+    samples_dir,
+    samples_manifest,
+)
+from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+
+DIFFUSION = config["diffusion"]
+GENERATORS = generator_names(config)
+SAMPLE_SHARDS = range(DIFFUSION["sample"]["shards"])
+MODEL = model_dir("{generator}")
+SAMPLES = samples_dir("{generator}")
 
 
-include: "diffusion_functions.smk"
+wildcard_constraints:
+    generator="|".join(GENERATORS),
 
 
-rule build_tiny_sd:
-    output:
-        directory(TINY_SD),
-    log:
-        "logs/diffusion/build_tiny_sd.log",
-    conda:
-        "../envs/synthmed.yaml"
-    params:
-        seed=DIFFUSION["tiny_seed"],
-    shell:
-        "python -m scripts.diffusion tiny --seed {params.seed} --out {output} 2> {log}"
+def diffusion_outputs():
+    """The end products of the diffusion stage, per generator."""
+    names = ["model", "train_report.json", "loss.png", "validation.png"]
+    return [
+        *expand(f"{MODEL}/{{name}}", generator=GENERATORS, name=names),
+        *expand(samples_manifest("{generator}"), generator=GENERATORS),
+    ]
+
+
+def base_model(wildcards, input):
+    """The base model a rule loads: the tiny stand-in's folder when it is an input, else its hub id or
+    folder (diffusion.base_model)."""
+    return input.base[0] if input.base else DIFFUSION["base_model"]
+
+
+def launch_processes(wildcards, resources):
+    """accelerate processes of finetune_sd: one per GPU of the job, one (on the CPU) without GPUs."""
+    return max(resources.gpu, 1)
 
 
 rule cache_latents:
     input:
-        dataset=rules.finalize_dataset.output.dataset,
+        dataset=DATASET,
         prompts=rules.build_prompts.output.train,
-        base=tiny_sd_input(),
+        base=tiny_model_inputs(config, "sd"),
     output:
         "results/models/cache/train.safetensors",
     log:
@@ -34,86 +54,82 @@ rule cache_latents:
     resources:
         gpu=DIFFUSION["cache"]["gpus"],
     params:
-        base=DIFFUSION["base_model"],
-        tiny=tiny_option,
-        settings=without_gpus(DIFFUSION["cache"], resolution=DIFFUSION["resolution"]),
+        base=base_model,
+        settings=CacheSettings.of(config).to_json(),
     shell:
-        "python -m scripts.diffusion cache --dataset {input.dataset} --prompts {input.prompts}"
-        " --base-model {params.base:q} {params.tiny} --settings {params.settings:q}"
-        " --gpus {resources.gpu} --out {output} 2> {log}"
+        "python -m scripts.diffusion cache_latents --dataset {input.dataset} --prompts {input.prompts}"
+        " --base-model {params.base:q} --settings {params.settings:q} --gpus {resources.gpu}"
+        " --cache {output} 2> {log}"
 
 
 rule finetune_sd:
     input:
         cache=rules.cache_latents.output[0],
-        base=tiny_sd_input(),
+        base=tiny_model_inputs(config, "sd"),
     output:
-        model=directory(f"{SD_RUN}/model"),
-        report=f"{SD_RUN}/train_report.json",
+        model=directory(f"{MODEL}/model"),
+        report=f"{MODEL}/train_report.json",
         loss=report(
-            f"{SD_RUN}/loss.png",
+            f"{MODEL}/loss.png",
             caption="../resources/report/loss.rst",
             category="3. Diffusion",
-            subcategory="Fine-tuning",
+            subcategory="{generator}",
         ),
         grid=report(
-            f"{SD_RUN}/validation.png",
+            f"{MODEL}/validation.png",
             caption="../resources/report/validation.rst",
             category="3. Diffusion",
-            subcategory="Fine-tuning",
+            subcategory="{generator}",
         ),
     log:
-        "logs/diffusion/finetune_sd.log",
+        "logs/diffusion/finetune_sd/{generator}.log",
     conda:
         "../envs/synthmed.yaml"
     resources:
         gpu=DIFFUSION["train"]["gpus"],
     params:
-        base=DIFFUSION["base_model"],
-        tiny=tiny_option,
-        settings=without_gpus(
-            DIFFUSION["train"], method=DIFFUSION["method"], lora=DIFFUSION["lora"]
-        ),
+        base=base_model,
+        settings=TrainSettings.of(config).to_json(),
         processes=launch_processes,
         mixed_precision=DIFFUSION["train"]["mixed_precision"],
-        checkpoints=f"{SD_RUN}/checkpoints",
-        validation=f"{SD_RUN}/grids",
+        checkpoints=f"{MODEL}/checkpoints",
+        validation=f"{MODEL}/grids",
     shell:
         "accelerate launch --num_processes {params.processes} --num_machines 1"
         " --mixed_precision {params.mixed_precision} --dynamo_backend no"
-        " -m scripts.diffusion train --cache {input.cache} --base-model {params.base:q}"
-        " {params.tiny} --settings {params.settings:q} --gpus {resources.gpu}"
-        " --model {output.model} --report {output.report} --loss {output.loss} --grid {output.grid}"
+        " -m scripts.diffusion finetune_sd --cache {input.cache} --base-model {params.base:q}"
+        " --settings {params.settings:q} --gpus {resources.gpu} --model {output.model}"
+        " --report {output.report} --loss {output.loss} --grid {output.grid}"
         " --checkpoints {params.checkpoints} --validation {params.validation} 2> {log}"
 
 
 rule plan_samples:
     input:
         prompts=rules.build_prompts.output.train,
-        dataset=rules.finalize_dataset.output.dataset,
+        dataset=DATASET,
     output:
         f"{SAMPLES}/plan.parquet",
     log:
-        "logs/diffusion/plan_samples.log",
+        "logs/diffusion/plan_samples/{generator}.log",
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=without_gpus(DIFFUSION["sample"], resolution=DIFFUSION["resolution"]),
+        settings=SampleSettings.of(config).to_json(),
     shell:
-        "python -m scripts.diffusion plan --prompts {input.prompts} --dataset {input.dataset}"
-        " --settings {params.settings:q} --out {output} 2> {log}"
+        "python -m scripts.diffusion plan_samples --prompts {input.prompts} --dataset {input.dataset}"
+        " --settings {params.settings:q} --plan {output} 2> {log}"
 
 
 rule sample_images:
     input:
         plan=rules.plan_samples.output[0],
         model=rules.finetune_sd.output.model,
-        base=tiny_sd_input(),
+        base=tiny_model_inputs(config, "sd"),
     output:
         table=f"{SAMPLES}/shards/{{shard}}.parquet",
         images=directory(f"{SAMPLES}/images/shard{{shard}}"),
     log:
-        "logs/diffusion/sample_images/{shard}.log",
+        "logs/diffusion/sample_images/{generator}/{shard}.log",
     wildcard_constraints:
         shard=r"\d+",
     conda:
@@ -121,21 +137,25 @@ rule sample_images:
     resources:
         gpu=DIFFUSION["sample"]["gpus"],
     params:
-        settings=without_gpus(DIFFUSION["sample"], resolution=DIFFUSION["resolution"]),
+        settings=SampleSettings.of(config).to_json(),
     shell:
-        "python -m scripts.diffusion sample --plan {input.plan} --model {input.model}"
+        "python -m scripts.diffusion sample_images --plan {input.plan} --model {input.model}"
         " --settings {params.settings:q} --shard {wildcards.shard} --gpus {resources.gpu}"
-        " --images {output.images} --out {output.table} 2> {log}"
+        " --images {output.images} --table {output.table} 2> {log}"
 
 
 rule collect_samples:
     input:
-        expand(f"{SAMPLES}/shards/{{shard}}.parquet", shard=SAMPLE_SHARDS),
+        expand(
+            rules.sample_images.output.table,
+            shard=SAMPLE_SHARDS,
+            allow_missing=True,
+        ),
     output:
-        f"{SAMPLES}/manifest.parquet",
+        samples_manifest("{generator}"),
     log:
-        "logs/diffusion/collect_samples.log",
+        "logs/diffusion/collect_samples/{generator}.log",
     conda:
         "../envs/synthmed.yaml"
     shell:
-        "python -m scripts.diffusion collect --out {output} {input} 2> {log}"
+        "python -m scripts.diffusion collect_samples --samples {output} {input} 2> {log}"

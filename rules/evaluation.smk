@@ -1,44 +1,70 @@
-# Evaluation stage, image quality: FID, KID and precision/recall of the synthetic set against a real split,
-# overall, per finding, per prompt and (volumes) per slice position.
-# Functions: workflow/image_metrics.py (file to file), workflow/image_features.py,
-# workflow/feature_extractors.py.
+# Evaluation stage, image quality: FID, KID and precision/recall of every generator's synthetic set against
+# a real split, overall, per finding, per prompt and (volumes) per slice position; results/fid.json has a
+# section per generator.
+# Functions: workflow/evaluation/stage.py (one per rule); settings: workflow/evaluation/settings.py.
+from workflow.evaluation.settings import EvaluationSettings
+
+EVALUATION = config["evaluation"]
+QUALITY = "results/evaluation/{generator}"
 
 
-include: "evaluation_functions.smk"
+def evaluation_outputs():
+    """The end products of the image-quality evaluation."""
+    return ["results/fid.json", "results/fid_per_class.csv"]
 
 
-rule build_tiny_extractor:
-    output:
-        directory(TINY_EXTRACTOR),
-    log:
-        "logs/evaluation/build_tiny_extractor.log",
-    conda:
-        "../envs/synthmed.yaml"
-    params:
-        seed=EVALUATION["tiny_seed"],
-    shell:
-        "python -m scripts.evaluation build-tiny-extractor --seed {params.seed} --out {output} 2> {log}"
+def extractor_files():
+    """The extractor's local file or folder as an input (tiny stand-in, Inception weights, local folder)."""
+    if EVALUATION["extractor"] == "inception-v3-compat":
+        return [EVALUATION["weights"]] if EVALUATION["weights"] else []
+    if EVALUATION["extractor"] == "transformers":
+        return [EVALUATION["model"]] if Path(EVALUATION["model"]).is_dir() else []
+    return tiny_model_inputs(config, "dinov2")
+
+
+def extractor_option(wildcards, input):
+    """--extractor for an extractor the workflow tracks as an input; nothing otherwise."""
+    return f"--extractor {input.extractor}" if input.extractor else ""
 
 
 rule image_metrics:
     input:
-        dataset=rules.finalize_dataset.output.dataset,
-        samples=rules.collect_samples.output[0],
+        dataset=DATASET,
+        samples=samples_manifest("{generator}"),
         prompts=f"{PROMPTS}/{EVALUATION['reference_split']}.parquet",
         extractor=extractor_files(),
     output:
-        json="results/fid.json",
-        table="results/fid_per_class.csv",
+        report=f"{QUALITY}/image_metrics.json",
+        table=f"{QUALITY}/per_group.csv",
     log:
-        "logs/evaluation/image_metrics.log",
+        "logs/evaluation/image_metrics/{generator}.log",
     conda:
         "../envs/synthmed.yaml"
     resources:
         gpu=EVALUATION["gpus"],
     params:
-        settings=without_gpus(EVALUATION),
+        settings=EvaluationSettings.of(config).to_json(),
         extractor=extractor_option,
     shell:
-        "python -m scripts.evaluation image-metrics --dataset {input.dataset} --samples {input.samples}"
+        "python -m scripts.evaluation image_metrics --dataset {input.dataset} --samples {input.samples}"
         " --prompts {input.prompts} --settings {params.settings:q} {params.extractor}"
-        " --json {output.json} --table {output.table} 2> {log}"
+        " --report {output.report} --table {output.table} 2> {log}"
+
+
+rule collect_image_metrics:
+    input:
+        reports=expand(rules.image_metrics.output.report, generator=GENERATORS),
+        tables=expand(rules.image_metrics.output.table, generator=GENERATORS),
+    output:
+        fid="results/fid.json",
+        table="results/fid_per_class.csv",
+    log:
+        "logs/evaluation/collect_image_metrics.log",
+    conda:
+        "../envs/synthmed.yaml"
+    params:
+        generators=GENERATORS,
+    shell:
+        "python -m scripts.evaluation collect_image_metrics --generators {params.generators:q}"
+        " --reports {input.reports} --tables {input.tables} --fid {output.fid}"
+        " --fid-table {output.table} 2> {log}"

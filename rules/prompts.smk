@@ -1,29 +1,42 @@
 # Prompts stage: dataset -> (DINO embeddings -> morphology clusters, for the mep strategy) -> one prompts
 # table per split -> diffusers image folder of the training set.
-# Functions: workflow/prompt_stage.py (file to file), workflow/prompts.py, workflow/embeddings.py,
-# workflow/outliers.py, workflow/clustering.py, workflow/balancing.py.
+# Functions: workflow/prompts/stage.py (one per rule); settings: workflow/prompts/settings.py.
+import json
+
+from workflow.prompts.settings import ClusterSettings, EmbedSettings, PromptSettings
+
+PROMPTS = "results/prompts"
+MEP = config["prompts"]["mep"]
+USES_MEP = "mep" in config["prompts"]["strategies"]
+LABELS = json.dumps(config["dataset"]["labels"])
 
 
-include: "prompts_functions.smk"
+def prompt_outputs():
+    """The end products of the prompts stage (cluster report and montages only with the mep strategy)."""
+    outputs = [
+        *expand(f"{PROMPTS}/{{split}}.parquet", split=["train", "val", "test"]),
+        f"{PROMPTS}/prompt_report.json",
+        f"{PROMPTS}/train_imagefolder",
+    ]
+    if USES_MEP:
+        outputs += [f"{PROMPTS}/cluster_report.json", f"{PROMPTS}/montages"]
+    return outputs
 
 
-rule build_tiny_vit:
-    output:
-        directory(TINY_VIT),
-    log:
-        "logs/prompts/build_tiny_vit.log",
-    conda:
-        "../envs/synthmed.yaml"
-    params:
-        seed=config["prompts"]["seed"],
-    shell:
-        "python -m scripts.prompts tiny-model --seed {params.seed} --out {output} 2> {log}"
+def mep_model(wildcards, input):
+    """What embed_images loads: the tiny stand-in's folder when it is an input, else prompts.mep.model."""
+    return input.model[0] if input.model else MEP["model"]
+
+
+def clusters_option(wildcards, input):
+    """`--clusters FILE` when build_prompts has a clusters input (mep strategy)."""
+    return f"--clusters {input.clusters}" if input.clusters else ""
 
 
 rule embed_images:
     input:
-        dataset=rules.finalize_dataset.output.dataset,
-        model=mep_model_files(),
+        dataset=DATASET,
+        model=tiny_model_inputs(config, "vit"),
     output:
         f"{PROMPTS}/embeddings/{{shard}}.parquet",
     log:
@@ -37,16 +50,16 @@ rule embed_images:
         gpu=MEP["gpus"],
     params:
         model=mep_model,
-        settings=embed_settings(),
+        settings=EmbedSettings.of(config).to_json(),
     shell:
-        "python -m scripts.prompts embed --dataset {input.dataset} --model {params.model:q}"
-        " --settings {params.settings:q} --shard {wildcards.shard} --threads {threads} --out {output}"
-        " 2> {log}"
+        "python -m scripts.prompts embed_images --dataset {input.dataset} --model {params.model:q}"
+        " --settings {params.settings:q} --shard {wildcards.shard} --threads {threads}"
+        " --embeddings {output} 2> {log}"
 
 
 rule merge_embeddings:
     input:
-        expand(f"{PROMPTS}/embeddings/{{shard}}.parquet", shard=range(MEP["shards"])),
+        expand(rules.embed_images.output[0], shard=range(MEP["shards"])),
     output:
         f"{PROMPTS}/embeddings.parquet",
     log:
@@ -54,13 +67,13 @@ rule merge_embeddings:
     conda:
         "../envs/synthmed.yaml"
     shell:
-        "python -m scripts.prompts merge-embeddings --out {output} {input} 2> {log}"
+        "python -m scripts.prompts merge_embeddings --embeddings {output} {input} 2> {log}"
 
 
 rule cluster_embeddings:
     input:
         embeddings=rules.merge_embeddings.output[0],
-        dataset=rules.finalize_dataset.output.dataset,
+        dataset=DATASET,
     output:
         clusters=f"{PROMPTS}/clusters.parquet",
         report=f"{PROMPTS}/cluster_report.json",
@@ -76,18 +89,18 @@ rule cluster_embeddings:
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=cluster_settings(),
-        labels=as_json(config["dataset"]["labels"]),
+        settings=ClusterSettings.of(config).to_json(),
+        labels=LABELS,
     shell:
-        "python -m scripts.prompts cluster --embeddings {input.embeddings} --dataset {input.dataset}"
-        " --settings {params.settings:q} --labels {params.labels:q} --out {output.clusters}"
-        " --report {output.report} --montages {output.montages} 2> {log}"
+        "python -m scripts.prompts cluster_embeddings --embeddings {input.embeddings}"
+        " --dataset {input.dataset} --settings {params.settings:q} --labels {params.labels:q}"
+        " --clusters {output.clusters} --report {output.report} --montages {output.montages} 2> {log}"
 
 
 rule build_prompts:
     input:
-        dataset=rules.finalize_dataset.output.dataset,
-        clusters=cluster_tables(),
+        dataset=DATASET,
+        clusters=rules.cluster_embeddings.output.clusters if USES_MEP else [],
     output:
         train=f"{PROMPTS}/train.parquet",
         val=f"{PROMPTS}/val.parquet",
@@ -98,11 +111,12 @@ rule build_prompts:
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=prompt_settings,
-        labels=as_json(config["dataset"]["labels"]),
+        # a function, so the templates' {fields} are not taken for wildcards
+        settings=lambda wildcards: PromptSettings.of(config).to_json(),
+        labels=LABELS,
         clusters=clusters_option,
     shell:
-        "python -m scripts.prompts build --dataset {input.dataset} {params.clusters}"
+        "python -m scripts.prompts build_prompts --dataset {input.dataset} {params.clusters}"
         " --settings {params.settings:q} --labels {params.labels:q} --train {output.train}"
         " --val {output.val} --test {output.test} --report {output.report} 2> {log}"
 
@@ -110,7 +124,7 @@ rule build_prompts:
 rule export_imagefolder:
     input:
         prompts=rules.build_prompts.output.train,
-        dataset=rules.finalize_dataset.output.dataset,
+        dataset=DATASET,
     output:
         directory(f"{PROMPTS}/train_imagefolder"),
     log:
@@ -118,7 +132,7 @@ rule export_imagefolder:
     conda:
         "../envs/synthmed.yaml"
     params:
-        labels=as_json(config["dataset"]["labels"]),
+        labels=LABELS,
     shell:
-        "python -m scripts.prompts export --prompts {input.prompts} --dataset {input.dataset}"
-        " --labels {params.labels:q} --out {output} 2> {log}"
+        "python -m scripts.prompts export_imagefolder --prompts {input.prompts} --dataset {input.dataset}"
+        " --labels {params.labels:q} --folder {output} 2> {log}"

@@ -1,17 +1,25 @@
 # Study report: what `snakemake --report results/report.html` shows beyond the outputs the stages mark with
-# report() themselves (captions in resources/report/): HTML tables and real vs synthetic grids.
-# Functions: workflow/study_report.py.
+# report() themselves (captions in resources/report/): HTML tables and, per generator, real vs synthetic
+# grids. Functions: workflow/report/stage.py (one per rule).
+
+REPORT = "results/report"
 
 
-include: "report_functions.smk"
+def report_outputs():
+    """The report's own tables and grids (`snakemake --report` adds the stages' marked outputs)."""
+    tables = ["split_summary.html", "image_quality.html", "classifier_regimes.html"]
+    return [
+        *(f"{REPORT}/{name}" for name in tables),
+        *expand(f"{REPORT}/real_vs_synthetic/{{generator}}", generator=GENERATORS),
+    ]
 
 
 rule report_tables:
     input:
         split=rules.split_dataset.output.report,
-        fid=rules.image_metrics.output.json,
-        fid_table=rules.image_metrics.output.table,
-        comparison=rules.compare_classifiers.output.csv,
+        fid=rules.collect_image_metrics.output.fid,
+        fid_table=rules.collect_image_metrics.output.table,
+        comparison=rules.compare_classifiers.output.table,
     output:
         split=report(
             f"{REPORT}/split_summary.html",
@@ -27,39 +35,39 @@ rule report_tables:
             f"{REPORT}/classifier_regimes.html",
             caption="../resources/report/regimes.rst",
             category="5. Classifiers",
-            subcategory="All regimes",
+            subcategory="All runs",
         ),
     log:
         "logs/report/report_tables.log",
     conda:
         "../envs/synthmed.yaml"
     shell:
-        "python -m scripts.report tables --split-report {input.split} --fid {input.fid}"
-        " --fid-table {input.fid_table} --comparison {input.comparison} --split-out {output.split}"
-        " --image-quality-out {output.image_quality} --regimes-out {output.regimes} 2> {log}"
+        "python -m scripts.report report_tables --split-report {input.split} --fid {input.fid}"
+        " --fid-table {input.fid_table} --comparison {input.comparison} --split-page {output.split}"
+        " --image-quality-page {output.image_quality} --regimes-page {output.regimes} 2> {log}"
 
 
 rule real_vs_synthetic:
     input:
-        dataset=rules.finalize_dataset.output.dataset,
-        samples=rules.collect_samples.output[0],
+        dataset=DATASET,
+        samples=samples_manifest("{generator}"),
     output:
         report(
-            directory(f"{REPORT}/real_vs_synthetic"),
+            directory(f"{REPORT}/real_vs_synthetic/{{generator}}"),
             patterns=["{name}.png"],
             caption="../resources/report/real_vs_synthetic.rst",
             category="3. Diffusion",
-            subcategory="Real vs synthetic",
+            subcategory="{generator}",
         ),
     log:
-        "logs/report/real_vs_synthetic.log",
+        "logs/report/real_vs_synthetic/{generator}.log",
     conda:
         "../envs/synthmed.yaml"
     params:
-        labels=as_json(config["dataset"]["labels"]),
+        labels=LABELS,
         per_row=config["report"]["images_per_row"],
         seed=config["report"]["seed"],
     shell:
-        "python -m scripts.report real-vs-synthetic --dataset {input.dataset} --samples {input.samples}"
-        " --labels {params.labels:q} --per-row {params.per_row} --seed {params.seed} --out {output}"
+        "python -m scripts.report real_vs_synthetic --dataset {input.dataset} --samples {input.samples}"
+        " --labels {params.labels:q} --per-row {params.per_row} --seed {params.seed} --grids {output}"
         " 2> {log}"

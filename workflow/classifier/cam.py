@@ -36,7 +36,8 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy.stats import pearsonr
 
-from workflow.classifier import networks as models
+from workflow.classifier import networks
+from workflow.classifier.settings import FocusSettings
 from workflow.common.errors import InputError
 from workflow.common.figures import load_gray
 from workflow.common.manifest import label_column
@@ -91,9 +92,9 @@ def select_cases(test: pd.DataFrame, labels: Sequence[str], images: int, seed: i
     return [(int(row), labels[j]) for row in chosen for j in np.flatnonzero(positive[row])]
 
 
-def grad_cams(model: models.Classifier, images: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
+def grad_cams(model: networks.Classifier, images: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
     """Grad-CAM maps ``(B, H, W)`` in [0, 1] of logit ``targets[b]`` for image ``b``."""
-    with GradCAM(model=model, target_layers=[models.cam_layer(model)]) as explainer:
+    with GradCAM(model=model, target_layers=[networks.cam_layer(model)]) as explainer:
         return explainer(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
 
 
@@ -119,16 +120,14 @@ def _summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def focus(
-    model: models.Classifier,
-    spec: models.ModelSpec,
+    model: networks.Classifier,
+    spec: networks.ModelSpec,
     test: pd.DataFrame,
-    settings: Mapping[str, Any],
-    mask_classes: Sequence[str],
-    seed: int,
+    settings: FocusSettings,
 ) -> tuple[dict[str, Any], list[tuple[np.ndarray, str]]]:
-    """Focus report of the cases and the RGB overlays (with titles) of the first ``settings['overlays']``."""
-    regions = region_ids(settings["regions"], mask_classes)
-    cases = select_cases(test, spec.labels, settings["images"], seed)
+    """Focus report of the cases and the RGB overlays (with titles) of the first ``settings.overlays``."""
+    regions = region_ids(settings.regions, settings.mask_classes)
+    cases = select_cases(test, spec.labels, settings.images, settings.seed)
     if not cases:
         return {"cases": [], "overall": _summary([]), "labels": {}, "note": "no test image has a finding"}, []
     size = spec.image_size
@@ -150,11 +149,11 @@ def focus(
             "confidence": float(confidence[k]),
             "entropy": None if p is None else entropy(p),
             "sparsity_85": None if p is None else sparsity(p),
-            "region": settings["regions"].get(name),
+            "region": settings.regions.get(name),
             "region_fraction": None if mask is None else region_fraction(p, mask, regions[name]),
         }
         records.append(record | ({"note": "CAM is zero everywhere"} if p is None else {}))
-        if k < settings["overlays"]:
+        if k < settings.overlays:
             rgb = np.repeat(grays[k][..., None], 3, axis=2).astype(np.float32) / 255
             overlays.append((show_cam_on_image(rgb, cam, use_rgb=True), f"{name} p={confidence[k]:.2f}"))
     explained = dict.fromkeys(name for _, name in cases)

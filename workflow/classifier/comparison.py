@@ -1,6 +1,7 @@
-"""One table across training regimes: does training on synthetic images help? (rule ``compare_classifiers``)
+"""One table across classifier runs: does training on synthetic images help? (rule ``compare_classifiers``)
 
-One row per regime, from its ``metrics.json``, ``fairness.json`` and ``focus.json``:
+One row per run (a regime and the source of its extra images), from its ``metrics.json``, ``fairness.json``
+and ``focus.json``:
 
 - ``training_rows``: training images (real + synthetic + counterfactual);
 - ``macro_<metric>`` (test, macro mean over findings) and the bootstrap CI of macro AUROC and AUPRC;
@@ -9,21 +10,16 @@ One row per regime, from its ``metrics.json``, ``fairness.json`` and ``focus.jso
 - ``cam_mean_entropy``, ``cam_mean_sparsity_85``, ``cam_mean_region_fraction`` (Grad-CAM focus);
 - ``auroc[<finding>]``: test AUROC per finding.
 
-Empty cells are undefined values (their reasons are in the regime's JSON files). Written as
-``results/classifier/comparison.csv`` and ``comparison.json`` (the same rows with provenance).
+Empty cells are undefined values (their reasons are in the run's JSON files). Written as
+``results/classifier/comparison.csv`` and ``comparison.json`` (the same rows with provenance) by
+:func:`workflow.classifier.stage.compare_classifiers`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from workflow.classifier.metrics import MACRO_METRICS
-from workflow.common.provenance import atomic_path, provenance, write_json
 
 
 def _largest(values: list[float | None]) -> float | None:
@@ -31,13 +27,12 @@ def _largest(values: list[float | None]) -> float | None:
     return max(defined) if defined else None
 
 
-def regime_row(
-    regime: str, scores: dict[str, Any], fair: dict[str, Any], focus: dict[str, Any]
-) -> dict[str, Any]:
-    """The comparison row of one regime from its three JSON reports."""
+def run_row(run: str, scores: dict[str, Any], fair: dict[str, Any], focus: dict[str, Any]) -> dict[str, Any]:
+    """The comparison row of one run from its three JSON reports."""
     macro = scores["macro"]
     row: dict[str, Any] = {
-        "regime": regime,
+        "run": run,
+        "regime": scores["regime"],
         "training_rows": sum(scores["training"]["training_rows"].values()),
     }
     row |= {f"macro_{m}": macro[m] for m in MACRO_METRICS}
@@ -52,28 +47,3 @@ def regime_row(
     overall = focus["overall"]
     row |= {f"cam_{k}": overall[k] for k in ("mean_entropy", "mean_sparsity_85", "mean_region_fraction")}
     return row | {f"auroc[{name}]": r["auroc"] for name, r in scores["labels"].items()}
-
-
-def compare(
-    regimes: Sequence[str],
-    metrics_paths: Sequence[str],
-    fairness_paths: Sequence[str],
-    focus_paths: Sequence[str],
-    csv_out: str,
-    json_out: str,
-) -> None:
-    """Write the regime comparison table (CSV) and the same rows with provenance (JSON)."""
-    rows = [
-        regime_row(regime, *(json.loads(Path(p).read_text()) for p in paths))
-        for regime, *paths in zip(regimes, metrics_paths, fairness_paths, focus_paths, strict=True)
-    ]
-    table = pd.DataFrame(rows)
-    with atomic_path(csv_out) as tmp:
-        table.to_csv(tmp, index=False)
-    kinds = {"metrics": metrics_paths, "fairness": fairness_paths, "focus": focus_paths}
-    inputs = {f"{kind}[{r}]": p for kind, paths in kinds.items() for r, p in zip(regimes, paths, strict=True)}
-    meta = provenance({"regimes": list(regimes)}, inputs=inputs)
-    write_json(
-        json_out,
-        {"provenance": meta, "rows": table.astype(object).where(table.notna(), None).to_dict("records")},
-    )

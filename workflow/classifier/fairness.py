@@ -40,6 +40,7 @@ from fairlearn.metrics import false_positive_rate as fairlearn_fpr
 from fairlearn.metrics import true_positive_rate as fairlearn_tpr
 
 from workflow.classifier import metrics
+from workflow.classifier.settings import FairnessSettings
 
 UNKNOWN = "unknown"
 DEFINITIONS = {
@@ -183,7 +184,7 @@ def assess(
     scores: pd.DataFrame,
     thresholds: Mapping[str, Mapping[str, Any]],
     dataset: pd.DataFrame,
-    settings: Mapping[str, Any],
+    settings: FairnessSettings,
     boot: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Fairness report of every attribute in ``settings`` (``classifier.fairness``) on the test rows.
@@ -191,9 +192,9 @@ def assess(
     ``test``, ``truth`` and ``scores`` are row-aligned; ``dataset`` (all splits) fixes the expected groups;
     ``boot`` has the bootstrap ``resamples``, ``confidence`` and ``seed``.
     """
-    bins, policy, no_finding = settings["age_bins"], settings["missing"], settings["no_finding_label"]
+    bins, policy, no_finding = settings.age_bins, settings.missing, settings.no_finding_label
     report: dict[str, Any] = {}
-    for attribute in settings["attributes"]:
+    for attribute in settings.attributes:
         values = attribute_values(test, attribute, bins).reset_index(drop=True)
         missing = values.isna().to_numpy()
         keep = np.ones(len(values), bool) if policy == UNKNOWN else ~missing

@@ -1,14 +1,13 @@
-"""Charts for people to look at: the fine-tuning loss curve, and the classifier stage's test ROC curves,
-subgroup AUROC bars with CIs and Grad-CAM overlays.
+"""The classifier stage's charts: test ROC curves and subgroup AUROC bars with their CIs.
 
-Drawn with matplotlib's object API (``Figure``, no pyplot state, no display needed) and written atomically.
-The numbers behind every figure are in the stage's JSON files.
+Drawn with matplotlib's object API and written atomically (:func:`workflow.common.figures.save_figure`); the
+numbers behind every figure are in the stage's JSON files. Grad-CAM overlays use
+:func:`workflow.common.figures.image_grid`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,25 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from workflow.common.provenance import atomic_path
-
-
-def _save(figure: Figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-
-
-def loss_curve(losses: Sequence[float], path: str | Path, title: str) -> None:
-    """The loss per optimizer step (grey) and its trailing mean over 5% of the steps (black)."""
-    figure = Figure(figsize=(6.4, 3.6), layout="constrained")
-    axes = figure.subplots()
-    steps = np.arange(1, len(losses) + 1)
-    smooth = pd.Series(losses, dtype=float).rolling(max(len(losses) // 20, 1), min_periods=1).mean()
-    axes.plot(steps, losses, color="0.7", linewidth=0.8, label="loss")
-    axes.plot(steps, smooth, color="black", linewidth=1.5, label="moving average")
-    axes.set(xlabel="optimizer step", ylabel="loss", title=title)
-    axes.legend(fontsize="small")
-    _save(figure, path)
+from workflow.common.figures import save_figure
 
 
 def roc_curves(
@@ -56,7 +37,7 @@ def roc_curves(
         xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01)
     )
     axes.legend(fontsize="small", loc="lower right", title="finding (AUROC)")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def subgroup_auroc(fairness: Mapping[str, Any], path: str, title: str) -> None:
@@ -79,27 +60,4 @@ def subgroup_auroc(fairness: Mapping[str, Any], path: str, title: str) -> None:
         axes.set(ylabel="AUROC", ylim=(0, 1.05), title=attribute)
         axes.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
         axes.legend(fontsize="x-small", ncols=min(len(groups), 6), loc="lower left")
-    _save(figure, path)
-
-
-def image_grid(
-    images: Sequence[tuple[np.ndarray, str] | None],
-    path: str,
-    title: str,
-    columns: int = 4,
-    empty: str = "no test image with a finding",
-) -> None:
-    """RGB images with their titles in a grid, row by row; a None cell stays blank, and ``empty`` is
-    written instead when there is no image at all."""
-    rows = max(1, -(-len(images) // columns))
-    figure = Figure(figsize=(2.4 * columns, 2.6 * rows), layout="constrained")
-    figure.suptitle(title)
-    for k, axes in enumerate(np.atleast_1d(figure.subplots(rows, columns)).ravel()):
-        axes.axis("off")
-        cell = images[k] if k < len(images) else None
-        if cell is not None:
-            axes.imshow(cell[0])
-            axes.set_title(cell[1], fontsize="small")
-    if not any(cell is not None for cell in images):
-        figure.text(0.5, 0.5, empty, ha="center")
-    _save(figure, path)
+    save_figure(figure, path)

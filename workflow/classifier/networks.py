@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import atomic_path, file_hash
+from workflow.common.files import atomic_output
+from workflow.common.provenance import file_hash
 
 TORCHVISION = ("resnet18", "resnet50", "densenet121")
 BACKBONES = (*TORCHVISION, "small-cnn")
@@ -168,7 +169,7 @@ def cam_layer(model: Classifier) -> nn.Module:
 def save(path: str, model: Classifier, spec: ModelSpec, provenance: Mapping[str, Any]) -> None:
     """Write the trained weights with their spec and provenance to ``path`` atomically."""
     payload = {"state_dict": model.state_dict(), "spec": asdict(spec), "provenance": dict(provenance)}
-    with atomic_path(path) as tmp:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
 
 

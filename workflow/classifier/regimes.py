@@ -7,13 +7,18 @@ split, evaluation on the real ``test`` split. The regimes differ only in the tra
 regime                 training rows
 =====================  ===============================================================================
 real                   the real ``train`` split
-synthetic              every row of the synthetic manifest (``classifier.sources.synthetic``)
+synthetic              every row of a generator's synthetic manifest
 mixed                  the real ``train`` split plus ``round(synthetic_per_real * n_real_train)`` synthetic
                        rows drawn without replacement with the training seed (all of them, with a note,
                        when there are fewer)
-real+counterfactual    the real ``train`` split plus every row of the counterfactual manifest
-                       (``classifier.sources.counterfactual``)
+real+counterfactual    the real ``train`` split plus every row of a counterfactual manifest
 =====================  ===============================================================================
+
+**Runs.** A regime that adds images trains once per source of them (:data:`SOURCES`): the synthetic and
+mixed regimes once per generator of the study (:mod:`workflow.diffusion.generators`), real + counterfactual
+once per counterfactual set (today the manifest ``classifier.counterfactuals``, named ``external``). A run is
+named ``<regime>/<source>`` (``real`` alone), e.g. ``mixed/sd-full``, and has its own folder
+``results/classifier/<run>/`` (:func:`runs`, :func:`run_sources`).
 
 Synthetic and counterfactual manifests are in the manifest schema (:mod:`workflow.manifest`) with an ``image``
 column of PNG paths; their ``split`` column, if any, is ignored: they are training data only. Leak guard: a
@@ -33,14 +38,54 @@ import pandas as pd
 
 from workflow.common import manifest
 from workflow.common.errors import InputError
+from workflow.diffusion.generators import generator_names, samples_manifest
 
-SOURCES: dict[str, tuple[str, ...]] = {
-    "real": (),
-    "synthetic": ("synthetic",),
-    "mixed": ("synthetic",),
-    "real+counterfactual": ("counterfactual",),
+SOURCES: dict[str, str | None] = {
+    "real": None,
+    "synthetic": "synthetic",
+    "mixed": "synthetic",
+    "real+counterfactual": "counterfactual",
 }
+"""Regime -> the kind of images it adds to (or, for synthetic, puts in place of) the real training split."""
 SPLITS = ("train", "val", "test")
+EXTERNAL = "external"
+
+
+def runs(config: Mapping[str, Any]) -> list[str]:
+    """The classifier runs of the study (validated ``config``): each regime of ``classifier.regimes`` once
+    per source of its images (module docstring).
+
+    Raises:
+        InputError: when ``real+counterfactual`` is asked for without a counterfactual manifest.
+    """
+    classifier = config["classifier"]
+    sources = {"synthetic": generator_names(config), "counterfactual": []}
+    if classifier["counterfactuals"] is not None:
+        sources["counterfactual"].append(EXTERNAL)
+    names = []
+    for regime in classifier["regimes"]:
+        kind = SOURCES[regime]
+        if kind is None:
+            names.append(regime)
+            continue
+        if not sources[kind]:
+            raise InputError(
+                f"classifier.regimes lists {regime} but the study has no {kind} images: set "
+                "classifier.counterfactuals to a manifest of counterfactual images"
+            )
+        names += [f"{regime}/{source}" for source in sources[kind]]
+    return names
+
+
+def run_sources(config: Mapping[str, Any], run: str) -> dict[str, str]:
+    """The extra manifests run ``run`` trains on, by kind (``synthetic`` or ``counterfactual``)."""
+    regime, _, source = run.partition("/")
+    kind = SOURCES[regime]
+    if kind is None:
+        return {}
+    if kind == "synthetic":
+        return {kind: samples_manifest(source)}
+    return {kind: config["classifier"]["counterfactuals"]}
 
 
 @dataclass
@@ -98,9 +143,9 @@ def training_data(
     """Assemble the training rows of ``regime`` and the real validation rows (see the module docstring)."""
     if regime not in SOURCES:
         raise InputError(f"classifier.regimes: '{regime}' is not one of {list(SOURCES)}")
-    missing = [name for name in SOURCES[regime] if name not in extras]
-    if missing:
-        raise InputError(f"regime '{regime}' needs the {missing} manifest(s) (classifier.sources)")
+    kind = SOURCES[regime]
+    if kind is not None and kind not in extras:
+        raise InputError(f"regime '{regime}' needs a {kind} manifest")
     splits = real_splits(dataset)
     held_out = set(splits["val"]["patient_id"].astype(str)) | set(splits["test"]["patient_id"].astype(str))
     notes: list[str] = []

@@ -1,16 +1,17 @@
 """The classifier stage, file to file: does training on synthetic images help a classifier of real ones?
 
-Each function is what one rule of ``rules/classifier.smk`` does (``scripts/classifier.py`` parses the
-arguments); every file is written atomically with provenance:
+One function per rule of ``rules/classifier.smk``, named after it (``scripts/classifier.py`` parses the
+arguments); every file is written atomically with provenance, under ``results/classifier/<run>/`` (a run is
+a regime and the source of its extra images: :mod:`workflow.classifier.regimes`):
 
-- :func:`train` (``train_classifier``, one job per regime): ``results/classifier/{regime}/model.pt`` (best
-  weights, spec, provenance) and ``training.json`` (training rows, skipped findings, notes, history);
-- :func:`evaluate` (``evaluate_classifier``): on the real *test* split, with thresholds chosen on the real
-  *val* split: ``metrics.json`` (:mod:`workflow.metrics`), ``fairness.json`` (:mod:`workflow.fairness`),
-  ``test_predictions.parquet``, ``roc.png`` and ``subgroup_auroc.png``;
-- :func:`focus` (``classifier_focus``): ``focus.json`` and ``cam_examples.png`` (:mod:`workflow.cam`).
-
-The comparison across regimes is :mod:`workflow.comparison`.
+- :func:`train_classifier`: ``model.pt`` (best weights, spec, provenance) and ``training.json`` (training
+  rows, skipped findings, notes, history);
+- :func:`evaluate_classifier`: on the real *test* split, with thresholds chosen on the real *val* split:
+  ``metrics.json`` (:mod:`workflow.classifier.metrics`), ``fairness.json``
+  (:mod:`workflow.classifier.fairness`), ``test_predictions.parquet``, ``roc.png`` and ``subgroup_auroc.png``;
+- :func:`classifier_focus`: ``focus.json`` and ``cam_examples.png`` (:mod:`workflow.classifier.cam`);
+- :func:`compare_classifiers`: ``results/classifier/comparison.csv`` and ``comparison.json``, one row per run
+  (:mod:`workflow.classifier.comparison`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from workflow.classifier import fairness, metrics, regimes
-from workflow.classifier import figures as plots
-from workflow.classifier import networks as models
-from workflow.classifier import training as classifier
+from workflow.classifier import comparison, fairness, figures, metrics, networks, regimes, training
+from workflow.classifier.settings import EvaluationSettings, FairnessSettings, FocusSettings, TrainSettings
 from workflow.common.devices import pick_device
+from workflow.common.figures import image_grid
+from workflow.common.files import write_csv, write_json, write_parquet
 from workflow.common.manifest import label_column
-from workflow.common.provenance import config_hash, provenance, write_json, write_parquet
+from workflow.common.provenance import config_hash, provenance
 
 DEMOGRAPHICS = ["image_id", "patient_id", "sex", "age", "race", "site"]
 
@@ -39,47 +40,51 @@ def _trained_weights(spec_provenance: Mapping[str, Any], model_path: str) -> str
     return f"{model_path}, trained from {spec_provenance['weights']}"
 
 
-def train(
-    regime: str,
-    dataset_path: str,
+def train_classifier(
+    run: str,
+    dataset: str,
     sources: Mapping[str, str],
     labels: Sequence[str],
-    settings: Mapping[str, Any],
+    settings: TrainSettings,
     synthetic_per_real: float,
-    model_out: str,
-    report_out: str,
+    model: str,
+    report: str,
     work_dir: str,
     threads: int,
 ) -> None:
-    """Train the classifier of ``regime``; checkpoints go to ``work_dir`` and are removed at the end."""
+    """Train the classifier of ``run``; checkpoints go to ``work_dir`` and are removed at the end.
+
+    Args:
+        run: ``<regime>`` or ``<regime>/<source>`` (:func:`workflow.classifier.regimes.runs`).
+        sources: the extra manifests of the run by kind (:func:`workflow.classifier.regimes.run_sources`).
+    """
     torch.set_num_threads(threads)
-    params = classifier.TrainSettings.from_dict(dict(settings))
+    regime = run.partition("/")[0]
     notes: list[str] = []
     extras = {name: regimes.read_extra(path, labels, notes) for name, path in sources.items()}
-    data = regimes.training_data(
-        regime, pd.read_parquet(dataset_path), extras, synthetic_per_real, params.seed
-    )
-    kept, skipped = classifier.trainable_labels(data.train, labels)
-    spec = models.ModelSpec(params.backbone, params.channels, tuple(kept), params.image_size)
-    step = dict(settings) | {
+    data = regimes.training_data(regime, pd.read_parquet(dataset), extras, synthetic_per_real, settings.seed)
+    kept, skipped = training.trainable_labels(data.train, labels)
+    spec = networks.ModelSpec(settings.backbone, settings.channels, tuple(kept), settings.image_size)
+    step = settings.to_dict() | {
         "regime": regime,
         "labels": list(labels),
         "synthetic_per_real": synthetic_per_real,
     }
     meta = provenance(
         step,
-        seeds={"training": params.seed},
-        inputs={"dataset": dataset_path, **sources},
-        weights=models.describe_weights(params.weights),
+        seeds={"training": settings.seed},
+        inputs={"dataset": dataset, **sources},
+        weights=networks.describe_weights(settings.weights),
     )
     fingerprint = config_hash({k: meta[k] for k in ("config_hash", "inputs", "weights")})
     where = pick_device()
-    result = classifier.fit(data, spec, params, work_dir, fingerprint, where)
-    models.save(model_out, result.model, spec, meta)
+    result = training.fit(data, spec, settings, work_dir, fingerprint, where)
+    networks.save(model, result.model, spec, meta)
     write_json(
-        report_out,
+        report,
         {
             "provenance": meta,
+            "run": run,
             "regime": regime,
             "device": str(where),
             "labels": kept,
@@ -101,83 +106,102 @@ def _truth(frame: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     return truth.set_axis(pd.Index(frame["image_id"], name="image_id"), axis=0)
 
 
-def evaluate(
-    dataset_path: str,
-    model_path: str,
-    training_path: str,
-    settings: Mapping[str, Any],
-    fairness_settings: Mapping[str, Any],
-    outputs: Mapping[str, str],
+def evaluate_classifier(
+    dataset: str,
+    model: str,
+    training_report: str,
+    settings: EvaluationSettings,
+    fairness_settings: FairnessSettings,
+    metrics_report: str,
+    fairness_report: str,
+    predictions: str,
+    roc: str,
+    subgroups: str,
     threads: int,
 ) -> None:
-    """Test metrics, fairness, predictions and figures of one trained classifier.
-
-    ``outputs`` names the files: ``metrics``, ``fairness``, ``predictions``, ``roc``, ``subgroups``.
-    """
+    """Test metrics, fairness, predictions and figures of one trained classifier."""
     torch.set_num_threads(threads)
-    model, spec, trained = models.load(model_path)
-    training = json.loads(Path(training_path).read_text())
-    dataset = pd.read_parquet(dataset_path)
-    splits = regimes.real_splits(dataset, dataset_path)
+    network, spec, trained = networks.load(model)
+    trained_on = json.loads(Path(training_report).read_text())
+    rows = pd.read_parquet(dataset)
+    splits = regimes.real_splits(rows, dataset)
     where = pick_device()
-    model.to(where)
+    network.to(where)
     truth = {name: _truth(splits[name], spec.labels) for name in ("val", "test")}
     scores = {
-        name: classifier.predict(model, splits[name], spec, settings["batch_size"], where) for name in truth
+        name: training.predict(network, splits[name], spec, settings.batch_size, where) for name in truth
     }
     thresholds = metrics.choose_thresholds(
-        truth["val"], scores["val"], settings["threshold"], settings["fixed_threshold"]
+        truth["val"], scores["val"], settings.threshold, settings.fixed_threshold
     )
-    boot = {"resamples": settings["bootstrap_resamples"], "confidence": settings["confidence"]}
-    boot["seed"] = settings["seed"]
-    report = metrics.evaluate(truth["test"], scores["test"], thresholds, settings["ece_bins"], **boot)
+    boot = {"resamples": settings.bootstrap_resamples, "confidence": settings.confidence}
+    boot["seed"] = settings.seed
+    report = metrics.evaluate(truth["test"], scores["test"], thresholds, settings.ece_bins, **boot)
     fair = fairness.assess(
-        splits["test"], truth["test"], scores["test"], thresholds, dataset, fairness_settings, boot
+        splits["test"], truth["test"], scores["test"], thresholds, rows, fairness_settings, boot
     )
     meta = provenance(
-        {"evaluation": dict(settings), "fairness": dict(fairness_settings)},
-        seeds={"bootstrap": settings["seed"]},
-        inputs={"dataset": dataset_path, "model": model_path, "training": training_path},
-        weights=_trained_weights(trained, model_path),
+        {"evaluation": settings, "fairness": fairness_settings},
+        seeds={"bootstrap": settings.seed},
+        inputs={"dataset": dataset, "model": model, "training": training_report},
+        weights=_trained_weights(trained, model),
     )
-    regime = training["regime"]
+    run = trained_on["run"]
     summary = {
-        k: training[k] for k in ("training_rows", "skipped_labels", "notes", "best_epoch", "selection")
+        k: trained_on[k] for k in ("training_rows", "skipped_labels", "notes", "best_epoch", "selection")
     }
-    head = {"provenance": meta, "regime": regime, "evaluated_on": "test", "test_images": len(splits["test"])}
-    write_json(outputs["metrics"], head | {"training": summary} | report)
-    write_json(outputs["fairness"], head | {"settings": dict(fairness_settings)} | fair)
+    head = {"provenance": meta, "run": run, "regime": trained_on["regime"], "evaluated_on": "test"}
+    head["test_images"] = len(splits["test"])
+    write_json(metrics_report, head | {"training": summary} | report)
+    write_json(fairness_report, head | {"settings": fairness_settings.to_dict()} | fair)
     table = splits["test"][DEMOGRAPHICS].copy()
     for name in spec.labels:
         table[f"score_{name}"] = scores["test"][name].to_numpy()
         table[label_column(name)] = truth["test"][name].to_numpy()
-    write_parquet(outputs["predictions"], table, meta)
-    plots.roc_curves(truth["test"], scores["test"], report, outputs["roc"], f"{regime}: test ROC")
-    plots.subgroup_auroc(fair, outputs["subgroups"], f"{regime}: test AUROC by subgroup (95% CI)")
+    write_parquet(predictions, table, meta)
+    figures.roc_curves(truth["test"], scores["test"], report, roc, f"{run}: test ROC")
+    figures.subgroup_auroc(fair, subgroups, f"{run}: test AUROC by subgroup (95% CI)")
 
 
-def focus(
-    dataset_path: str,
-    model_path: str,
-    settings: Mapping[str, Any],
-    mask_classes: Sequence[str],
-    seed: int,
-    focus_out: str,
-    overlays_out: str,
-    threads: int,
+def classifier_focus(
+    dataset: str, model: str, settings: FocusSettings, focus: str, overlays: str, threads: int
 ) -> None:
     """Grad-CAM focus metrics of one trained classifier on test images, and example overlays."""
     from workflow.classifier import cam  # grad-cam takes seconds to import; only this step needs it
 
     torch.set_num_threads(threads)
-    model, spec, trained = models.load(model_path)
-    test = regimes.real_splits(pd.read_parquet(dataset_path), dataset_path)["test"]
-    report, overlays = cam.focus(model, spec, test, settings, mask_classes, seed)
+    network, spec, trained = networks.load(model)
+    test = regimes.real_splits(pd.read_parquet(dataset), dataset)["test"]
+    report, examples = cam.focus(network, spec, test, settings)
     meta = provenance(
-        dict(settings) | {"mask_classes": list(mask_classes)},
-        seeds={"cases": seed},
-        inputs={"dataset": dataset_path, "model": model_path},
-        weights=_trained_weights(trained, model_path),
+        settings,
+        seeds={"cases": settings.seed},
+        inputs={"dataset": dataset, "model": model},
+        weights=_trained_weights(trained, model),
     )
-    write_json(focus_out, {"provenance": meta, "evaluated_on": "test", "mass": cam.MASS} | report)
-    plots.image_grid(overlays, overlays_out, "Grad-CAM on test images (finding, predicted probability)")
+    write_json(focus, {"provenance": meta, "evaluated_on": "test", "mass": cam.MASS} | report)
+    title = "Grad-CAM on test images (finding, predicted probability)"
+    image_grid(examples, overlays, title, empty="no test image with a finding")
+
+
+def compare_classifiers(
+    runs: Sequence[str],
+    metrics_reports: Sequence[str],
+    fairness_reports: Sequence[str],
+    focus_reports: Sequence[str],
+    table: str,
+    summary: str,
+) -> None:
+    """One row per run (:func:`workflow.classifier.comparison.run_row`): ``table`` (CSV) and the same rows
+    with provenance (``summary``, JSON)."""
+    paths = zip(runs, metrics_reports, fairness_reports, focus_reports, strict=True)
+    rows = [
+        comparison.run_row(run, *(json.loads(Path(p).read_text()) for p in files)) for run, *files in paths
+    ]
+    frame = pd.DataFrame(rows)
+    write_csv(table, frame)
+    kinds = {"metrics": metrics_reports, "fairness": fairness_reports, "focus": focus_reports}
+    inputs = {f"{kind}[{r}]": p for kind, files in kinds.items() for r, p in zip(runs, files, strict=True)}
+    meta = provenance({"runs": list(runs)}, inputs=inputs)
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    write_json(summary, {"provenance": meta, "rows": records})

@@ -14,9 +14,9 @@ weights are kept, and training stops once ``patience`` epochs passed without imp
 ``numpy.random.default_rng([seed, e])``, so no random state has to be saved.
 
 **Checkpoints.** After every epoch the whole state (weights, optimizer, scheduler, history, best weights,
-early-stopping counter) is written atomically with :mod:`workflow.checkpoints`. A restarted job resumes from
-the newest checkpoint that has the same fingerprint (settings + input hashes) and ends with the same result
-as an uninterrupted run; checkpoints of other settings are deleted.
+early-stopping counter) is written atomically with :mod:`workflow.common.checkpoints`. A restarted job
+resumes from the newest checkpoint that has the same fingerprint (settings + input hashes) and ends with the
+same result as an uninterrupted run; checkpoints of other settings are deleted.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from workflow.classifier import metrics
-from workflow.classifier import networks as models
+from workflow.classifier import metrics, networks
 from workflow.classifier.regimes import TrainingData
+from workflow.classifier.settings import TrainSettings
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
 from workflow.common.figures import load_gray
@@ -44,36 +44,11 @@ from workflow.common.manifest import label_column
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """``classifier.training`` (resources/config.schema.yaml documents each key)."""
-
-    backbone: str
-    weights: str
-    channels: str
-    image_size: int
-    epochs: int
-    min_epochs: int
-    patience: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    augment_shift: float
-    augment_intensity: float
-    loader_workers: int
-    seed: int
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TrainSettings:
-        """Take this class's keys from the validated config section (other keys are ignored)."""
-        return cls(**{f.name: raw[f.name] for f in fields(cls)})
-
-
 @dataclass
 class FitResult:
     """The best model (loaded) and how training went."""
 
-    model: models.Classifier
+    model: networks.Classifier
     history: list[dict[str, Any]]
     best_epoch: int
     stopped_early: bool
@@ -161,7 +136,7 @@ def configure_determinism() -> None:
 
 @torch.no_grad()
 def logits(
-    model: models.Classifier, table: ImageTable, batch_size: int, where: torch.device, workers: int = 0
+    model: networks.Classifier, table: ImageTable, batch_size: int, where: torch.device, workers: int = 0
 ) -> torch.Tensor:
     """The model's logits for every row of ``table``, in order."""
     model.eval()
@@ -170,9 +145,9 @@ def logits(
 
 
 def predict(
-    model: models.Classifier,
+    model: networks.Classifier,
     frame: pd.DataFrame,
-    spec: models.ModelSpec,
+    spec: networks.ModelSpec,
     batch_size: int,
     where: torch.device,
     workers: int = 0,
@@ -186,7 +161,7 @@ def predict(
 
 
 def _train_epoch(
-    model: models.Classifier,
+    model: networks.Classifier,
     table: ImageTable,
     optimizer: torch.optim.Optimizer,
     settings: TrainSettings,
@@ -224,7 +199,7 @@ def _selection_score(table: ImageTable, val_logits: torch.Tensor) -> tuple[float
 
 def fit(
     data: TrainingData,
-    spec: models.ModelSpec,
+    spec: networks.ModelSpec,
     settings: TrainSettings,
     work_dir: str,
     fingerprint: str,
@@ -233,7 +208,7 @@ def fit(
     """Train on ``data.train``, select on ``data.val``; resume from ``work_dir`` when a checkpoint fits."""
     configure_determinism()
     torch.manual_seed(settings.seed)
-    model = models.build(spec, settings.weights).to(where)
+    model = networks.build(spec, settings.weights).to(where)
     optimizer = torch.optim.Adam(
         model.parameters(), settings.learning_rate, weight_decay=settings.weight_decay
     )

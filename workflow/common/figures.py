@@ -1,19 +1,24 @@
-"""Image files as pixels: reading one as a grayscale array, tiling equally sized images (validation grids),
-atomic PNG writing.
-
-Pillow only; charts (loss curves, ROC curves, ...) are drawn with matplotlib in :mod:`workflow.plots`.
+"""Figures for people to look at, written atomically: images as pixels (reading one as grayscale, tiling equal
+images, PNG writing) and charts drawn with matplotlib's object API (``Figure``; no pyplot state, no display):
+an image grid with titles and a loss curve. Stage-specific charts (ROC curves, subgroup bars) live in their
+stage and save through :func:`save_figure`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import atomic_path
+from workflow.common.files import atomic_output
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def load_gray(path: str, size: int, resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
@@ -41,5 +46,51 @@ def save_grid(images: Sequence[Image.Image], path: str | Path, columns: int) -> 
 
 def save_png(image: Image.Image, path: str | Path) -> None:
     """Write a PNG atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+def save_figure(figure: Figure, path: str | Path) -> None:
+    """Write a matplotlib figure as a PNG atomically."""
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+
+
+def loss_curve(losses: Sequence[float], path: str | Path, title: str) -> None:
+    """The loss per optimizer step (grey) and its trailing mean over 5% of the steps (black)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 3.6), layout="constrained")
+    axes = figure.subplots()
+    steps = np.arange(1, len(losses) + 1)
+    smooth = pd.Series(losses, dtype=float).rolling(max(len(losses) // 20, 1), min_periods=1).mean()
+    axes.plot(steps, losses, color="0.7", linewidth=0.8, label="loss")
+    axes.plot(steps, smooth, color="black", linewidth=1.5, label="moving average")
+    axes.set(xlabel="optimizer step", ylabel="loss", title=title)
+    axes.legend(fontsize="small")
+    save_figure(figure, path)
+
+
+def image_grid(
+    images: Sequence[tuple[np.ndarray, str] | None],
+    path: str | Path,
+    title: str,
+    columns: int = 4,
+    empty: str = "no image",
+) -> None:
+    """RGB images with their titles in a grid, row by row; a None cell stays blank, and ``empty`` is
+    written instead when there is no image at all."""
+    from matplotlib.figure import Figure
+
+    rows = max(1, -(-len(images) // columns))
+    figure = Figure(figsize=(2.4 * columns, 2.6 * rows), layout="constrained")
+    figure.suptitle(title)
+    for k, axes in enumerate(np.atleast_1d(figure.subplots(rows, columns)).ravel()):
+        axes.axis("off")
+        cell = images[k] if k < len(images) else None
+        if cell is not None:
+            axes.imshow(cell[0])
+            axes.set_title(cell[1], fontsize="small")
+    if not any(cell is not None for cell in images):
+        figure.text(0.5, 0.5, empty, ha="center")
+    save_figure(figure, path)

@@ -1,20 +1,18 @@
-"""Provenance records and atomic output writing.
+"""Provenance records: where every result came from.
 
-Every result file says where it came from: the hash of the (validated) config, the seeds used, the hash of
-its input manifest and the weights used. Writers go through a temporary file in the same folder followed by
-``os.replace`` so that a killed job never leaves a half-written output behind.
+Every result file says where it came from: the hash of the settings the step used, the seeds, the content
+hash of each input file and the weights. JSON outputs carry it as a ``provenance`` block, parquet files in
+their metadata (:mod:`workflow.common.files`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,14 +20,22 @@ import pandas as pd
 _CHUNK = 1 << 20
 
 
+def _plain(obj: Any) -> Any:
+    """JSON form of what :func:`json.dumps` does not know: settings dataclasses as mappings, else text."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return str(obj)
+
+
 def canonical_json(obj: Any) -> str:
     """Serialise ``obj`` to JSON with sorted keys and no whitespace, so equal objects hash equally."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_plain)
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """SHA-256 (first 16 hex digits) of the canonical JSON form of a config mapping."""
-    return hashlib.sha256(canonical_json(dict(config)).encode()).hexdigest()[:16]
+def config_hash(config: Mapping[str, Any] | Any) -> str:
+    """SHA-256 (first 16 hex digits) of the canonical JSON form of a config mapping or settings object."""
+    plain = dict(config) if isinstance(config, Mapping) else config
+    return hashlib.sha256(canonical_json(plain).encode()).hexdigest()[:16]
 
 
 def file_hash(path: str | os.PathLike[str]) -> str:
@@ -50,7 +56,7 @@ def frame_hash(frame: pd.DataFrame) -> str:
 
 
 def provenance(
-    config: Mapping[str, Any],
+    config: Mapping[str, Any] | Any,
     *,
     seeds: Mapping[str, int] | None = None,
     inputs: Mapping[str, str | os.PathLike[str]] | None = None,
@@ -59,7 +65,7 @@ def provenance(
     """Build the provenance block stored in every result file.
 
     Args:
-        config: the validated workflow config (hashed, not copied).
+        config: the settings the step used, a mapping or a settings dataclass (hashed, not copied).
         seeds: named seeds used by the step.
         inputs: named input files; each is recorded with its content hash.
         weights: which model weights were used (``"none"`` for steps without a model,
@@ -73,48 +79,3 @@ def provenance(
         "inputs": {name: {"path": str(p), "sha256_16": file_hash(p)} for name, p in (inputs or {}).items()},
         "weights": weights,
     }
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def write_parquet(
-    path: str | os.PathLike[str], frame: pd.DataFrame, meta: Mapping[str, Any] | None = None
-) -> None:
-    """Write ``frame`` to parquet atomically; ``meta`` (e.g. provenance) goes into the file's metadata."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    if meta:
-        merged = dict(table.schema.metadata or {})
-        merged[b"synthmed"] = canonical_json(meta).encode()
-        table = table.replace_schema_metadata(merged)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_parquet_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Return the synthmed metadata (provenance) stored by :func:`write_parquet`, or ``{}``."""
-    import pyarrow.parquet as pq
-
-    raw = (pq.read_schema(path).metadata or {}).get(b"synthmed")
-    return json.loads(raw) if raw else {}

@@ -1,6 +1,6 @@
 """Built-in demo dataset: procedural chest X-ray phantoms with known ground truth.
 
-The rendering model (anatomy, pose, findings) is in :mod:`workflow.phantom_render`; this module samples
+The rendering model (anatomy, pose, findings) is in :mod:`workflow.data.phantom_render`; this module samples
 patients and studies, keeps the ground truth and writes the dataset in CheXpert's format.
 
 Ground truth. A patient's anatomy is fixed; each of their studies draws pose, exposure, noise and
@@ -30,7 +30,9 @@ from PIL import Image
 from scipy import ndimage
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import atomic_path, write_json
+from workflow.common.figures import save_png
+from workflow.common.files import atomic_output, write_json
+from workflow.common.settings import Settings
 from workflow.data.labels import CHEXPERT_LABELS
 from workflow.data.phantom_render import MASK_CLASSES, Anatomy, Findings, Pose, render
 
@@ -70,8 +72,8 @@ ANATOMY_PRIOR = {  # field: (mean, sd), anatomical units
 
 
 @dataclass(frozen=True)
-class PhantomSettings:
-    """Generator settings (``phantom.*`` in config.yaml); :meth:`from_dict` validates them.
+class PhantomSettings(Settings):
+    """Generator settings (``phantom.settings`` in config.yaml); :meth:`from_dict` validates them.
 
     ``prevalence``: chance of each rendered finding at age 55 (Lung Opacity: the non-consolidative
     opacity). ``age_slope``: log-odds added per decade above 55. ``races``: sampling weights. ``sites``:
@@ -116,8 +118,10 @@ class PhantomSettings:
     counterfactual_fraction: float = 1.0
     tabular_missing_fraction: float = 0.15
 
+    SECTION = ("phantom", "settings")
+
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None) -> PhantomSettings:
+    def from_dict(cls, raw: Mapping[str, Any] | None, key: str | None = None) -> PhantomSettings:
         """Build settings from the ``phantom`` config section; absent keys keep their defaults.
 
         ``prevalence`` and ``age_slope`` are merged over the defaults; ``races`` and ``sites`` replace them.
@@ -323,14 +327,11 @@ def study_noise(settings: PhantomSettings, patient: Patient, study: int) -> np.n
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    """Write a PNG through a temporary name and rename it (the folder must exist)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    save_png(Image.fromarray(array, mode="L"), path)
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[str]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)

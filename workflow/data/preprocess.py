@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,20 +19,10 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from workflow.common.manifest import empty_rejected, rejected
-from workflow.data import slicing as volumes
+from workflow.data import slicing
+from workflow.data.settings import PreprocessSettings
 
 Fit = Literal["crop", "pad"]
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    """``preprocess.*`` in config.yaml."""
-
-    resolution: int
-    fit: Fit = "crop"
-    shards: int = 1
-    mask_classes: Collection[int] = ()
-    volume_reader: str = "auto"
 
 
 def shard_of(patient_ids: pd.Series, shards: int) -> np.ndarray:
@@ -85,7 +73,7 @@ class _Reader:
 
     def _volume(self, path: str) -> np.ndarray:
         if path not in self._cache:
-            self._cache[path] = volumes.load_volume(path, self._volume_reader)[0]
+            self._cache[path] = slicing.load_volume(path, self._volume_reader)[0]
             if len(self._cache) > 2:
                 self._cache.popitem(last=False)
         return self._cache[path]
@@ -94,7 +82,7 @@ class _Reader:
         if pd.isna(row["slice_index"]):
             with Image.open(row["path"]) as source:
                 return to_grayscale(source)
-        array = volumes.render_slice(
+        array = slicing.render_slice(
             self._volume(row["path"]),
             int(row["slice_index"]),
             int(row["slice_axis"]),
@@ -110,7 +98,7 @@ class _Reader:
                     raise ValueError(f"mask mode {source.mode} is not a single-channel integer image")
                 array = np.asarray(source)
         else:
-            array = volumes.mask_slice(
+            array = slicing.mask_slice(
                 self._volume(row["mask_path"]), int(row["slice_index"]), int(row["slice_axis"])
             )
         if array.max(initial=0) > 255 or array.min(initial=0) < 0:
@@ -130,7 +118,7 @@ def preprocess_rows(
     ``processed`` is ``frame`` restricted to the rows that worked, with two added columns: ``image`` and
     ``mask`` (paths of the written PNGs; ``mask`` is missing where the row has no mask). Unreadable
     images, masks whose size differs from the image's and masks with class ids outside
-    ``settings.mask_classes`` are rejected with the reason; ``source`` names the input table in the
+    ``0 .. settings.mask_classes - 1`` are rejected with the reason; ``source`` names the input table in the
     rejection list.
     """
     out = Path(out_dir)
@@ -138,7 +126,7 @@ def preprocess_rows(
     images: list[str | None] = []
     masks: list[str | None] = []
     failures: list[tuple[int, str, str]] = []
-    allowed = set(settings.mask_classes)
+    allowed = set(range(settings.mask_classes))
     for pos, (_, row) in enumerate(frame.iterrows()):
         try:
             image_path, mask_path = _process_one(row, reader, settings, out, allowed)

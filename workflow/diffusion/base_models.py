@@ -1,13 +1,17 @@
 """Stable Diffusion base models: the offline tiny SD used by the demo and tests, and loading real ones.
 
-``diffusion.base_model`` names the base model in one of three ways (:func:`resolve_base`):
+``diffusion.base_model`` names the base model in one of three ways:
 
 - ``tiny``: a small, randomly initialised SD with the SD-1.5 component classes, built offline from configs
-  by :func:`build_tiny` (rule ``build_tiny_sd``). Its weights are random: every output made from it says so
-  (:func:`weights_note`) and is a plumbing check, never a trained model.
+  by :func:`build_tiny` (the tiny stand-in ``sd`` of :mod:`workflow.common.tiny_models`; the rules then hand
+  its folder over as the base model). Its weights are random: its model card says so, every output made from
+  it repeats it (:func:`workflow.common.model_card.weights_label`), and it is a plumbing check, never a
+  trained model.
 - a local diffusers pipeline folder (one holding ``model_index.json``);
 - a Hugging Face hub id such as ``runwayml/stable-diffusion-v1-5`` (loaded on users' clusters; this needs the
   hub or its cache).
+
+:func:`resolve_base` checks the location before anything is loaded.
 
 The tiny tokenizer is CLIP's byte-level BPE with no merges (one token per character), built from a vocabulary
 in memory; on transformers 5 ``CLIPTokenizer`` must get ``vocab=dict, merges=list`` (file arguments are
@@ -21,17 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import write_json
+from workflow.common.model_card import write_card
 
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-TINY = "tiny"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_TOKENS = 77
-DESCRIPTION = "synthmed_model.json"
 TINY_NOTE = "random-init tiny SD (demo; random weights, not a trained model)"
 
 # The tiny architecture: SD-1.5's classes, a few channels each (diffusers' own test configs, widened so that
@@ -120,32 +122,15 @@ def build_random(
 def build_tiny(out_dir: str | Path, seed: int) -> None:
     """Build the tiny random SD pipeline (seeded) and save it as an ordinary diffusers folder."""
     build_random(*TINY_CONFIGS, seed=seed).save_pretrained(out_dir)
-    describe(out_dir, {"kind": TINY, "base_model": TINY, "seed": seed, "weights": TINY_NOTE})
+    write_card(out_dir, {"kind": "tiny", "seed": seed, "weights": TINY_NOTE})
 
 
-def describe(model_dir: str | Path, description: dict[str, Any]) -> None:
-    """Write the ``synthmed_model.json`` that says what a model folder holds and which weights it used."""
-    write_json(Path(model_dir) / DESCRIPTION, description)
-
-
-def read_description(model_dir: str | Path) -> dict[str, Any]:
-    """The description written by :func:`describe` (``{}`` for folders synthmed did not write)."""
-    import json
-
-    path = Path(model_dir) / DESCRIPTION
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def resolve_base(base_model: str, tiny_dir: str | Path | None) -> str:
-    """Where ``from_pretrained`` finds ``diffusion.base_model``: the tiny folder, a local folder or a hub id.
+def resolve_base(base_model: str) -> str:
+    """Where ``from_pretrained`` finds the base model: a local diffusers folder or a hub id.
 
     Raises:
         InputError: naming ``diffusion.base_model`` when it is a path that is not a diffusers folder.
     """
-    if base_model == TINY:
-        if tiny_dir is None:
-            raise InputError("diffusion.base_model 'tiny' needs the tiny model's folder (rule build_tiny_sd)")
-        return str(tiny_dir)
     path = Path(base_model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -160,14 +145,6 @@ def resolve_base(base_model: str, tiny_dir: str | Path | None) -> str:
         f"diffusion.base_model: '{base_model}' is not 'tiny', an existing diffusers folder or a hub id "
         "such as 'runwayml/stable-diffusion-v1-5'"
     )
-
-
-def weights_note(base_model: str, location: str) -> str:
-    """Plain words for provenance: which weights a model built on ``base_model`` starts from."""
-    if base_model == TINY:
-        return TINY_NOTE
-    kind = "local folder" if Path(location).is_dir() else "hub"
-    return f"pretrained {base_model} ({kind})"
 
 
 def load_pipeline(

@@ -1,4 +1,5 @@
-"""Cached VAE latents and CLIP text embeddings of the training images (rule ``cache_latents``).
+"""Cached VAE latents and CLIP text embeddings of the training images (rule ``cache_latents``, written by
+:func:`workflow.diffusion.stage.cache_latents`).
 
 The VAE and the text encoder are frozen in both fine-tuning methods, so encoding every image and prompt once
 saves their FLOPs in every epoch (diffusers' ``train_text_to_image.py`` encodes them on the fly at every
@@ -23,7 +24,6 @@ provenance.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import atomic_path, config_hash, provenance
-from workflow.diffusion import base_models as sd_models
+from workflow.diffusion.settings import CacheSettings
 
 if TYPE_CHECKING:
     import torch
+    from diffusers import StableDiffusionPipeline
 
 EMPTY_PROMPT = 0  # row of the empty prompt's embedding
 
@@ -74,59 +74,34 @@ def load_image(path: str, resolution: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def build(
-    dataset_path: str,
-    prompts_path: str,
-    base_model: str,
-    tiny_dir: str | None,
-    settings: Mapping[str, Any],
-    gpus: int,
-    out_path: str,
-) -> None:
-    """Encode every training image (and its mirror image with ``random_flip``) and every prompt once.
-
-    Args:
-        settings: ``resolution``, ``random_flip`` and ``batch_size`` (see the config schema).
-        gpus: GPUs of the job (``resources.gpu``); 0 encodes on the CPU.
-    """
+def encode(
+    pipe: StableDiffusionPipeline, rows: pd.DataFrame, settings: CacheSettings, device: torch.device
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The cache's tensors for the training ``rows`` (module docstring) and the distinct prompts, sorted:
+    every image (and its mirror image with ``random_flip``) through the VAE, every prompt through the text
+    encoder, once."""
     import torch
-    from safetensors.torch import save_file
 
-    from workflow.common.devices import pick_device
+    from workflow.diffusion.base_models import encode_prompts
 
-    location = sd_models.resolve_base(base_model, tiny_dir)
-    rows = training_rows(dataset_path, prompts_path)
-    device = pick_device(gpus)
-    pipe = sd_models.load_pipeline(location, unet=None).to(device)  # only the VAE and text encoder run
     prompts = sorted(rows["prompt"].unique())
-    embeddings = sd_models.encode_prompts(pipe, ["", *prompts])
+    embeddings = encode_prompts(pipe, ["", *prompts])
     prompt_row = {prompt: i + 1 for i, prompt in enumerate(prompts)}
-    flips = 2 if settings["random_flip"] else 1
+    flips = 2 if settings.random_flip else 1
     posteriors = []
     with torch.no_grad():
-        for start in range(0, len(rows), settings["batch_size"]):
-            paths = rows["image"].iloc[start : start + settings["batch_size"]]
-            pixels = torch.stack([load_image(p, settings["resolution"]) for p in paths]).to(device)
+        for start in range(0, len(rows), settings.batch_size):
+            paths = rows["image"].iloc[start : start + settings.batch_size]
+            pixels = torch.stack([load_image(p, settings.resolution) for p in paths]).to(device)
             views = [pixels, pixels.flip(-1)][:flips]
             encoded = [pipe.vae.encode(v).latent_dist.parameters.float().cpu() for v in views]
             posteriors.append(torch.stack(encoded, dim=1).half())
-    inputs = {"dataset": dataset_path, "prompts": prompts_path}
-    meta = provenance(settings | {"base_model": base_model}, inputs=inputs)
-    meta["weights"] = sd_models.weights_note(base_model, location)
-    meta["cache_id"] = config_hash({"config": meta["config_hash"], "inputs": meta["inputs"]})
     tensors = {
         "posteriors": torch.cat(posteriors),
         "prompt_index": torch.tensor([prompt_row[p] for p in rows["prompt"]], dtype=torch.int64),
         "embeddings": embeddings,
     }
-    header = {
-        "provenance": json.dumps(meta),
-        "prompts": json.dumps(prompts),
-        "image_ids": json.dumps(rows["image_id"].tolist()),
-        "scaling_factor": str(pipe.vae.config.scaling_factor),
-    }
-    with atomic_path(out_path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    return tensors, prompts
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Fine-tuning Stable Diffusion on cached latents: the full UNet (PRISM) or LoRA adapters (LoRA-fairness).
 
 One loop for both methods (rule ``finetune_sd``, launched with ``accelerate launch``); the VAE and the text
-encoder are frozen and their outputs come from the cache (:mod:`workflow.latent_cache`), so a step runs the
-UNet only. Per step, for a batch of latents ``z0 = s * z`` (``z`` drawn from the cached VAE posterior,
-``s`` the VAE scaling factor) and text embeddings ``c``:
+encoder are frozen and their outputs come from the cache (:mod:`workflow.diffusion.latent_cache`), so a
+step runs the UNet only. Per step, for a batch of latents ``z0 = s * z`` (``z`` drawn from the cached VAE
+posterior, ``s`` the VAE scaling factor) and text embeddings ``c``:
 
 - **Caption dropout** (classifier-free guidance, Ho & Salimans 2022): ``c`` is replaced by the empty prompt's
   embedding with probability ``caption_dropout``, so the model also learns the unconditional score.
@@ -20,9 +20,9 @@ UNet only. Per step, for a batch of latents ``z0 = s * z`` (``z`` drawn from the
 
 **Seeded data order and noise.** Epoch ``e`` visits the images in the permutation seeded by ``(seed, 0, e)``;
 micro-step ``m`` of process ``r`` reseeds torch's generators with ``(seed, 1, m, r)`` before drawing its
-latents, caption dropout, noise, timesteps and LoRA dropout (:func:`workflow.seeding.derive_seed`). The random
-state is therefore a function of the step, and a run resumed from a checkpoint draws exactly what an
-uninterrupted run draws.
+latents, caption dropout, noise, timesteps and LoRA dropout (:func:`workflow.common.seeding.derive_seed`).
+The random state is therefore a function of the step, and a run resumed from a checkpoint draws exactly
+what an uninterrupted run draws.
 
 **Data parallel.** With ``n`` processes, every optimizer step consumes ``n * batch_size * accumulation``
 images: process ``r`` takes the ``r``-th slice of each global batch; gradients are averaged by DDP.
@@ -33,78 +33,66 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from workflow.classifier.figures import loss_curve
 from workflow.common import checkpoints
 from workflow.common.devices import pick_device
 from workflow.common.errors import InputError
-from workflow.common.provenance import config_hash, provenance, write_json
+from workflow.common.figures import loss_curve
+from workflow.common.files import write_json
+from workflow.common.model_card import weights_label
+from workflow.common.provenance import config_hash, provenance
 from workflow.common.seeding import derive_seed
-from workflow.diffusion import base_models as sd_models
-from workflow.diffusion import saving as export
+from workflow.diffusion import base_models, saving
 from workflow.diffusion.latent_cache import EMPTY_PROMPT, LatentCache
+from workflow.diffusion.settings import TrainSettings
+from workflow.diffusion.validation import Validator
 
 log = logging.getLogger(__name__)
 
 ORDER, NOISE = 0, 1  # seed domains: data order per epoch, random draws per micro-step
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA adapters (Hu et al. 2022) on the UNet's attention projections, via peft."""
+@dataclass
+class TrainingState:
+    """What a checkpoint saves and restores: the trained weights (all of the UNet for ``full``, the adapters
+    for ``lora``), the optimizer, the learning-rate schedule, the EMA weights and the fp16 gradient scaler."""
 
-    rank: int
-    alpha: float
-    dropout: float
-    target_modules: tuple[str, ...]
+    accelerator: Any
+    unet: torch.nn.Module
+    optimizer: Any
+    lr_schedule: Any
+    ema: Any
 
+    def snapshot(self) -> dict[str, Any]:
+        model = self.accelerator.unwrap_model(self.unet)
+        scaler = self.accelerator.scaler
+        return {
+            "trainable": {
+                n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad
+            },
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        }
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """``diffusion.train`` plus the method and its LoRA settings (the config schema documents each key)."""
-
-    method: str
-    seed: int
-    epochs: int
-    max_steps: int | None
-    batch_size: int
-    gradient_accumulation_steps: int
-    learning_rate: float
-    adam_betas: tuple[float, float]
-    adam_epsilon: float
-    weight_decay: float
-    lr_scheduler: str
-    lr_warmup_steps: int
-    max_grad_norm: float
-    mixed_precision: str
-    gradient_checkpointing: bool
-    snr_gamma: float | None
-    noise_offset: float
-    caption_dropout: float
-    ema: bool
-    ema_decay: float
-    checkpoint_steps: int
-    checkpoints_total_limit: int
-    validation_steps: int | None
-    validation_prompts: int
-    validation_inference_steps: int
-    lora: LoraSettings
-
-    @classmethod
-    def from_dict(cls, settings: Mapping[str, Any]) -> TrainSettings:
-        values = dict(settings)
-        values["adam_betas"] = tuple(values["adam_betas"])
-        lora = dict(values["lora"]) | {"target_modules": tuple(values["lora"]["target_modules"])}
-        values["lora"] = LoraSettings(**lora)
-        if values["ema"] and values["method"] != "full":
-            raise InputError("diffusion.train.ema: EMA is for method 'full' only (LoRA trains no full UNet)")
-        return cls(**values)
+    def restore(self, state: Mapping[str, Any]) -> None:
+        named = dict(self.accelerator.unwrap_model(self.unet).named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                named[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
 
 
 def steps_per_epoch(n_images: int, settings: TrainSettings, processes: int) -> int:
@@ -226,7 +214,7 @@ def write_report(
     """The run's JSON report: provenance (which weights it started from), throughput and the loss curve."""
     per_step = settings.batch_size * settings.gradient_accumulation_steps * run["processes"]
     seconds = run["seconds"]
-    meta = provenance(asdict(settings) | {"base_model": base_model}, seeds={"train": settings.seed})
+    meta = provenance(settings.to_dict() | {"base_model": base_model}, seeds={"train": settings.seed})
     meta["weights"] = f"fine-tuned ({settings.method}) from {cache['weights']}"
     report = {
         "provenance": meta,
@@ -251,7 +239,6 @@ def write_report(
 def train(
     cache_path: str,
     base_model: str,
-    tiny_dir: str | None,
     settings: TrainSettings,
     gpus: int,
     paths: Mapping[str, str],
@@ -259,6 +246,8 @@ def train(
     """Fine-tune, checkpointing every ``checkpoint_steps`` and resuming from the newest checkpoint.
 
     Args:
+        cache_path: the latent cache (:mod:`workflow.diffusion.latent_cache`).
+        base_model: folder or hub id of the base model (the tiny stand-in's folder for ``tiny``).
         gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
         paths: ``model`` (output folder), ``report`` (JSON), ``loss`` and ``grid`` (PNGs), ``checkpoints``
             and ``validation`` (working folders, kept across a killed job).
@@ -279,12 +268,12 @@ def train(
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         settings.mixed_precision, torch.float32
     )
-    location = sd_models.resolve_base(base_model, tiny_dir)
+    location = base_models.resolve_base(base_model)
     cache = LatentCache(cache_path)
     steps = total_steps(len(cache), settings, processes)
     fingerprint = config_hash(
         {
-            "settings": asdict(settings),
+            "settings": settings.to_dict(),
             "cache": cache.provenance["cache_id"],
             "base": location,
             "n": processes,
@@ -313,14 +302,24 @@ def train(
         work.mkdir(parents=True, exist_ok=True)
         checkpoints.discard_foreign(work, fingerprint)
     accelerator.wait_for_everyone()
-    training = checkpoints.TrainingState(accelerator, unet, optimizer, lr_schedule, ema)
+    training = TrainingState(accelerator, unet, optimizer, lr_schedule, ema)
     state = checkpoints.newest(work, fingerprint)
     step, losses = 0, []
     if state is not None:
         training.restore(state)
         step, losses = state["step"], list(state["losses"])
 
-    validator = export.Validator(location, cache, settings, weight_dtype, device) if rank == 0 else None
+    validator = None
+    if rank == 0:
+        validator = Validator(
+            location,
+            cache,
+            settings.validation_prompts,
+            settings.validation_inference_steps,
+            settings.seed,
+            weight_dtype,
+            device,
+        )
     accumulation = settings.gradient_accumulation_steps
     started, first_step, running = time.perf_counter(), step, 0.0
     for micro in range(step * accumulation, steps * accumulation):
@@ -358,13 +357,13 @@ def train(
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)
         validator.grid(final, ema, paths["grid"])
-        export.save_model(
-            final, ema, settings, base_model, location, paths["model"], cache.provenance["weights"]
+        saving.save_trained(
+            final, ema, settings.method, location, paths["model"], cache.provenance["weights"]
         )
         run = {"processes": processes, "device": device.type, "steps": step, "resumed_from_step": first_step}
         run |= {"seconds": seconds, "trainable_parameters": sum(p.numel() for p in parameters)}
         write_report(paths["report"], settings, base_model, cache.provenance, run, losses)
-        loss_curve(losses, paths["loss"], f"{settings.method} fine-tuning, base {base_model}")
+        loss_curve(losses, paths["loss"], f"{settings.method} fine-tuning, base {weights_label(location)}")
         for path in work.glob("checkpoint-*.pt"):
             path.unlink()
     accelerator.wait_for_everyone()

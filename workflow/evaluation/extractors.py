@@ -9,9 +9,9 @@
   default DINOv2 ViT-B/14 (``facebook/dinov2-base``): FD_DINOv2 of Stein et al., "Exposing flaws of generative
   model evaluation metrics", NeurIPS 2023. It is registered with torch-fidelity as :data:`TRANSFORMERS`
   (:class:`TransformersExtractor`), so ``torch_fidelity.calculate_metrics`` can use it too;
-- ``tiny``: the same DINOv2 class with a tiny configuration and random weights (:func:`build_tiny`, rule
-  ``build_tiny_extractor``), for the demo and the tests. Its numbers check the plumbing and measure nothing;
-  every output says ``random-init tiny DINOv2 (demo)``.
+- ``tiny``: the same DINOv2 class with a tiny configuration and random weights (:func:`build_tiny`, the
+  tiny stand-in ``dinov2`` of :mod:`workflow.common.tiny_models`), for the demo and the tests. Its numbers
+  check the plumbing and measure nothing; every output says ``random-init tiny DINOv2 (demo)``.
 
 Nothing is downloaded or loaded to describe an extractor (:meth:`ExtractorSpec.identity`), so cached features
 are found without loading the model.
@@ -20,8 +20,6 @@ are found without loading the model.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +31,10 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import file_hash, write_json
-from workflow.prompts.embeddings import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MODEL_CARD,
-    image_processor,
-    weights_label,
-)
+from workflow.common.model_card import weights_label, write_card
+from workflow.common.provenance import file_hash
+from workflow.evaluation.settings import EvaluationSettings
+from workflow.prompts.embeddings import IMAGENET_MEAN, IMAGENET_STD, image_processor
 
 INCEPTION = "inception-v3-compat"
 TRANSFORMERS = "synthmed-transformers"
@@ -205,18 +199,18 @@ class ExtractorSpec:
         return create_feature_extractor(self.fidelity_name, [self.feature], cuda=cuda, **options)
 
 
-def resolve(settings: Mapping[str, Any], extractor_path: str | None) -> ExtractorSpec:
+def resolve(settings: EvaluationSettings, extractor_path: str | None) -> ExtractorSpec:
     """The extractor ``evaluation.*`` asks for; ``extractor_path`` is its local file or folder when the
     workflow tracks one (the tiny model, an Inception weights file, a local transformers folder).
 
     Raises:
         InputError: naming ``evaluation.extractor`` when ``tiny`` comes without its folder.
     """
-    kind = settings["extractor"]
+    kind = settings.extractor
     if kind == TINY and not extractor_path:
-        raise InputError("evaluation.extractor = tiny needs the folder built by rule build_tiny_extractor")
-    default = settings["weights"] if kind == INCEPTION else settings["model"]
-    resolution = None if kind == INCEPTION else settings["resolution"]
+        raise InputError("evaluation.extractor = tiny needs the folder built by rule build_tiny_model")
+    default = settings.weights if kind == INCEPTION else settings.model
+    resolution = None if kind == INCEPTION else settings.resolution
     return ExtractorSpec(kind=kind, location=extractor_path or default, resolution=resolution)
 
 
@@ -240,10 +234,4 @@ def build_tiny(out_dir: str | Path, seed: int) -> None:
     model.save_pretrained(out_dir)
     image_processor(TINY_DINOV2["image_size"]).save_pretrained(out_dir)
     card = {"weights": TINY_WEIGHTS, "seed": seed, "architecture": "Dinov2Model", "config": TINY_DINOV2}
-    write_json(Path(out_dir) / MODEL_CARD, card)
-
-
-def read_card(location: str | None) -> dict[str, Any]:
-    """The model card synthmed wrote next to a model (``{}`` when there is none)."""
-    card = Path(location) / MODEL_CARD if location else None
-    return json.loads(card.read_text()) if card and card.is_file() else {}
+    write_card(out_dir, card)

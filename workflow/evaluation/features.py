@@ -29,11 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import atomic_path, canonical_json, file_hash, write_json
+from workflow.common.files import atomic_output, write_json
+from workflow.common.image_files import ImageFiles
+from workflow.common.provenance import canonical_json, file_hash
 from workflow.evaluation.extractors import ExtractorSpec
+from workflow.evaluation.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +80,10 @@ def image_side(path: str) -> int:
         return max(image.size)
 
 
-def resolve_policy(settings: Mapping[str, Any], real: Sequence[str], fake: Sequence[str]) -> ImagePolicy:
+def resolve_policy(settings: EvaluationSettings, real: Sequence[str], fake: Sequence[str]) -> ImagePolicy:
     """``evaluation.image_size`` and ``color``; a null size takes the smaller native size of the two sets."""
-    size = settings["image_size"] or min(image_side(real[0]), image_side(fake[0]))
-    return ImagePolicy(size=int(size), color=settings["color"])
-
-
-class ImageFiles(Dataset):
-    """Image files as uint8 tensors under an :class:`ImagePolicy` (a torch-fidelity input)."""
-
-    def __init__(self, paths: Sequence[str], policy: ImagePolicy):
-        self.paths = list(paths)
-        self.policy = policy
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.policy.load(self.paths[index])
+    size = settings.image_size or min(image_side(real[0]), image_side(fake[0]))
+    return ImagePolicy(size=int(size), color=settings.color)
 
 
 def image_hashes(paths: Sequence[str], source: str) -> list[str]:
@@ -148,7 +137,7 @@ class FeatureCache:
         log.info("%s: extracting features of %d images (cache key %s)", source, len(paths), key)
         features = self._extract(paths)
         check_features(features, source)
-        with atomic_path(entry / FEATURES_FILE) as tmp:
+        with atomic_output(entry / FEATURES_FILE) as tmp:
             torch.save(features, tmp)
         images = [{"path": str(p), "sha256_16": h} for p, h in zip(paths, hashes, strict=True)]
         entry_info = {"extractor": self.identity, "policy": self.policy.describe(), "images": images}
@@ -163,7 +152,7 @@ class FeatureCache:
             self._extractor = self.spec.create(self.cuda)
         workers = min(4, len(os.sched_getaffinity(0)) - 1)
         loader = DataLoader(
-            ImageFiles(paths, self.policy),
+            ImageFiles(paths, self.policy.load),
             batch_size=self.batch_size,
             num_workers=workers,
             pin_memory=self.cuda,

@@ -1,4 +1,4 @@
-"""Image quality of the synthetic set against a real split: FID, KID, precision/recall, overall and per group.
+"""Image quality of a synthetic set against a real split: FID, KID, precision/recall, overall and per group.
 
 Metrics are torch-fidelity's own implementations (``input1`` = synthetic, ``input2`` = real). They are
 applied to feature matrices rather than through ``torch_fidelity.calculate_metrics``, which extracts the
@@ -38,16 +38,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch_fidelity
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from workflow.common.errors import InputError
 from workflow.common.manifest import label_column, label_names
-from workflow.common.provenance import atomic_path, provenance, write_json
-from workflow.evaluation import extractors as feature_extractors
-from workflow.evaluation.features import FeatureCache, resolve_policy
+from workflow.evaluation.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +54,6 @@ SLICEWISE = (
     "every 2D slice is one image: the overall metrics pool all slices of all volumes; per_slice_bin compares "
     "slices by relative position slice_index / (n_slices - 1) in their volume, in evaluation.slice_bins bins"
 )
-
-
-@dataclass(frozen=True)
-class MetricSettings:
-    """The ``evaluation.*`` keys the metrics read (the config schema documents each)."""
-
-    kid_subset_size: int
-    kid_subsets: int
-    prc_neighborhood: int
-    min_images: int
-    seed: int
-
-    @classmethod
-    def from_dict(cls, settings: Mapping[str, Any]) -> MetricSettings:
-        return cls(**{name: settings[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -86,7 +68,7 @@ class Group:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def compare(fake: torch.Tensor, real: torch.Tensor, settings: MetricSettings) -> dict[str, Any]:
+def compare(fake: torch.Tensor, real: torch.Tensor, settings: EvaluationSettings) -> dict[str, Any]:
     """FID, KID (mean, std) and precision/recall of synthetic vs real features, with sample-size warnings.
 
     Returns a row (:func:`empty_row`): counts, the metrics (null with ``reason`` when either set is smaller
@@ -182,7 +164,7 @@ def slice_groups(fake: pd.Series, real: pd.Series, bins: int) -> Iterator[Group]
 
 
 def evaluate_group(
-    group: Group, fake: torch.Tensor, real: torch.Tensor, settings: MetricSettings
+    group: Group, fake: torch.Tensor, real: torch.Tensor, settings: EvaluationSettings
 ) -> dict[str, Any]:
     """One row of the per-group table: the group's id, counts, metrics, reason and warnings."""
     head = {"group": group.kind, "name": group.name, **group.extra}
@@ -222,74 +204,3 @@ def read_sets(
         raise InputError(f"no images to evaluate in {empty}")
     prompts = pd.read_parquet(prompts_in, columns=["image_id", "prompt_id"])
     return real.merge(prompts, on="image_id", how="left"), fake
-
-
-def evaluate(
-    dataset_in: str,
-    samples_in: str,
-    prompts_in: str,
-    settings: Mapping[str, Any],
-    extractor_path: str | None,
-    json_out: str,
-    table_out: str,
-) -> None:
-    """Rule ``image_metrics``: the synthetic set against the reference split, overall and per group.
-
-    Writes ``json_out`` (``results/fid.json``: provenance, extractor and its weights, resize policy, counts,
-    seed, overall metrics, per-group metrics, warnings, feature-cache keys) and ``table_out``
-    (``results/fid_per_class.csv``: one row per group, the first the overall one).
-
-    Raises:
-        InputError: for an empty reference split or synthetic set, or a missing image.
-    """
-    split = settings["reference_split"]
-    real, fake = read_sets(dataset_in, samples_in, prompts_in, split)
-    spec = feature_extractors.resolve(settings, extractor_path)
-    policy = resolve_policy(settings, real["image"].tolist(), fake["image"].tolist())
-    cuda = torch.cuda.is_available()
-    cache = FeatureCache(settings["cache_dir"], spec, policy, cuda, settings["batch_size"])
-    fake_features, fake_key = cache.features(fake["image"].tolist(), samples_in)
-    real_features, real_key = cache.features(real["image"].tolist(), f"{dataset_in} split {split}")
-    metrics = MetricSettings.from_dict(settings)
-    overall = compare(fake_features, real_features, metrics)
-    rows = [
-        evaluate_group(group, fake_features, real_features, metrics)
-        for group in groups(fake, real, settings["slice_bins"])
-    ]
-    weights = spec.weights()
-    warnings = list(overall["warnings"])
-    if "random-init" in weights:
-        warnings.append(f"{weights}: the numbers check the plumbing and do not measure image quality")
-    for warning in warnings:
-        log.warning(warning)
-    computed = sum(row["reason"] is None for row in rows)
-    log.info("overall FID %s; %d of %d groups computed", overall["fid"], computed, len(rows))
-
-    card = feature_extractors.read_card(spec.location)
-    seeds = {"kid": settings["seed"]} | ({"tiny_extractor": card["seed"]} if "seed" in card else {})
-    inputs = {"dataset": dataset_in, "samples": samples_in, "prompts": prompts_in}
-    extractor = {"weights": weights, "feature_dim": int(real_features.shape[1])}
-    runtime = {"device": "cuda" if cuda else "cpu", "torch_fidelity": torch_fidelity.__version__}
-    report = {
-        "provenance": provenance(settings, seeds=seeds, inputs=inputs, weights=weights),
-        "extractor": cache.identity | extractor | runtime,
-        "resize_policy": policy.describe(),
-        "seed": settings["seed"],
-        "reference": {"split": split, "images": len(real), "volumes": volume_count(real)},
-        "synthetic": {
-            "images": len(fake),
-            "prompts": fake["prompt_id"].nunique(),
-            "volumes": volume_count(fake),
-        },
-        "metrics": clean(overall),
-        "slicewise": {"volumes": has_volumes(real), "definition": SLICEWISE, "bins": settings["slice_bins"]},
-        **{f"per_{kind}": {r["name"]: clean(r) for r in rows if r["group"] == kind} for kind in GROUP_KINDS},
-        "warnings": warnings,
-        "feature_cache": {"dir": settings["cache_dir"], "synthetic": fake_key, "real": real_key},
-    }
-    write_json(json_out, report)
-    table = pd.DataFrame([{"group": "overall", "name": "all", "prompt": None} | overall, *rows])
-    table["kid_subset_size"] = table["kid_subset_size"].astype("Int64")
-    table["warnings"] = table["warnings"].map("; ".join)
-    with atomic_path(table_out) as tmp:
-        table.to_csv(tmp, index=False)

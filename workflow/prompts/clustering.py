@@ -14,7 +14,7 @@ MEP-LDM ships S_Dbw/SD index helpers for this purpose but never calls them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 
 from workflow.common.errors import InputError
 from workflow.common.manifest import label_column
+from workflow.prompts.settings import ClusterSettings
 
 SILHOUETTE_SAMPLE = 10_000
 MONTAGE_TILES = 16
@@ -54,55 +55,53 @@ def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     return table.drop(["embedding"]).to_pandas(), matrix
 
 
-def kmeans(k: int, settings: Mapping[str, Any], seed: int) -> KMeans | MiniBatchKMeans:
+def kmeans(k: int, settings: ClusterSettings) -> KMeans | MiniBatchKMeans:
     """MEP-LDM's estimator: KMeans(k, n_init) or, with ``minibatch_size``, MiniBatchKMeans."""
-    if settings["minibatch_size"]:
+    if settings.minibatch_size:
         return MiniBatchKMeans(
             n_clusters=k,
-            batch_size=settings["minibatch_size"],
-            n_init=settings["n_init"],
+            batch_size=settings.minibatch_size,
+            n_init=settings.n_init,
             tol=1e-4,
             max_iter=300,
-            random_state=seed,
+            random_state=settings.seed,
         )
-    return KMeans(n_clusters=k, n_init=settings["n_init"], random_state=seed)
+    return KMeans(n_clusters=k, n_init=settings.n_init, random_state=settings.seed)
 
 
-def choose_k(
-    x: np.ndarray, settings: Mapping[str, Any], seed: int
-) -> tuple[KMeans | MiniBatchKMeans, dict[int, float]]:
+def choose_k(x: np.ndarray, settings: ClusterSettings) -> tuple[KMeans | MiniBatchKMeans, dict[int, float]]:
     """The k-means model fitted on ``x`` whose k in ``prompts.mep.k_range`` has the best
     ``prompts.mep.validity_index``, and every k's score."""
-    low, high = settings["k_range"]
+    low, high = settings.k_range
     if not 2 <= low <= high < len(x):
         raise InputError(
             f"prompts.mep.k_range = {[low, high]} must satisfy 2 <= low <= high < {len(x)} "
             "(the number of training images to cluster)"
         )
-    score, higher_is_better = VALIDITY[settings["validity_index"]]
-    models = {k: kmeans(k, settings, seed).fit(x) for k in range(low, high + 1)}
-    scores = {k: float(score(x, model.labels_, seed)) for k, model in models.items()}
+    score, higher_is_better = VALIDITY[settings.validity_index]
+    models = {k: kmeans(k, settings).fit(x) for k in range(low, high + 1)}
+    scores = {k: float(score(x, model.labels_, settings.seed)) for k, model in models.items()}
     pick = max if higher_is_better else min
     return models[pick(scores, key=lambda k: scores[k])], scores
 
 
-def fit(x: np.ndarray, settings: Mapping[str, Any], seed: int) -> tuple[KMeans | MiniBatchKMeans, dict]:
+def fit(x: np.ndarray, settings: ClusterSettings) -> tuple[KMeans | MiniBatchKMeans, dict]:
     """Fit k-means on the training embeddings ``x``; returns the model and how k was chosen."""
-    if settings["k"] == "auto":
-        model, scores = choose_k(x, settings, seed)
+    if settings.k == "auto":
+        model, scores = choose_k(x, settings)
         choice = {
-            "method": settings["validity_index"],
-            "k_range": list(settings["k_range"]),
+            "method": settings.validity_index,
+            "k_range": list(settings.k_range),
             "scores": scores,
         }
         return model, choice | {"k": model.n_clusters}
-    k = int(settings["k"])
+    k = int(settings.k)
     if k > len(x):
         raise InputError(
             f"prompts.mep.k = {k} is larger than the number of training images to cluster ({len(x)}, "
             "after outlier removal); lower prompts.mep.k or use k: auto with prompts.mep.k_range"
         )
-    return kmeans(k, settings, seed).fit(x), {"method": "fixed (prompts.mep.k)", "k": k}
+    return kmeans(k, settings).fit(x), {"method": "fixed (prompts.mep.k)", "k": k}
 
 
 def nearest(x: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:

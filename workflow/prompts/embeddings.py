@@ -10,35 +10,35 @@ processes while the main process runs the model on the GPU when there is one (``
 else on the CPU, in float32.
 
 ``prompts.mep.model`` is a hub id (loaded with ``AutoModel``/``AutoImageProcessor`` on a machine that can
-reach the hub), a local folder in the same layout, or ``tiny``: :func:`build_tiny_vit` writes a randomly
-initialised ViT (hidden size 32, 2 layers, patch 8, 32 px) for the demo and the tests. A folder written by
-:func:`build_tiny_vit` carries a ``synthmed_model.json`` card saying so, and every output records which
-weights were used (:func:`weights_label`), so random weights are never mistaken for DINO.
+reach the hub), a local folder in the same layout, or ``tiny``: :func:`build_tiny` writes a randomly
+initialised ViT (hidden size 32, 2 layers, patch 8, 32 px) for the demo and the tests
+(:mod:`workflow.common.tiny_models`). Its model card says so, and every output records which weights were
+used (:func:`workflow.common.model_card.weights_label`), so random weights are never mistaken for DINO.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessor, ViTModel
 
 from workflow.common.devices import pick_device
 from workflow.common.errors import InputError
-from workflow.common.provenance import write_json
+from workflow.common.image_files import ImageFiles
+from workflow.common.model_card import write_card
 from workflow.prompts.outliers import FEATURES, image_features
 
 log = logging.getLogger(__name__)
 
 TINY_WEIGHTS = "random-init tiny ViT (demo)"
-MODEL_CARD = "synthmed_model.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_VIT: dict[str, int] = {
@@ -63,27 +63,13 @@ def image_processor(size: int) -> ViTImageProcessor:
     )
 
 
-def build_tiny_vit(out_dir: str | Path, seed: int, meta: Mapping[str, Any]) -> None:
-    """Save a randomly initialised tiny ViT, its image processor and a card saying so into ``out_dir``.
-
-    ``meta`` (the step's provenance) goes into the card, ``synthmed_model.json``.
-    """
+def build_tiny(out_dir: str | Path, seed: int) -> None:
+    """Save a randomly initialised tiny ViT (seeded), its image processor and a card saying so."""
     torch.manual_seed(seed)
     model = ViTModel(ViTConfig(**TINY_VIT))
     model.save_pretrained(out_dir)
     image_processor(TINY_VIT["image_size"]).save_pretrained(out_dir)
-    card = {"weights": TINY_WEIGHTS, "seed": seed, "architecture": TINY_VIT, "provenance": dict(meta)}
-    write_json(Path(out_dir) / MODEL_CARD, card)
-
-
-def weights_label(model: str) -> str:
-    """What to record as the weights: the card of a synthmed-built model, else the folder or hub id."""
-    card = Path(model) / MODEL_CARD
-    if card.is_file():
-        return str(json.loads(card.read_text())["weights"])
-    if Path(model).is_dir():
-        return f"pretrained weights from local folder {model}"
-    return f"pretrained weights from the Hugging Face hub: {model}"
+    write_card(out_dir, {"weights": TINY_WEIGHTS, "seed": seed, "architecture": TINY_VIT})
 
 
 def load(model: str) -> tuple[torch.nn.Module, Any]:
@@ -99,25 +85,17 @@ def load(model: str) -> tuple[torch.nn.Module, Any]:
     return network.eval(), processor
 
 
-class ImageFiles(Dataset):
-    """Images as the processor's ``pixel_values``; optionally the outlier features of a second file."""
-
-    def __init__(self, paths: Sequence[str], processor: Any, feature_paths: Sequence[str] | None = None):
-        self.paths = list(paths)
-        self.processor = processor
-        self.feature_paths = None if feature_paths is None else list(feature_paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with Image.open(self.paths[index]) as image:
-            rgb = image.convert("RGB")
-        pixels = self.processor(images=rgb, return_tensors="pt")["pixel_values"][0]
-        if self.feature_paths is None:
-            return pixels, torch.empty(0, dtype=torch.float64)
-        features = image_features(self.feature_paths[index])
-        return pixels, torch.tensor([features[name] for name in FEATURES], dtype=torch.float64)
+def load_item(processor: Any, item: tuple[str, str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image as the processor's ``pixel_values`` and, when a second path is given, MEP's outlier
+    features of that file (empty otherwise)."""
+    path, feature_path = item
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    pixels = processor(images=rgb, return_tensors="pt")["pixel_values"][0]
+    if feature_path is None:
+        return pixels, torch.empty(0, dtype=torch.float64)
+    features = image_features(feature_path)
+    return pixels, torch.tensor([features[name] for name in FEATURES], dtype=torch.float64)
 
 
 def _one_thread(_: int) -> None:
@@ -149,8 +127,9 @@ def embed(
     torch.set_num_threads(max(threads, 1))
     workers = max(threads - 1, 0)
     network = network.to(target)
+    items = list(zip(paths, feature_paths or [None] * len(paths), strict=True))
     loader = DataLoader(
-        ImageFiles(paths, processor, feature_paths),
+        ImageFiles(items, functools.partial(load_item, processor)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -37,6 +37,14 @@ import pandas as pd
 
 from workflow.common.errors import InputError
 from workflow.common.manifest import CORE_COLUMNS, label_column, tabular_column
+from workflow.prompts.settings import (
+    CaptionSettings,
+    ClassSettings,
+    MepTemplate,
+    PromptSettings,
+    TabularField,
+    TabularSettings,
+)
 
 STRATEGIES: tuple[str, ...] = ("labels", "demographics", "tabular", "mep")
 DEMOGRAPHIC_FIELDS: tuple[str, ...] = ("age", "sex", "race", "view", "projection", "site")
@@ -185,8 +193,8 @@ def findings_phrase(names: Sequence[str], separator: str, last_separator: str) -
     return separator.join(names[:-1]) + last_separator + names[-1]
 
 
-def _demographic_values(row: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, str | None]:
-    unknown = {str(v).strip().lower() for v in settings["unknown_values"]}
+def _demographic_values(row: Mapping[str, Any], settings: CaptionSettings) -> dict[str, str | None]:
+    unknown = {str(v).strip().lower() for v in settings.unknown_values}
     values: dict[str, str | None] = {}
     for field in DEMOGRAPHIC_FIELDS:
         value = row.get(field)
@@ -196,11 +204,11 @@ def _demographic_values(row: Mapping[str, Any], settings: Mapping[str, Any]) -> 
             values[field] = str(int(float(value)))
         else:
             text = format_value(value)
-            values[field] = text.lower() if settings["lowercase"] else text
+            values[field] = text.lower() if settings.lowercase else text
     return values
 
 
-def captions(frame: pd.DataFrame, labels: Sequence[str], settings: Mapping[str, Any], key: str) -> pd.Series:
+def captions(frame: pd.DataFrame, labels: Sequence[str], settings: CaptionSettings, key: str) -> pd.Series:
     """The ``labels`` (PRISM) and ``demographics`` (LoRA-fairness) strategies: one caption per row.
 
     Args:
@@ -209,21 +217,21 @@ def captions(frame: pd.DataFrame, labels: Sequence[str], settings: Mapping[str, 
         settings: ``prompts.labels`` or ``prompts.demographics``.
         key: the config key of ``settings`` (for error messages), e.g. ``"prompts.labels"``.
     """
-    template_fields(settings["template"], CAPTION_FIELDS, f"{key}.template")
-    rename = dict(settings["rename"])
+    template_fields(settings.template, CAPTION_FIELDS, f"{key}.template")
+    rename = dict(settings.rename)
     texts = []
     for row, found in zip(frame.to_dict("records"), positive_findings(frame, labels), strict=True):
-        if not found and settings["empty_caption"] is not None:
-            texts.append(settings["empty_caption"])
+        if not found and settings.empty_caption is not None:
+            texts.append(settings.empty_caption)
             continue
         names = [rename.get(name, name) for name in found]
-        if settings["lowercase"]:
+        if settings.lowercase:
             names = [name.lower() for name in names]
         phrase = findings_phrase(
-            list(dict.fromkeys(names)), settings["separator"], settings["last_separator"]
+            list(dict.fromkeys(names)), settings.separator, settings.last_separator
         )
-        values = _demographic_values(row, settings) | {"findings": phrase or settings["no_findings"]}
-        texts.append(render(settings["template"], values))
+        values = _demographic_values(row, settings) | {"findings": phrase or settings.no_findings}
+        texts.append(render(settings.template, values))
     return pd.Series(texts, index=frame.index, dtype="string")
 
 
@@ -248,20 +256,20 @@ def _is_sentinel(value: Any, sentinels: Sequence[Any]) -> bool:
     return False
 
 
-def clean_value(value: Any, field: Mapping[str, Any]) -> str | None:
+def clean_value(value: Any, field: TabularField) -> str | None:
     """One tabular value after DGM-VLC's cleaning rules, as text; None when it is missing.
 
     Order: missing or a ``missing`` sentinel (e.g. 99999, 0, "Not Available") -> None; ``absolute``
     makes negative numbers positive (day counts); ``values`` maps the value's text to a phrase (e.g.
     1 -> "Alive"), a null phrase meaning missing.
     """
-    if is_missing(value) or _is_sentinel(value, field["missing"]):
+    if is_missing(value) or _is_sentinel(value, field.missing):
         return None
     number = _number(value)
-    if field["absolute"] and number is not None:
+    if field.absolute and number is not None:
         value = abs(number)
     text = format_value(value)
-    return field["values"].get(text, text)
+    return field.values.get(text, text)
 
 
 def _tabular_column(frame: pd.DataFrame, field: str, index: int) -> str:
@@ -275,53 +283,53 @@ def _tabular_column(frame: pd.DataFrame, field: str, index: int) -> str:
     )
 
 
-def tabular_captions(frame: pd.DataFrame, settings: Mapping[str, Any]) -> pd.Series:
+def tabular_captions(frame: pd.DataFrame, settings: TabularSettings) -> pd.Series:
     """The ``tabular`` strategy (DGM-VLC): ``prefix``, a space, and the phrases of the fields present.
 
     Every field's ``text`` has one ``{value}`` placeholder. Phrases are joined by ``separator``; the
     sentence ends in one full stop (a trailing comma is dropped, as DGM-VLC does, but no ".." is made).
     """
-    fields = settings["fields"]
+    fields = settings.fields
     if not fields:
         raise InputError("prompts.tabular.fields is empty; list the clinical fields to describe")
     columns = []
     for i, field in enumerate(fields):
-        template_fields(field["text"], ("value",), f"prompts.tabular.fields[{i}].text")
-        columns.append(_tabular_column(frame, field["field"], i))
+        template_fields(field.text, ("value",), f"prompts.tabular.fields[{i}].text")
+        columns.append(_tabular_column(frame, field.field, i))
     texts = []
     for row in frame[columns].itertuples(index=False):
         parts = []
         for value, field in zip(row, fields, strict=True):
             text = clean_value(value, field)
             if text is not None:
-                parts.append(field["text"].replace("{value}", text))
-        sentence = " ".join(f"{settings['prefix']} {settings['separator'].join(parts)}".split())
+                parts.append(field.text.replace("{value}", text))
+        sentence = " ".join(f"{settings.prefix} {settings.separator.join(parts)}".split())
         texts.append(sentence.rstrip(" ,:;.") + ".")
     return pd.Series(texts, index=frame.index, dtype="string")
 
 
-def class_names(frame: pd.DataFrame, classes: Mapping[str, Any]) -> pd.Series:
+def class_names(frame: pd.DataFrame, classes: ClassSettings) -> pd.Series:
     """The class of every row (``prompts.classes``): the column's value as text, renamed by ``names``.
 
     Numbers are written without ".0", so a finding column gives "0"/"1" and ``names: {"1": cancer}``
     renames them (MEP-LDM's ``class_names_dict``). Missing values stay missing; no column gives NA.
     """
-    column = classes["column"]
+    column = classes.column
     if column is None:
         return pd.Series(pd.NA, index=frame.index, dtype="string")
     if column not in frame:
         raise InputError(f"prompts.classes.column = '{column}' is not a column of the dataset")
-    names = {str(k): str(v) for k, v in classes["names"].items()}
+    names = {str(k): str(v) for k, v in classes.names.items()}
     values = [None if is_missing(v) else names.get(format_value(v), format_value(v)) for v in frame[column]]
     return pd.Series(values, index=frame.index, dtype="string")
 
 
-def mep_captions(frame: pd.DataFrame, settings: Mapping[str, Any]) -> pd.Series:
+def mep_captions(frame: pd.DataFrame, settings: MepTemplate) -> pd.Series:
     """The ``mep`` strategy (MEP-LDM): ``{cluster}`` in words and ``{label}`` the lower-cased class name.
 
     ``frame`` needs ``cluster`` (Int64; NA for outliers, which get no prompt) and ``class_name``.
     """
-    fields = template_fields(settings["template"], MEP_FIELDS, "prompts.mep.template")
+    fields = template_fields(settings.template, MEP_FIELDS, "prompts.mep.template")
     if "label" in fields and frame["class_name"].isna().any():
         raise InputError(
             "prompts.mep.template uses {label} but some images have no class: set prompts.classes.column "
@@ -333,7 +341,7 @@ def mep_captions(frame: pd.DataFrame, settings: Mapping[str, Any]) -> pd.Series:
             texts.append(None)
             continue
         label = None if pd.isna(name) else str(name).lower()
-        texts.append(render(settings["template"], {"cluster": number_words(int(cluster)), "label": label}))
+        texts.append(render(settings.template, {"cluster": number_words(int(cluster)), "label": label}))
     return pd.Series(texts, index=frame.index, dtype="string")
 
 
@@ -350,19 +358,19 @@ def combine(parts: Sequence[pd.Series], separator: str) -> pd.Series:
     return pd.Series([join(t) for t in zip(*parts, strict=True)], index=parts[0].index, dtype="string")
 
 
-def build(frame: pd.DataFrame, labels: Sequence[str], settings: Mapping[str, Any]) -> pd.Series:
+def build(frame: pd.DataFrame, labels: Sequence[str], settings: PromptSettings) -> pd.Series:
     """The prompt of every row under ``prompts.strategies`` (``frame`` has ``cluster``/``class_name``)."""
-    strategies = list(settings["strategies"])
+    strategies = list(settings.strategies)
     unknown = [s for s in strategies if s not in STRATEGIES]
     if not strategies or unknown:
         raise InputError(f"prompts.strategies = {strategies}: choose one or more of {list(STRATEGIES)}")
     builders = {
-        "labels": lambda: captions(frame, labels, settings["labels"], "prompts.labels"),
-        "demographics": lambda: captions(frame, labels, settings["demographics"], "prompts.demographics"),
-        "tabular": lambda: tabular_captions(frame, settings["tabular"]),
-        "mep": lambda: mep_captions(frame, settings["mep"]),
+        "labels": lambda: captions(frame, labels, settings.labels, "prompts.labels"),
+        "demographics": lambda: captions(frame, labels, settings.demographics, "prompts.demographics"),
+        "tabular": lambda: tabular_captions(frame, settings.tabular),
+        "mep": lambda: mep_captions(frame, settings.mep),
     }
-    return combine([builders[name]() for name in strategies], settings["separator"])
+    return combine([builders[name]() for name in strategies], settings.separator)
 
 
 def prompt_ids(prompts: pd.Series) -> pd.Series:

@@ -1,18 +1,19 @@
-"""What the study report shows that no stage draws itself: its tables and the real vs synthetic grids.
+"""The report stage: what the study report shows that no stage draws itself, its tables and the real vs
+synthetic grids. One function per rule of ``rules/report.smk``, named after it.
 
 ``snakemake --report results/report.html`` collects every output marked with ``report()`` in the rules
 (categories and captions in ``resources/report/``). Snakemake's report shows PNG and HTML files inline and
 offers other files (CSV, JSON) only as downloads, so the tables a person should read there are rendered here
-as small self-contained HTML pages (rule ``report_tables``):
+as small self-contained HTML pages (:func:`report_tables`):
 
 - ``split_summary.html``: patients, images and finding prevalence per split (from ``split_report.json``);
-- ``image_quality.html``: FID, KID and precision/recall overall, per finding and per prompt
-  (``fid_per_class.csv``), with the extractor and its weights from ``fid.json``;
-- ``classifier_regimes.html``: the comparison across training regimes (``comparison.csv``: test metrics,
-  fairness gaps, Grad-CAM focus), one column per regime.
+- ``image_quality.html``: FID, KID and precision/recall of every generator, overall, per finding and per
+  prompt (``fid_per_class.csv``), with the extractor and its weights from ``fid.json``;
+- ``classifier_regimes.html``: the comparison across classifier runs (``comparison.csv``: test metrics,
+  fairness gaps, Grad-CAM focus), one column per run.
 
-Rule ``real_vs_synthetic`` draws one PNG per finding: real training images with the finding above, synthetic
-images generated with it below (drawn with ``report.seed``).
+:func:`real_vs_synthetic` draws, per generator, one PNG per finding: real training images with the finding
+above, the generator's images generated with it below (drawn with ``report.seed``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from workflow.classifier import figures as plots
-from workflow.common.figures import load_gray
+from workflow.common.figures import image_grid, load_gray
+from workflow.common.files import atomic_output, write_text
 from workflow.common.manifest import label_column
-from workflow.common.provenance import atomic_path
 
 STYLE = (
     "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:13px}"
@@ -50,8 +50,7 @@ def html_page(title: str, note: str, table: pd.DataFrame) -> str:
 
 def write_page(path: str | Path, title: str, note: str, table: pd.DataFrame) -> None:
     """Write :func:`html_page` atomically."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(html_page(title, note, table), encoding="utf-8")
+    write_text(path, html_page(title, note, table))
 
 
 def split_table(split_report: dict) -> pd.DataFrame:
@@ -70,42 +69,48 @@ def split_table(split_report: dict) -> pd.DataFrame:
 
 
 def image_quality_table(per_class: pd.DataFrame) -> pd.DataFrame:
-    """``fid_per_class.csv`` with a readable index (group, name or prompt) and the metric columns first."""
+    """``fid_per_class.csv`` with a readable index (generator, group, name or prompt) and the metrics."""
     names = per_class["prompt"].where(per_class["group"] == "prompt", per_class["name"])
-    table = per_class.set_index([per_class["group"], names.rename("name / prompt")])
+    table = per_class.set_index([per_class["generator"], per_class["group"], names.rename("name / prompt")])
     columns = ["n_fake", "n_real", "fid", "kid_mean", "kid_std", "precision", "recall", "reason", "warnings"]
     return table[[c for c in columns if c in table]]
 
 
-def write_tables(
-    split_report: str, fid_json: str, fid_table: str, comparison: str, outputs: dict[str, str]
+def report_tables(
+    split_report: str,
+    fid: str,
+    fid_table: str,
+    comparison: str,
+    split_page: str,
+    image_quality_page: str,
+    regimes_page: str,
 ) -> None:
-    """The report's three HTML tables (module docstring); ``outputs`` maps split/image_quality/regimes to
-    their paths."""
+    """The report's three HTML tables (module docstring)."""
     split = json.loads(Path(split_report).read_text())
     write_page(
-        outputs["split"],
+        split_page,
         "Patient-level split",
         f"Seeded multilabel iterative stratification (split seed {split['provenance']['seeds']['split']}); "
         "no patient is in two splits.",
         split_table(split),
     )
-    fid = json.loads(Path(fid_json).read_text())
-    extractor = fid["extractor"]
+    quality = next(iter(json.loads(Path(fid).read_text())["generators"].values()))
+    extractor = quality["extractor"]
     write_page(
-        outputs["image_quality"],
-        "Image quality of the synthetic set",
-        f"Synthetic vs real {fid['reference']['split']} split; features: {extractor['kind']} "
-        f"({extractor['weights']}), resize: {fid['resize_policy']['resize']}; seed {fid['seed']}.",
+        image_quality_page,
+        "Image quality of the synthetic sets",
+        f"Each generator's images vs the real {quality['reference']['split']} split; features: "
+        f"{extractor['kind']} ({extractor['weights']}), resize: {quality['resize_policy']['resize']}; "
+        f"seed {quality['seed']}.",
         image_quality_table(pd.read_csv(fid_table)),
     )
-    regimes = pd.read_csv(comparison).set_index("regime").T
+    runs = pd.read_csv(comparison).set_index("run").T
     write_page(
-        outputs["regimes"],
-        "Classifiers by training regime",
+        regimes_page,
+        "Classifiers by training run",
         "All metrics on the real test split; thresholds and model selection on the real validation split. "
         "Fairness columns: largest gap over subgroups; cam_*: Grad-CAM focus.",
-        regimes,
+        runs,
     )
 
 
@@ -118,33 +123,48 @@ def _pick(frame: pd.DataFrame, name: str, count: int, rng: np.random.Generator) 
 
 
 def real_vs_synthetic(
-    dataset: str, samples: str, labels: Sequence[str], out_dir: str, per_row: int, seed: int
+    dataset: str, samples: str, labels: Sequence[str], per_row: int, seed: int, grids: str
 ) -> list[str]:
-    """One PNG per finding in ``out_dir``: up to ``per_row`` real training images with the finding (top row)
-    and synthetic images whose labels have it (bottom row); findings without either are left out. Returns
-    the files written."""
+    """One PNG per finding in the folder ``grids``: up to ``per_row`` real training images with the finding
+    (top row) and synthetic images whose labels have it (bottom row); findings without either are left out.
+    Returns the names of the files written."""
     real = pd.read_parquet(dataset)
     real = real[real["split"] == "train"]
     synthetic = pd.read_parquet(samples)
     rng = np.random.default_rng(seed)
     size = 128
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, name in enumerate(labels):
-        rows = [
-            ("real", _pick(real, name, per_row, rng)),
-            ("synthetic", _pick(synthetic, name, per_row, rng)),
+    with atomic_output(grids) as out:
+        out.mkdir()
+        return [
+            name
+            for index, finding in enumerate(labels)
+            if (name := _grid(real, synthetic, finding, index, per_row, size, rng, out))
         ]
-        if not any(paths for _, paths in rows):
-            continue
-        cells: list[tuple[np.ndarray, str] | None] = []
-        for kind, paths in rows:
-            gray = [load_gray(p, size, Image.Resampling.BICUBIC) for p in paths]
-            cells += [(np.repeat(g[..., None], 3, axis=-1), kind) for g in gray]
-            cells += [None] * (per_row - len(paths))
-        path = out / f"{index:02d}_{name.replace(' ', '_')}.png"
-        title = f"{name}: real training images (top) vs synthetic (bottom)"
-        plots.image_grid(cells, str(path), title, columns=per_row, empty="no image")
-        written.append(str(path))
-    return written
+
+
+def _grid(
+    real: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    name: str,
+    index: int,
+    per_row: int,
+    size: int,
+    rng: np.random.Generator,
+    out: Path,
+) -> str | None:
+    """Draw the grid of finding ``name`` into ``out``; its file name, or None without images."""
+    rows = [
+        ("real", _pick(real, name, per_row, rng)),
+        ("synthetic", _pick(synthetic, name, per_row, rng)),
+    ]
+    if not any(paths for _, paths in rows):
+        return None
+    cells: list[tuple[np.ndarray, str] | None] = []
+    for kind, paths in rows:
+        gray = [load_gray(p, size, Image.Resampling.BICUBIC) for p in paths]
+        cells += [(np.repeat(g[..., None], 3, axis=-1), kind) for g in gray]
+        cells += [None] * (per_row - len(paths))
+    path = out / f"{index:02d}_{name.replace(' ', '_')}.png"
+    title = f"{name}: real training images (top) vs synthetic (bottom)"
+    image_grid(cells, path, title, columns=per_row)
+    return path.name

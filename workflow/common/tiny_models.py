@@ -1,0 +1,84 @@
+"""Tiny stand-ins for the pretrained models a study loads from the hub, built offline for the demo and tests.
+
+Each entry says which pretrained model it replaces, which config key selects it (the key's value is
+``tiny``), which config key seeds its random weights and which function builds it. Rule ``build_tiny_model``
+(rules/common.smk) builds any of them into ``results/models/tiny/<name>/`` through :func:`build_tiny_model`;
+a stage's rule takes that folder as an input exactly when its config key says ``tiny``
+(:func:`tiny_model_inputs`), so one pattern serves every stand-in, and a new one is a new entry here.
+
+Builders live in the stage that uses the model and are named as ``"module:function"``, called as
+``function(out_dir, seed)``; importing them lazily keeps this table (which the rules read) free of torch and
+of upward imports. Every builder writes a model card whose ``weights`` says the weights are random
+(:mod:`workflow.common.model_card`), and every output made with the model repeats it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workflow.common.files import atomic_output
+from workflow.common.settings import section
+
+TINY = "tiny"
+FOLDER = "results/models/tiny"
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A stand-in: what it replaces, the config key that selects it, its seed's config key, its builder."""
+
+    replaces: str
+    selected_by: tuple[str, ...]
+    seed: tuple[str, ...]
+    builder: str
+
+
+TINY_MODELS: dict[str, TinyModel] = {
+    "vit": TinyModel(
+        "DINO ViT-B/8 of the MEP-LDM prompts",
+        ("prompts", "mep", "model"),
+        ("prompts", "seed"),
+        "workflow.prompts.embeddings:build_tiny",
+    ),
+    "sd": TinyModel(
+        "Stable Diffusion 1.5",
+        ("diffusion", "base_model"),
+        ("diffusion", "tiny_seed"),
+        "workflow.diffusion.base_models:build_tiny",
+    ),
+    "dinov2": TinyModel(
+        "DINOv2 feature extractor of the image-quality metrics",
+        ("evaluation", "extractor"),
+        ("evaluation", "tiny_seed"),
+        "workflow.evaluation.extractors:build_tiny",
+    ),
+}
+
+
+def tiny_model_dir(name: str) -> str:
+    """The folder of stand-in ``name``."""
+    return f"{FOLDER}/{name}"
+
+
+def tiny_model_inputs(config: Mapping[str, Any], name: str) -> list[str]:
+    """``[folder]`` when the config selects stand-in ``name`` (its key says ``tiny``), else ``[]``."""
+    model = TINY_MODELS[name]
+    *parent, key = model.selected_by
+    return [tiny_model_dir(name)] if section(config, tuple(parent))[key] == TINY else []
+
+
+def tiny_model_seed(config: Mapping[str, Any], name: str) -> int:
+    """The seed of stand-in ``name``'s random weights, from its config key."""
+    *parent, key = TINY_MODELS[name].seed
+    return int(section(config, tuple(parent))[key])
+
+
+def build_tiny_model(name: str, seed: int, out: str) -> None:
+    """Build stand-in ``name`` with ``seed`` into the folder ``out`` (atomically)."""
+    module, function = TINY_MODELS[name].builder.split(":")
+    build = getattr(importlib.import_module(module), function)
+    with atomic_output(out) as tmp:
+        build(tmp, seed)

@@ -1,0 +1,87 @@
+"""Settings of the data stage: config sections ``dataset``, ``split`` and ``preprocess`` (the demo phantoms'
+``phantom.settings`` are :class:`workflow.data.phantoms.PhantomSettings`). Each field is the schema key of the
+same name; resources/config.schema.yaml documents it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from workflow.common.settings import Settings
+
+
+@dataclass(frozen=True)
+class DatasetSettings(Settings):
+    """``dataset``: which adapter reads the data, the findings and how their labels are read.
+
+    The adapter's own section (``dataset.<adapter>``) is read and checked key by key by the adapter
+    (:mod:`workflow.data.adapters`), which names a missing or wrong key itself.
+    """
+
+    SECTION = ("dataset",)
+
+    adapter: str
+    labels: tuple[str, ...]
+    uncertain_policy: str
+    blank_policy: str
+    mask_classes: tuple[str, ...]
+    max_rejected_fraction: float
+    chexpert: dict[str, Any] | None = None
+    mimic_cxr: dict[str, Any] | None = field(default=None, metadata={"key": "mimic-cxr"})
+    csv: dict[str, Any] | None = None
+    imagefolder: dict[str, Any] | None = None
+    volumes: dict[str, Any] | None = None
+
+    def adapter_settings(self) -> Mapping[str, Any]:
+        """The section of the selected adapter, ``dataset.<adapter>`` (empty when not given)."""
+        return self.to_dict().get(self.adapter) or {}
+
+
+@dataclass(frozen=True)
+class SplitSettings(Settings):
+    """``split``: patient fractions per split and the seed of the stratified split."""
+
+    SECTION = ("split",)
+
+    fractions: dict[str, float]
+    seed: int
+
+
+@dataclass(frozen=True)
+class RejectionSettings(Settings):
+    """What the split and finalize steps check the rejection lists against: ``dataset.labels`` (reported per
+    split) and ``dataset.max_rejected_fraction``."""
+
+    SECTION = ("dataset",)
+
+    labels: tuple[str, ...]
+    max_rejected_fraction: float
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        dataset = config["dataset"]
+        return cls(tuple(dataset["labels"]), dataset["max_rejected_fraction"])
+
+
+@dataclass(frozen=True)
+class PreprocessSettings(Settings):
+    """``preprocess``, and the two things preprocessing must know of ``dataset``: how many mask classes there
+    are (``len(dataset.mask_classes)``; ids ``0..n-1``) and which reader opens volumes
+    (``dataset.volumes.reader``; ``auto`` for 2D adapters)."""
+
+    SECTION = ("preprocess",)
+
+    resolution: int
+    fit: str
+    shards: int
+    mask_classes: int = 0
+    volume_reader: str = "auto"
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        dataset = config["dataset"]
+        reader = dataset["volumes"]["reader"] if dataset["adapter"] == "volumes" else "auto"
+        section = config["preprocess"]
+        return cls(section["resolution"], section["fit"], section["shards"], len(dataset["mask_classes"]), reader)

@@ -1,0 +1,105 @@
+"""Settings of the diffusion stage: config section ``diffusion`` (resources/config.schema.yaml documents
+each key), one class per rule: caching (:class:`CacheSettings`), fine-tuning (:class:`TrainSettings`) and
+sampling (:class:`SampleSettings`). ``diffusion.base_model`` reaches the rules as a model location
+(:mod:`workflow.diffusion.base_models`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+from workflow.common.errors import InputError
+from workflow.common.settings import RESOURCE_KEYS, Settings
+
+
+def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``diffusion.<name>`` less its resource keys."""
+    return {k: v for k, v in config["diffusion"][name].items() if k not in RESOURCE_KEYS}
+
+
+@dataclass(frozen=True)
+class CacheSettings(Settings):
+    """``diffusion.cache`` and ``diffusion.resolution`` (rule ``cache_latents``)."""
+
+    random_flip: bool
+    batch_size: int
+    resolution: int
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        return cls.from_dict(_section(config, "cache") | {"resolution": config["diffusion"]["resolution"]})
+
+
+@dataclass(frozen=True)
+class LoraSettings(Settings):
+    """``diffusion.lora``: LoRA adapters (Hu et al. 2022) on the UNet's attention projections, via peft."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    """``diffusion.train`` plus ``diffusion.method`` and ``diffusion.lora`` (rule ``finetune_sd``)."""
+
+    method: str
+    seed: int
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float
+    adam_betas: tuple[float, float]
+    adam_epsilon: float
+    weight_decay: float
+    lr_scheduler: str
+    lr_warmup_steps: int
+    max_grad_norm: float
+    mixed_precision: str
+    gradient_checkpointing: bool
+    snr_gamma: float | None
+    noise_offset: float
+    caption_dropout: float
+    ema: bool
+    ema_decay: float
+    checkpoint_steps: int
+    checkpoints_total_limit: int
+    validation_steps: int | None
+    validation_prompts: int
+    validation_inference_steps: int
+    lora: LoraSettings
+
+    def __post_init__(self) -> None:
+        if self.ema and self.method != "full":
+            raise InputError("diffusion.train.ema: EMA is for method 'full' only (LoRA trains no full UNet)")
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        diffusion = config["diffusion"]
+        extra = {"method": diffusion["method"], "lora": diffusion["lora"]}
+        return cls.from_dict(_section(config, "train") | extra)
+
+
+@dataclass(frozen=True)
+class SampleSettings(Settings):
+    """``diffusion.sample`` and ``diffusion.resolution`` (rules ``plan_samples``, ``sample_images``)."""
+
+    seed: int
+    images_per_prompt: int
+    max_prompts: int | None
+    shards: int
+    batch_size: int
+    scheduler: str
+    steps: int
+    guidance_scale: float
+    dtype: str
+    grayscale: bool
+    resolution: int
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        return cls.from_dict(_section(config, "sample") | {"resolution": config["diffusion"]["resolution"]})

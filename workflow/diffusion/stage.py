@@ -1,0 +1,147 @@
+"""The diffusion stage, file to file: cached latents -> fine-tuned generator -> sampling plan -> sharded,
+seeded sampling -> the generator's labelled synthetic dataset.
+
+One function per rule of ``rules/diffusion.smk``, named after it. Files written (atomically, with
+provenance), per generator (:mod:`workflow.diffusion.generators`):
+
+- ``results/models/cache/train.safetensors``: VAE posteriors and text embeddings of the training images
+  (:func:`cache_latents`, :mod:`workflow.diffusion.latent_cache`);
+- ``results/models/<generator>/``: ``model/`` (a diffusers pipeline folder, or LoRA weights),
+  ``train_report.json``, ``loss.png``, ``validation.png`` (:func:`finetune_sd`,
+  :mod:`workflow.diffusion.training`);
+- ``results/samples/<generator>/``: ``plan.parquet`` (:func:`plan_samples`), ``shards/<k>.parquet`` and
+  ``images/shard<k>/`` (:func:`sample_images`), ``manifest.parquet`` (:func:`collect_samples`), see
+  :mod:`workflow.diffusion.sampling`.
+
+torch and diffusers are imported only by the steps that run a model: planning and collecting start in a
+second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from workflow.common import manifest
+from workflow.common.errors import InputError
+from workflow.common.files import atomic_output, read_parquet_meta, write_parquet
+from workflow.common.model_card import read_card, weights_label
+from workflow.common.provenance import config_hash, provenance
+from workflow.diffusion import sampling
+from workflow.diffusion.latent_cache import training_rows
+from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+
+
+def cache_latents(
+    dataset: str, prompts: str, base_model: str, settings: CacheSettings, gpus: int, cache: str
+) -> None:
+    """Encode every training image and prompt once with the base model's frozen VAE and text encoder.
+
+    Args:
+        base_model: folder or hub id of the base model (the tiny stand-in's folder for ``tiny``).
+        gpus: GPUs of the job (``resources.gpu``); 0 encodes on the CPU.
+    """
+    from safetensors.torch import save_file
+
+    from workflow.common.devices import pick_device
+    from workflow.diffusion import base_models, latent_cache
+
+    location = base_models.resolve_base(base_model)
+    rows = training_rows(dataset, prompts)
+    device = pick_device(gpus)
+    pipe = base_models.load_pipeline(location, unet=None).to(device)  # only the VAE and text encoder run
+    tensors, texts = latent_cache.encode(pipe, rows, settings, device)
+    meta = provenance(
+        settings.to_dict() | {"base_model": base_model}, inputs={"dataset": dataset, "prompts": prompts}
+    )
+    meta["weights"] = weights_label(location)
+    meta["cache_id"] = config_hash({"config": meta["config_hash"], "inputs": meta["inputs"]})
+    header = {
+        "provenance": json.dumps(meta),
+        "prompts": json.dumps(texts),
+        "image_ids": json.dumps(rows["image_id"].tolist()),
+        "scaling_factor": str(pipe.vae.config.scaling_factor),
+    }
+    with atomic_output(cache) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def finetune_sd(
+    cache: str,
+    base_model: str,
+    settings: TrainSettings,
+    gpus: int,
+    model: str,
+    report: str,
+    loss: str,
+    grid: str,
+    checkpoints: str,
+    validation: str,
+) -> None:
+    """Fine-tune the base model on the cache (full UNet or LoRA), resuming from the newest checkpoint; run
+    under ``accelerate launch`` with one process per GPU (:func:`workflow.diffusion.training.train`)."""
+    from workflow.diffusion import training
+
+    paths = {"model": model, "report": report, "loss": loss, "grid": grid}
+    training.train(
+        cache, base_model, settings, gpus, paths | {"checkpoints": checkpoints, "validation": validation}
+    )
+
+
+def plan_samples(prompts: str, dataset: str, settings: SampleSettings, plan: str) -> None:
+    """Which images to generate: every planned image's prompt, labels, seed, batch and shard."""
+    items = sampling.plan(sampling.prompt_table(prompts, dataset), settings)
+    meta = provenance(settings, seeds={"sample": settings.seed}, inputs={"prompts": prompts})
+    write_parquet(plan, items, meta | {"images": len(items)})
+
+
+def sample_images(
+    plan: str, model: str, settings: SampleSettings, shard: int, gpus: int, images: str, table: str
+) -> None:
+    """Generate the images of one shard of the plan into ``images`` and write its table."""
+    import torch
+
+    from workflow.common.devices import pick_device
+    from workflow.common.figures import save_png
+    from workflow.diffusion import saving
+
+    if not 0 <= shard < settings.shards:
+        raise InputError(f"shard {shard} is outside 0..{settings.shards - 1} (diffusion.sample.shards)")
+    device = pick_device(gpus)
+    if settings.dtype == "float16" and device.type == "cpu":
+        raise InputError("diffusion.sample.dtype: float16 needs a GPU; use float32 or bfloat16 on a CPU")
+    items = pd.read_parquet(plan)
+    mine = items[items["shard"] == shard].reset_index(drop=True)
+    pipe = saving.load_trained(model, dtype=getattr(torch, settings.dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    sampling.set_scheduler(pipe, settings.scheduler)
+    Path(images).mkdir(parents=True, exist_ok=True)
+    paths = [sampling.image_path(images, p, i) for p, i in zip(mine["prompt_id"], mine["index"], strict=True)]
+    for _, batch in mine.groupby("batch", sort=True):
+        generated = sampling.generate(pipe, batch["prompt"].tolist(), batch["seed"].tolist(), settings)
+        for row, image in zip(batch.index, generated, strict=True):
+            save_png(image, paths[row])
+    mine["image"] = paths
+    weights = read_card(model).get("weights", model)
+    meta = provenance(settings, seeds={"sample": settings.seed}, inputs={"plan": plan}, weights=weights)
+    write_parquet(table, mine, meta | {"shard": shard})
+
+
+def collect_samples(parts: Sequence[str], samples: str) -> None:
+    """Merge the shard tables into the generator's synthetic dataset, in the manifest schema."""
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    frame = frame.sort_values(["prompt_id", "index"], kind="stable").reset_index(drop=True)
+    frame["path"] = frame["image"]
+    frame["split"] = "train"
+    result = pd.concat(
+        [manifest.normalise(frame, manifest.label_names(frame)), frame[sampling.EXTRA_COLUMNS]], axis=1
+    )
+    manifest.validate(result, samples)
+    weights = read_parquet_meta(parts[0]).get("weights", "unknown")
+    meta = provenance(
+        {"shards": len(parts)}, inputs={f"shard{i}": p for i, p in enumerate(parts)}, weights=weights
+    )
+    write_parquet(samples, result, meta | {"images": len(result)})
