@@ -27,4 +27,9 @@ report: "resources/report/workflow.rst"
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        DATA_OUTPUTS,
+        PROMPT_OUTPUTS,
+        DIFFUSION_OUTPUTS,
+        CLASSIFIER_OUTPUTS,
+        EVALUATION_OUTPUTS,
+        REPORT_OUTPUTS,

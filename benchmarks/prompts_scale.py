@@ -1,10 +1,11 @@
 """Scale benchmark of the prompts stage (issue 3: MEP-LDM clusters at PCam size, DINO throughput).
 
 1. k-means on 330,000 x 768 embeddings (PCam's size with DINO ViT-B/8's CLS width; synthetic: k Gaussian
-   clusters in 768-d, float32), with the estimators of ``workflow.clustering`` (MEP-LDM's KMeans and the
-   MiniBatchKMeans option), k = 33 as MEP-LDM uses for PCam. Target: under 2 minutes on CPU.
+   clusters in 768-d, float32), with the estimators of ``workflow.prompts.clustering`` (MEP-LDM's KMeans
+   and the MiniBatchKMeans option), k = 33 as MEP-LDM uses for PCam. Target: under 2 minutes on CPU.
 2. Embeddings per second of ViT-B/8 at 224 px (the ``facebook/dino-vitb8`` architecture, random weights
-   built offline from its config) through ``workflow.embeddings.embed`` on whatever device is present.
+   built offline from its config) through ``workflow.prompts.embeddings.embed`` on whatever device is
+   present.
 
 Run from the repository root:  .venv/bin/python benchmarks/prompts_scale.py [--skip-kmeans] [--vit-images 32]
 Figures are recorded in docs/benchmarks.md; this is a script, not a timed test.
@@ -16,12 +17,14 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from workflow.prompts import clustering
+from workflow.prompts.settings import ClassSettings, ClusterSettings, OutlierSettings
 
 
 def synthetic_embeddings(n: int, dim: int, k: int, spread: float, seed: int = 0) -> np.ndarray:
@@ -35,11 +38,21 @@ def synthetic_embeddings(n: int, dim: int, k: int, spread: float, seed: int = 0)
 
 def bench_kmeans(n: int, dim: int, k: int, spread: float, minibatch: int, n_init: int) -> dict[str, float]:
     x = synthetic_embeddings(n, dim, k, spread)
-    settings = {"k": k, "n_init": n_init, "minibatch_size": None}
+    outliers = {f.name: 0 for f in fields(OutlierSettings)} | {"enabled": False}
+    settings = ClusterSettings(
+        k=k,
+        k_range=(3, 20),
+        validity_index="calinski_harabasz",
+        n_init=n_init,
+        minibatch_size=None,
+        outliers=OutlierSettings(**outliers),
+        seed=18021999,
+        classes=ClassSettings(column=None, names={}),
+    )
     results = {}
-    for name, extra in (("minibatch_kmeans", {"minibatch_size": minibatch}), ("kmeans", {})):
+    for name, size in (("minibatch_kmeans", minibatch), ("kmeans", None)):
         start = time.perf_counter()
-        model, _ = clustering.fit(x, settings | extra, seed=18021999)
+        model, _ = clustering.fit(x, replace(settings, minibatch_size=size))
         results[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
         results[f"{name}_iterations"] = int(model.n_iter_)
     return results

@@ -1,10 +1,12 @@
 """Stable Diffusion training and sampling throughput: synthmed's code beside diffusers' reference, one run.
 
 Training (full UNet fine-tuning, AdamW):
-- synthmed: :func:`workflow.finetune.diffusion_loss` on cached latents and text embeddings (UNet only);
+- synthmed: :func:`workflow.diffusion.training.diffusion_loss` on cached latents and text embeddings (UNet
+  only);
 - reference: a ``train_text_to_image.py`` step: VAE encode of the pixels + CLIP text encoder + UNet.
 Sampling (DDIM, ``--steps`` steps, classifier-free guidance ``--guidance``):
-- synthmed: :func:`workflow.sampling.generate` (pre-encoded prompts, one seeded generator per image);
+- synthmed: :func:`workflow.diffusion.sampling.generate` (pre-encoded prompts, one seeded generator per
+  image);
 - reference: ``StableDiffusionPipeline.__call__`` with prompt strings.
 
 Each is reported in images/s and as a fraction of its ideal time: FLOPs counted with torch's
@@ -28,9 +30,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from workflow.diffusion import base_models as sd_models
-from workflow.diffusion import sampling
-from workflow.diffusion import training as finetune
+from workflow.diffusion import base_models, sampling, training
 
 # SD 1.5's component configs (runwayml/stable-diffusion-v1-5 unet/vae/text_encoder config.json).
 SD15_UNET: dict[str, Any] = {
@@ -114,14 +114,14 @@ def training_steps(pipe: Any, args: argparse.Namespace, device: torch.device, dt
 
     def ours() -> None:
         with autocast:
-            update(finetune.diffusion_loss(unet, latents, embeddings, pipe.scheduler, settings))
+            update(training.diffusion_loss(unet, latents, embeddings, pipe.scheduler, settings))
 
     def reference() -> None:  # train_text_to_image.py: encode on the fly, then the same UNet step
         with autocast:
             with torch.no_grad():
                 z = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
                 text = text_encoder(ids, return_dict=False)[0]
-            update(finetune.diffusion_loss(unet, z, text, pipe.scheduler, settings))
+            update(training.diffusion_loss(unet, z, text, pipe.scheduler, settings))
 
     return {"synthmed (cached latents)": ours, "diffusers reference (VAE + text encoder per step)": reference}
 
@@ -185,8 +185,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    configs = (SD15_UNET, SD15_VAE, SD15_TEXT) if args.model == "sd15" else sd_models.TINY_CONFIGS
-    pipe = sd_models.build_random(*configs, seed=0).to(device)
+    configs = (SD15_UNET, SD15_VAE, SD15_TEXT) if args.model == "sd15" else base_models.TINY_CONFIGS
+    pipe = base_models.build_random(*configs, seed=0).to(device)
     pipe.set_progress_bar_config(disable=True)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device, dtype)
     training = measure(training_steps(pipe, args, device, dtype), args.batch, device, peak, args.repeats)

@@ -22,36 +22,22 @@ wildcard_constraints:
     run="|".join(re.escape(run) for run in RUNS),
 
 
-def classifier_outputs():
-    """The end products of the classifier stage for the study's runs."""
-    per_run = ["metrics.json", "fairness.json", "focus.json"]
-    return [
-        *expand(f"{RUN}/{{name}}", run=RUNS, name=per_run),
-        f"{CLASSIFIER}/comparison.csv",
-        f"{CLASSIFIER}/comparison.json",
-    ]
-
-
-def extra_manifests(wildcards):
-    """The synthetic or counterfactual manifest a run trains on, by kind (none for real)."""
-    return run_sources(config, wildcards.run)
-
-
-def extra_manifests_json(wildcards):
-    """extra_manifests as JSON for the script's --sources."""
-    return json.dumps(extra_manifests(wildcards))
-
-
-def weights_file():
-    """The pretrained weights file as an input (none for random or imagenet weights)."""
-    weights = CLS["training"]["weights"]
-    return [] if weights in ("random", "imagenet") else [weights]
+CLASSIFIER_OUTPUTS = [
+    *expand(
+        f"{RUN}/{{name}}",
+        run=RUNS,
+        name=["metrics.json", "fairness.json", "focus.json"],
+    ),
+    f"{CLASSIFIER}/comparison.csv",
+    f"{CLASSIFIER}/comparison.json",
+]
+TRAINING = TrainSettings.of(config)
 
 
 rule train_classifier:
     input:
-        unpack(extra_manifests),
-        weights_file(),
+        unpack(lambda wildcards: run_sources(config, wildcards.run)),
+        TRAINING.weights_inputs(),
         dataset=DATASET,
     output:
         model=f"{RUN}/model.pt",
@@ -64,9 +50,9 @@ rule train_classifier:
     resources:
         gpu=CLS["gpus"],
     params:
-        sources=extra_manifests_json,
+        sources=lambda wildcards: json.dumps(run_sources(config, wildcards.run)),
         labels=LABELS,
-        settings=TrainSettings.of(config).to_json(),
+        settings=TRAINING.to_json(),
         synthetic_per_real=CLS["synthetic_per_real"],
         work_dir=f"{RUN}/checkpoints",
     shell:

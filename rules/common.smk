@@ -1,5 +1,7 @@
-# Config validation, the helpers the rules share, and the one rule of every tiny stand-in model.
-from pathlib import Path
+# Config validation, what the rules share, and the one rule of every tiny stand-in model.
+# Rules files hold no functions (`snakemake --lint`): what a rule needs to know of the config comes from
+# the library (workflow/<stage>/settings.py, workflow/common/tiny_models.py, ...).
+import json
 
 from snakemake.utils import validate
 
@@ -18,21 +20,8 @@ validate(config, schema="../resources/config.schema.yaml")
 shell.prefix(f"export PYTHONPATH={workflow.basedir}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
-def final_outputs():
-    """Everything `snakemake` builds by default: the end products of every stage."""
-    return [
-        *data_outputs(),
-        *prompt_outputs(),
-        *diffusion_outputs(),
-        *classifier_outputs(),
-        *evaluation_outputs(),
-        *report_outputs(),
-    ]
-
-
-def tiny_seed(wildcards):
-    """The seed of a tiny stand-in's random weights (its config key: workflow.common.tiny_models)."""
-    return tiny_model_seed(config, wildcards.name)
+LABELS = json.dumps(config["dataset"]["labels"])
+DATASET = "results/data/dataset.parquet"
 
 
 rule build_tiny_model:
@@ -45,7 +34,7 @@ rule build_tiny_model:
     conda:
         "../envs/synthmed.yaml"
     params:
-        seed=tiny_seed,
+        seed=lambda wildcards: tiny_model_seed(config, wildcards.name),
     shell:
         "python -m scripts.common build_tiny_model --name {wildcards.name} --seed {params.seed}"
         " --out {output} 2> {log}"

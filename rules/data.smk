@@ -1,5 +1,7 @@
 # Data stage: demo phantoms -> manifest -> patient-level split -> sharded preprocessing -> dataset.
 # Functions: workflow/data/stage.py (one per rule); settings: workflow/data/settings.py.
+from pathlib import Path
+
 from workflow.data.adapters import table_files
 from workflow.data.phantoms import PhantomSettings
 from workflow.data.settings import (
@@ -12,18 +14,8 @@ from workflow.data.settings import (
 DATA = "results/data"
 PHANTOM_DIR = f"{config['phantom']['out_dir']}/CheXpert-v1.0-phantom"
 DATA_SHARDS = range(config["preprocess"]["shards"])
-DATASET = f"{DATA}/dataset.parquet"
-
-
-def data_outputs():
-    """The end products of the data stage."""
-    return [DATASET, f"{DATA}/data_report.json"]
-
-
-def adapter_tables():
-    """The table files the selected adapter reads (workflow.data.adapters.TABLE_FILES)."""
-    adapter = config["dataset"]["adapter"]
-    return table_files(adapter, config["dataset"][adapter])
+ADAPTER = config["dataset"]["adapter"]
+DATA_OUTPUTS = [DATASET, f"{DATA}/data_report.json"]
 
 
 rule make_phantoms:
@@ -36,14 +28,14 @@ rule make_phantoms:
         "../envs/synthmed.yaml"
     params:
         settings=PhantomSettings.of(config).to_json(),
-        out=config["phantom"]["out_dir"],
+        out=lambda wildcards, output: Path(output.csv).parents[1],
     shell:
         "python -m scripts.data make_phantoms --settings {params.settings:q} --out {params.out} 2> {log}"
 
 
 rule build_manifest:
     input:
-        adapter_tables(),
+        table_files(ADAPTER, config["dataset"][ADAPTER]),
     output:
         manifest=f"{DATA}/manifest.parquet",
         rejected=f"{DATA}/rejected_adapter.parquet",

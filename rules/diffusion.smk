@@ -20,24 +20,14 @@ wildcard_constraints:
     generator="|".join(GENERATORS),
 
 
-def diffusion_outputs():
-    """The end products of the diffusion stage, per generator."""
-    names = ["model", "train_report.json", "loss.png", "validation.png"]
-    return [
-        *expand(f"{MODEL}/{{name}}", generator=GENERATORS, name=names),
-        *expand(samples_manifest("{generator}"), generator=GENERATORS),
-    ]
-
-
-def base_model(wildcards, input):
-    """The base model a rule loads: the tiny stand-in's folder when it is an input, else its hub id or
-    folder (diffusion.base_model)."""
-    return input.base[0] if input.base else DIFFUSION["base_model"]
-
-
-def launch_processes(wildcards, resources):
-    """accelerate processes of finetune_sd: one per GPU of the job, one (on the CPU) without GPUs."""
-    return max(resources.gpu, 1)
+DIFFUSION_OUTPUTS = [
+    *expand(
+        f"{MODEL}/{{name}}",
+        generator=GENERATORS,
+        name=["model", "train_report.json", "loss.png", "validation.png"],
+    ),
+    *expand(samples_manifest("{generator}"), generator=GENERATORS),
+]
 
 
 rule cache_latents:
@@ -54,7 +44,7 @@ rule cache_latents:
     resources:
         gpu=DIFFUSION["cache"]["gpus"],
     params:
-        base=base_model,
+        base=lambda wildcards, input: input.base or DIFFUSION["base_model"],
         settings=CacheSettings.of(config).to_json(),
     shell:
         "python -m scripts.diffusion cache_latents --dataset {input.dataset} --prompts {input.prompts}"
@@ -88,9 +78,9 @@ rule finetune_sd:
     resources:
         gpu=DIFFUSION["train"]["gpus"],
     params:
-        base=base_model,
+        base=lambda wildcards, input: input.base or DIFFUSION["base_model"],
         settings=TrainSettings.of(config).to_json(),
-        processes=launch_processes,
+        processes=lambda wildcards, resources: max(resources.gpu, 1),
         mixed_precision=DIFFUSION["train"]["mixed_precision"],
         checkpoints=f"{MODEL}/checkpoints",
         validation=f"{MODEL}/grids",

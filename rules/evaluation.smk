@@ -2,29 +2,14 @@
 # a real split, overall, per finding, per prompt and (volumes) per slice position; results/fid.json has a
 # section per generator.
 # Functions: workflow/evaluation/stage.py (one per rule); settings: workflow/evaluation/settings.py.
-from workflow.evaluation.settings import EvaluationSettings
+from workflow.evaluation.settings import EvaluationSettings, extractor_inputs
 
 EVALUATION = config["evaluation"]
 QUALITY = "results/evaluation/{generator}"
 
 
-def evaluation_outputs():
-    """The end products of the image-quality evaluation."""
-    return ["results/fid.json", "results/fid_per_class.csv"]
-
-
-def extractor_files():
-    """The extractor's local file or folder as an input (tiny stand-in, Inception weights, local folder)."""
-    if EVALUATION["extractor"] == "inception-v3-compat":
-        return [EVALUATION["weights"]] if EVALUATION["weights"] else []
-    if EVALUATION["extractor"] == "transformers":
-        return [EVALUATION["model"]] if Path(EVALUATION["model"]).is_dir() else []
-    return tiny_model_inputs(config, "dinov2")
-
-
-def extractor_option(wildcards, input):
-    """--extractor for an extractor the workflow tracks as an input; nothing otherwise."""
-    return f"--extractor {input.extractor}" if input.extractor else ""
+EXTRACTOR = extractor_inputs(config)
+EVALUATION_OUTPUTS = ["results/fid.json", "results/fid_per_class.csv"]
 
 
 rule image_metrics:
@@ -32,7 +17,7 @@ rule image_metrics:
         dataset=DATASET,
         samples=samples_manifest("{generator}"),
         prompts=f"{PROMPTS}/{EVALUATION['reference_split']}.parquet",
-        extractor=extractor_files(),
+        extractor=EXTRACTOR,
     output:
         report=f"{QUALITY}/image_metrics.json",
         table=f"{QUALITY}/per_group.csv",
@@ -44,7 +29,7 @@ rule image_metrics:
         gpu=EVALUATION["gpus"],
     params:
         settings=EvaluationSettings.of(config).to_json(),
-        extractor=extractor_option,
+        extractor=f"--extractor {EXTRACTOR[0]}" if EXTRACTOR else "",
     shell:
         "python -m scripts.evaluation image_metrics --dataset {input.dataset} --samples {input.samples}"
         " --prompts {input.prompts} --settings {params.settings:q} {params.extractor}"

@@ -1,36 +1,18 @@
 # Prompts stage: dataset -> (DINO embeddings -> morphology clusters, for the mep strategy) -> one prompts
 # table per split -> diffusers image folder of the training set.
 # Functions: workflow/prompts/stage.py (one per rule); settings: workflow/prompts/settings.py.
-import json
-
 from workflow.prompts.settings import ClusterSettings, EmbedSettings, PromptSettings
 
 PROMPTS = "results/prompts"
 MEP = config["prompts"]["mep"]
 USES_MEP = "mep" in config["prompts"]["strategies"]
-LABELS = json.dumps(config["dataset"]["labels"])
-
-
-def prompt_outputs():
-    """The end products of the prompts stage (cluster report and montages only with the mep strategy)."""
-    outputs = [
-        *expand(f"{PROMPTS}/{{split}}.parquet", split=["train", "val", "test"]),
-        f"{PROMPTS}/prompt_report.json",
-        f"{PROMPTS}/train_imagefolder",
-    ]
-    if USES_MEP:
-        outputs += [f"{PROMPTS}/cluster_report.json", f"{PROMPTS}/montages"]
-    return outputs
-
-
-def mep_model(wildcards, input):
-    """What embed_images loads: the tiny stand-in's folder when it is an input, else prompts.mep.model."""
-    return input.model[0] if input.model else MEP["model"]
-
-
-def clusters_option(wildcards, input):
-    """`--clusters FILE` when build_prompts has a clusters input (mep strategy)."""
-    return f"--clusters {input.clusters}" if input.clusters else ""
+CLUSTERS = f"{PROMPTS}/clusters.parquet"
+PROMPT_OUTPUTS = [
+    *expand(f"{PROMPTS}/{{split}}.parquet", split=["train", "val", "test"]),
+    f"{PROMPTS}/prompt_report.json",
+    f"{PROMPTS}/train_imagefolder",
+    *([f"{PROMPTS}/cluster_report.json", f"{PROMPTS}/montages"] if USES_MEP else []),
+]
 
 
 rule embed_images:
@@ -49,7 +31,7 @@ rule embed_images:
     resources:
         gpu=MEP["gpus"],
     params:
-        model=mep_model,
+        model=lambda wildcards, input: input.model or MEP["model"],  # the tiny stand-in, or hub id
         settings=EmbedSettings.of(config).to_json(),
     shell:
         "python -m scripts.prompts embed_images --dataset {input.dataset} --model {params.model:q}"
@@ -75,7 +57,7 @@ rule cluster_embeddings:
         embeddings=rules.merge_embeddings.output[0],
         dataset=DATASET,
     output:
-        clusters=f"{PROMPTS}/clusters.parquet",
+        clusters=CLUSTERS,
         report=f"{PROMPTS}/cluster_report.json",
         montages=report(
             directory(f"{PROMPTS}/montages"),
@@ -100,7 +82,7 @@ rule cluster_embeddings:
 rule build_prompts:
     input:
         dataset=DATASET,
-        clusters=rules.cluster_embeddings.output.clusters if USES_MEP else [],
+        clusters=CLUSTERS if USES_MEP else [],
     output:
         train=f"{PROMPTS}/train.parquet",
         val=f"{PROMPTS}/val.parquet",
@@ -114,7 +96,7 @@ rule build_prompts:
         # a function, so the templates' {fields} are not taken for wildcards
         settings=lambda wildcards: PromptSettings.of(config).to_json(),
         labels=LABELS,
-        clusters=clusters_option,
+        clusters=f"--clusters {CLUSTERS}" if USES_MEP else "",
     shell:
         "python -m scripts.prompts build_prompts --dataset {input.dataset} {params.clusters}"
         " --settings {params.settings:q} --labels {params.labels:q} --train {output.train}"

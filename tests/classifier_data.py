@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from workflow.classifier.settings import EvaluationSettings, FairnessSettings, FocusSettings, TrainSettings
 from workflow.common.manifest import label_column
 
 LABELS = ("A", "B", "C")
@@ -64,7 +65,7 @@ def fabricate(
     return pd.DataFrame(rows)
 
 
-def training_settings(**changes: Any) -> dict[str, Any]:
+def training_settings(**changes: Any) -> TrainSettings:
     """classifier.training for tests: small CNN, 32 px, two epochs."""
     settings = {
         "backbone": "small-cnn",
@@ -82,22 +83,28 @@ def training_settings(**changes: Any) -> dict[str, Any]:
         "loader_workers": 0,
         "seed": 5,
     }
-    return settings | changes
+    return TrainSettings.from_dict(settings | changes)
 
 
-EVALUATION = {
-    "threshold": "youden",
-    "fixed_threshold": 0.5,
-    "ece_bins": 10,
-    "bootstrap_resamples": 50,
-    "confidence": 0.95,
-    "batch_size": 32,
-    "seed": 9,
-}
-FAIRNESS = {
-    "attributes": ["sex", "age_group", "race", "site"],
-    "age_bins": [30, 50, 70],
-    "missing": "unknown",
-    "no_finding_label": "No Finding",
-}
-FOCUS = {"images": 4, "overlays": 2, "regions": REGIONS}
+EVALUATION = EvaluationSettings.from_dict(
+    {
+        "threshold": "youden",
+        "fixed_threshold": 0.5,
+        "ece_bins": 10,
+        "bootstrap_resamples": 50,
+        "confidence": 0.95,
+        "batch_size": 32,
+        "seed": 9,
+    }
+)
+FAIRNESS = FairnessSettings.from_dict(
+    {
+        "attributes": ["sex", "age_group", "race", "site"],
+        "age_bins": [30, 50, 70],
+        "missing": "unknown",
+        "no_finding_label": "No Finding",
+    }
+)
+FOCUS = FocusSettings.from_dict(
+    {"images": 4, "overlays": 2, "regions": REGIONS, "mask_classes": MASK_CLASSES, "seed": 9}
+)

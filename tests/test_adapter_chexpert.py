@@ -1,10 +1,13 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
+from configs import dataset_settings, tables_opened
 from PIL import Image
 
 from workflow.common.errors import InputError
-from workflow.data.adapters import build_manifest
+from workflow.data.adapters import build_manifest, table_files
 from workflow.data.labels import CHEXPERT_LABELS
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS, "Site"]
@@ -42,13 +45,15 @@ def chexpert(tmp_path):
 
 def _dataset(csv, root, **extra):
     settings = {"csv": str(csv), "image_root": str(root), "extra_columns": {"site": "Site"}} | extra
-    return {
-        "adapter": "chexpert",
-        "labels": list(CHEXPERT_LABELS),
-        "uncertain_policy": "ones",
-        "blank_policy": "zeros",
-        "chexpert": settings,
-    }
+    return dataset_settings(
+        {
+            "adapter": "chexpert",
+            "labels": list(CHEXPERT_LABELS),
+            "uncertain_policy": "ones",
+            "blank_policy": "zeros",
+            "chexpert": settings,
+        }
+    )
 
 
 def test_manifest_from_chexpert_csv(chexpert):
@@ -132,5 +137,18 @@ def test_age_that_is_not_a_number_names_the_row(chexpert):
 def test_unknown_adapter_is_a_clear_error():
     with pytest.raises(InputError, match=r"dataset\.adapter = 'dicomweb' is unknown"):
         build_manifest(
-            {"adapter": "dicomweb", "labels": [], "uncertain_policy": "zeros", "blank_policy": "zeros"}
+            dataset_settings(
+                {"adapter": "dicomweb", "labels": [], "uncertain_policy": "zeros", "blank_policy": "zeros"}
+            )
         )
+
+
+def test_reads_exactly_the_tables_the_rules_track(chexpert, monkeypatch):
+    csv, root = chexpert
+    valid = root / "valid.csv"
+    row = pd.read_csv(csv).iloc[:1]
+    row.assign(Path=row["Path"].str.replace("patient00001", "patient00099")).to_csv(valid, index=False)
+    dataset = _dataset(csv, root)
+    dataset = replace(dataset, chexpert=dataset.chexpert | {"csv": [str(csv), str(valid)]})
+    opened = tables_opened(monkeypatch, lambda: build_manifest(dataset))
+    assert opened == set(table_files("chexpert", dataset.chexpert)) == {str(csv), str(valid)}

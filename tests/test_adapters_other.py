@@ -9,11 +9,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from configs import dataset_settings, tables_opened
 from PIL import Image
 
 from workflow.common.errors import InputError
-from workflow.data.adapters import DatasetSpec, build_manifest, imagefolder, mimic
+from workflow.data.adapters import DatasetSpec, build_manifest, imagefolder, mimic, table_files
 from workflow.data.adapters import csv as csv_adapter
+from workflow.data.settings import DatasetSettings
 
 LABELS = ["Cardiomegaly", "Edema"]
 NAN = float("nan")
@@ -34,14 +36,16 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def _dataset(adapter: str, settings: dict[str, Any], uncertain: str = "zeros") -> dict[str, Any]:
-    return {
-        "adapter": adapter,
-        "labels": LABELS,
-        "uncertain_policy": uncertain,
-        "blank_policy": "zeros",
-        adapter: settings,
-    }
+def _dataset(adapter: str, settings: dict[str, Any], uncertain: str = "zeros") -> DatasetSettings:
+    return dataset_settings(
+        {
+            "adapter": adapter,
+            "labels": LABELS,
+            "uncertain_policy": uncertain,
+            "blank_policy": "zeros",
+            adapter: settings,
+        }
+    )
 
 
 def _reasons(rejected: pd.DataFrame) -> dict[int, tuple[str, str, str | None]]:
@@ -55,8 +59,8 @@ def _reasons(rejected: pd.DataFrame) -> dict[int, tuple[str, str, str | None]]:
 # --- MIMIC-CXR ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mimic_data(tmp_path: Path) -> dict[str, Any]:
+def write_mimic(tmp_path: Path) -> dict[str, Any]:
+    """A small MIMIC-CXR-JPG layout with labels and MIMIC-IV demographics; its dataset.mimic-cxr settings."""
     root = tmp_path / "mimic-cxr-jpg"
     metadata = pd.DataFrame(
         {
@@ -105,6 +109,11 @@ def mimic_data(tmp_path: Path) -> dict[str, Any]:
         "demographics_csv": str(patients_csv),
         "tabular": {"rows": "Rows", "year_group": "anchor_year_group"},
     }
+
+
+@pytest.fixture
+def mimic_data(tmp_path: Path) -> dict[str, Any]:
+    return write_mimic(tmp_path)
 
 
 @pytest.mark.parametrize(("policy", "uncertain"), POLICIES)
@@ -432,3 +441,17 @@ def test_imagefolder_missing_configured_key(folder_data: dict[str, Any]) -> None
     settings = {**folder_data, "columns": {"patient_id": "subject"}}
     with pytest.raises(InputError, match=r"dataset\.imagefolder\.columns\.patient_id = 'subject'"):
         imagefolder.build(settings, DatasetSpec(tuple(LABELS)))
+
+
+# --- the tables each adapter reads ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("adapter", "fixture"), [("mimic-cxr", "mimic_data"), ("csv", "csv_data"), ("imagefolder", "folder_data")]
+)
+def test_adapter_reads_exactly_the_tables_the_rules_track(adapter, fixture, request, monkeypatch):
+    """Every table file an adapter opens is one of table_files(), the inputs of rule build_manifest (so
+    editing it rebuilds the manifest), and every listed file is read."""
+    settings = request.getfixturevalue(fixture)
+    opened = tables_opened(monkeypatch, lambda: build_manifest(_dataset(adapter, settings)))
+    assert opened == {str(Path(p)) for p in table_files(adapter, settings)}

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from classifier_data import FOCUS, MASK_CLASSES, fabricate
 
-from workflow.classifier import cam
-from workflow.classifier import networks as models
+from workflow.classifier import cam, networks
 from workflow.common.errors import InputError
 
 
@@ -36,14 +36,14 @@ def test_regions_must_be_mask_classes():
 
 def test_focus_explains_positive_findings_of_seeded_test_images(tmp_path):
     test = fabricate(tmp_path, n=20, split="test")
-    spec = models.ModelSpec("small-cnn", "repeat", ("A", "B"), 32)
+    spec = networks.ModelSpec("small-cnn", "repeat", ("A", "B"), 32)
     torch.manual_seed(0)
-    model = models.build(spec).eval()
-    report, overlays = cam.focus(model, spec, test, FOCUS, MASK_CLASSES, seed=3)
-    again, _ = cam.focus(model, spec, test, FOCUS, MASK_CLASSES, seed=3)
+    model = networks.build(spec).eval()
+    report, overlays = cam.focus(model, spec, test, replace(FOCUS, seed=3))
+    again, _ = cam.focus(model, spec, test, replace(FOCUS, seed=3))
     assert [c["image_id"] for c in report["cases"]] == [c["image_id"] for c in again["cases"]]
-    assert len({c["image_id"] for c in report["cases"]}) == FOCUS["images"]
-    assert len(overlays) == FOCUS["overlays"] and overlays[0][0].shape == (32, 32, 3)
+    assert len({c["image_id"] for c in report["cases"]}) == FOCUS.images
+    assert len(overlays) == FOCUS.overlays and overlays[0][0].shape == (32, 32, 3)
     for case in report["cases"]:
         row = test.set_index("image_id").loc[case["image_id"]]
         assert row[f"label_{case['label']}"] == 1

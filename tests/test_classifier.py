@@ -8,9 +8,7 @@ import pytest
 import torch
 from classifier_data import LABELS, fabricate, training_settings
 
-from workflow.classifier import networks as models
-from workflow.classifier import regimes
-from workflow.classifier import training as classifier
+from workflow.classifier import networks, regimes, training
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
 from workflow.common.manifest import label_column
@@ -21,11 +19,11 @@ def dataset(tmp_path_factory) -> pd.DataFrame:
     return fabricate(tmp_path_factory.mktemp("images"), n=60)
 
 
-def _fit(dataset: pd.DataFrame, work_dir, **changes) -> classifier.FitResult:
-    settings = classifier.TrainSettings.from_dict(training_settings(**changes))
+def _fit(dataset: pd.DataFrame, work_dir, **changes) -> training.FitResult:
+    settings = training_settings(**changes)
     data = regimes.training_data("real", dataset, {}, 1.0, settings.seed)
-    spec = models.ModelSpec(settings.backbone, settings.channels, ("A", "B"), settings.image_size)
-    return classifier.fit(data, spec, settings, str(work_dir), "fingerprint", torch.device("cpu"))
+    spec = networks.ModelSpec(settings.backbone, settings.channels, ("A", "B"), settings.image_size)
+    return training.fit(data, spec, settings, str(work_dir), "fingerprint", torch.device("cpu"))
 
 
 def _same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
@@ -36,7 +34,7 @@ def _same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
 def test_masked_bce_ignores_missing_labels_in_value_and_gradient():
     logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]], requires_grad=True)
     targets = torch.tensor([[1.0, float("nan")], [0.0, float("nan")]])
-    loss = classifier.masked_bce(logits, targets)
+    loss = training.masked_bce(logits, targets)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
     assert torch.isclose(loss, expected)
     loss.backward()
@@ -47,11 +45,11 @@ def test_labels_without_positives_are_skipped_with_a_reason(dataset):
     train = dataset[dataset["split"] == "train"].copy()
     train.loc[:, label_column("B")] = np.nan
     train.iloc[0, train.columns.get_loc(label_column("B"))] = 1.0
-    kept, skipped = classifier.trainable_labels(train, LABELS)
+    kept, skipped = training.trainable_labels(train, LABELS)
     assert kept == ["A"]
     assert skipped == {"B": "no negative training image", "C": "no positive training image"}
     with pytest.raises(InputError, match="no finding"):
-        classifier.trainable_labels(train, ["C"])
+        training.trainable_labels(train, ["C"])
 
 
 def test_same_seed_same_model_and_resume_reaches_the_same_result(dataset, tmp_path, monkeypatch):
@@ -81,10 +79,10 @@ def test_same_seed_same_model_and_resume_reaches_the_same_result(dataset, tmp_pa
 
 def test_checkpoints_of_other_settings_are_not_resumed(dataset, tmp_path):
     _fit(dataset, tmp_path, epochs=1)
-    fresh = classifier.fit(
+    fresh = training.fit(
         regimes.training_data("real", dataset, {}, 1.0, 5),
-        models.ModelSpec("small-cnn", "repeat", ("A", "B"), 32),
-        classifier.TrainSettings.from_dict(training_settings(epochs=1)),
+        networks.ModelSpec("small-cnn", "repeat", ("A", "B"), 32),
+        training_settings(epochs=1),
         str(tmp_path),
         "other fingerprint",
         torch.device("cpu"),
@@ -97,10 +95,10 @@ def test_training_learns_the_fabricated_findings(dataset, tmp_path):
     result = _fit(dataset, tmp_path, epochs=4, learning_rate=0.01)
     assert result.selection == "val macro AUROC"
     assert result.history[-1]["val_macro_auroc"] > 0.8
-    scores = classifier.predict(
+    scores = training.predict(
         result.model,
         dataset,
-        models.ModelSpec("small-cnn", "repeat", ("A", "B"), 32),
+        networks.ModelSpec("small-cnn", "repeat", ("A", "B"), 32),
         32,
         torch.device("cpu"),
     )
@@ -110,11 +108,11 @@ def test_training_learns_the_fabricated_findings(dataset, tmp_path):
 
 def test_augmentation_and_batches_are_seeded():
     images = torch.rand(5, 1, 16, 16)
-    first = classifier.augment(images, np.random.default_rng([1, 0]), 0.1, 0.2)
-    second = classifier.augment(images, np.random.default_rng([1, 0]), 0.1, 0.2)
+    first = training.augment(images, np.random.default_rng([1, 0]), 0.1, 0.2)
+    second = training.augment(images, np.random.default_rng([1, 0]), 0.1, 0.2)
     assert torch.equal(first, second) and first.shape == images.shape
     assert not torch.equal(first, images)
-    batches = classifier.epoch_batches(9, 4, np.random.default_rng(0))
+    batches = training.epoch_batches(9, 4, np.random.default_rng(0))
     assert [len(b) for b in batches] == [4, 5]  # a last batch of one joins the one before
     assert sorted(i for b in batches for i in b) == list(range(9))
 
@@ -123,36 +121,36 @@ def test_augmentation_and_batches_are_seeded():
 @pytest.mark.parametrize("channels", ["repeat", "adapt"])
 def test_torchvision_backbones_take_gray_images(backbone, channels):
     torch.manual_seed(0)
-    model = models.build(models.ModelSpec(backbone, channels, ("A", "B", "C"), 32)).eval()
+    model = networks.build(networks.ModelSpec(backbone, channels, ("A", "B", "C"), 32)).eval()
     with torch.no_grad():
         assert model(torch.rand(2, 1, 32, 32)).shape == (2, 3)
     first_conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_conv.in_channels == (3 if channels == "repeat" else 1)
-    assert models.cam_layer(model) is not None
+    assert networks.cam_layer(model) is not None
 
 
 def test_weights_from_a_file_and_their_errors(tmp_path):
     torch.manual_seed(1)
-    source = models.build(models.ModelSpec("resnet18", "repeat", ("A",), 32))
+    source = networks.build(networks.ModelSpec("resnet18", "repeat", ("A",), 32))
     path = tmp_path / "r18.pt"
     torch.save(source.backbone.state_dict(), path)
-    loaded = models.build(models.ModelSpec("resnet18", "adapt", ("A", "B"), 32), str(path))
+    loaded = networks.build(networks.ModelSpec("resnet18", "adapt", ("A", "B"), 32), str(path))
     assert torch.allclose(loaded.backbone.conv1.weight, source.backbone.conv1.weight.sum(dim=1, keepdim=True))
     assert torch.equal(loaded.backbone.layer1[0].conv1.weight, source.backbone.layer1[0].conv1.weight)
-    assert models.describe_weights(str(path)).startswith(f"file {path} (sha256_16 ")
-    assert models.describe_weights("random") == "random-init (demo)"
+    assert networks.describe_weights(str(path)).startswith(f"file {path} (sha256_16 ")
+    assert networks.describe_weights("random") == "random-init (demo)"
     with pytest.raises(InputError, match="not a torchvision resnet50 state dict"):
-        models.build(models.ModelSpec("resnet50", "repeat", ("A",), 32), str(path))
+        networks.build(networks.ModelSpec("resnet50", "repeat", ("A",), 32), str(path))
     with pytest.raises(InputError, match="neither 'random', 'imagenet' nor an existing file"):
-        models.build(models.ModelSpec("resnet18", "repeat", ("A",), 32), str(tmp_path / "absent.pt"))
+        networks.build(networks.ModelSpec("resnet18", "repeat", ("A",), 32), str(tmp_path / "absent.pt"))
 
 
 def test_saved_model_rebuilds_identically(tmp_path):
-    spec = models.ModelSpec("small-cnn", "adapt", ("A", "B"), 32)
+    spec = networks.ModelSpec("small-cnn", "adapt", ("A", "B"), 32)
     torch.manual_seed(2)
-    model = models.build(spec).eval()
-    models.save(str(tmp_path / "model.pt"), model, spec, {"weights": "random-init (demo)"})
-    loaded, loaded_spec, meta = models.load(str(tmp_path / "model.pt"))
+    model = networks.build(spec).eval()
+    networks.save(str(tmp_path / "model.pt"), model, spec, {"weights": "random-init (demo)"})
+    loaded, loaded_spec, meta = networks.load(str(tmp_path / "model.pt"))
     assert loaded_spec == spec and meta == {"weights": "random-init (demo)"}
     images = torch.rand(3, 1, 32, 32)
     with torch.no_grad():

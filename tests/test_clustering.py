@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.datasets import make_blobs
+from test_prompts import section
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import write_parquet
+from workflow.common.files import write_parquet
 from workflow.prompts import clustering, outliers
+from workflow.prompts.settings import ClusterSettings
 
 SETTINGS = {
     "k": 4,
@@ -18,7 +20,13 @@ SETTINGS = {
     "validity_index": "calinski_harabasz",
     "n_init": 3,
     "minibatch_size": None,
+    "outliers": section()["mep"]["outliers"],
+    "classes": {"column": None, "names": {}},
 }
+
+
+def _settings(seed: int, **changes) -> ClusterSettings:
+    return ClusterSettings.from_dict(SETTINGS | {"seed": seed} | changes)
 
 
 def _blobs(seed: int = 0) -> np.ndarray:
@@ -28,9 +36,9 @@ def _blobs(seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("minibatch", [None, 64])
 def test_kmeans_is_deterministic_under_a_seed(minibatch):
-    x, settings = _blobs(), SETTINGS | {"minibatch_size": minibatch}
-    first, choice = clustering.fit(x, settings, seed=18021999)
-    second, _ = clustering.fit(x, settings, seed=18021999)
+    x, settings = _blobs(), _settings(18021999, minibatch_size=minibatch)
+    first, choice = clustering.fit(x, settings)
+    second, _ = clustering.fit(x, settings)
     assert choice == {"method": "fixed (prompts.mep.k)", "k": 4}
     np.testing.assert_array_equal(first.predict(x), second.predict(x))
     np.testing.assert_array_equal(first.cluster_centers_, second.cluster_centers_)
@@ -38,16 +46,16 @@ def test_kmeans_is_deterministic_under_a_seed(minibatch):
 
 @pytest.mark.parametrize("index", ["calinski_harabasz", "silhouette", "davies_bouldin"])
 def test_validity_index_finds_the_number_of_blobs(index):
-    model, choice = clustering.fit(_blobs(), SETTINGS | {"k": "auto", "validity_index": index}, seed=1)
+    model, choice = clustering.fit(_blobs(), _settings(1, k="auto", validity_index=index))
     assert choice["k"] == model.n_clusters == 4
     assert sorted(choice["scores"]) == list(range(2, 8))
 
 
 def test_k_larger_than_the_images_names_the_key():
     with pytest.raises(InputError, match=r"prompts\.mep\.k = 500 is larger than the number of training"):
-        clustering.fit(_blobs(), SETTINGS | {"k": 500}, seed=0)
+        clustering.fit(_blobs(), _settings(0, k=500))
     with pytest.raises(InputError, match=r"prompts\.mep\.k_range = \[2, 900\]"):
-        clustering.fit(_blobs(), SETTINGS | {"k": "auto", "k_range": [2, 900]}, seed=0)
+        clustering.fit(_blobs(), _settings(0, k="auto", k_range=[2, 900]))
 
 
 def test_embeddings_round_trip(tmp_path):

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from configs import validated
 from safetensors.torch import load_file
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -23,10 +24,8 @@ from snakemake.utils import validate
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
 from workflow.common.seeding import derive_seed, text_key
-from workflow.diffusion import base_models as sd_models
-from workflow.diffusion import latent_cache, sampling
-from workflow.diffusion import saving as export
-from workflow.diffusion import training as finetune
+from workflow.diffusion import base_models, latent_cache, sampling, saving, stage, training
+from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "resources" / "config.schema.yaml")
@@ -35,29 +34,27 @@ RESOLUTION = 32
 
 def defaults() -> dict:
     """The diffusion section of a config with every default filled in."""
-    config = {"dataset": {"chexpert": {"csv": "x.csv", "image_root": "."}}, "diffusion": {}}
-    validate(config, SCHEMA)
-    return config["diffusion"]
+    return validated({})["diffusion"]
 
 
-def train_settings(**changes) -> finetune.TrainSettings:
-    section = defaults()
-    settings = {k: v for k, v in section["train"].items() if k != "gpus"}
-    settings |= {"method": "lora", "lora": section["lora"], "learning_rate": 1e-2, "validation_prompts": 2}
+def train_settings(**changes) -> TrainSettings:
+    """LoRA fine-tuning at test size, then ``changes``."""
+    config = {"diffusion": {"method": "lora", "train": {"learning_rate": 1e-2, "validation_prompts": 2}}}
+    settings = TrainSettings.of(validated(config)).to_dict()
     settings |= {"validation_inference_steps": 2, "batch_size": 4, "caption_dropout": 0.2} | changes
-    return finetune.TrainSettings.from_dict(settings)
+    return TrainSettings.from_dict(settings)
 
 
-def sample_settings(**changes) -> sampling.SampleSettings:
-    section = {k: v for k, v in defaults()["sample"].items() if k != "gpus"}
-    section |= {"steps": 3, "resolution": RESOLUTION, "images_per_prompt": 3, "batch_size": 2} | changes
-    return sampling.SampleSettings.from_dict(section)
+def sample_settings(**changes) -> SampleSettings:
+    settings = SampleSettings.of(validated({"diffusion": {"resolution": RESOLUTION}})).to_dict()
+    settings |= {"steps": 3, "images_per_prompt": 3, "batch_size": 2} | changes
+    return SampleSettings.from_dict(settings)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny") / "tiny-sd"
-    sd_models.build_tiny(out, seed=0)
+    out = tmp_path_factory.mktemp("tiny") / "sd"
+    base_models.build_tiny(out, seed=0)
     return out
 
 
@@ -84,9 +81,9 @@ def study(tmp_path_factory, tiny) -> Path:
     prompts["selected"] = True
     prompts.loc[11, "selected"] = False
     prompts.to_parquet(root / "prompts.parquet")
-    settings = {"resolution": RESOLUTION, "random_flip": True, "batch_size": 5}
-    latent_cache.build(
-        str(root / "dataset.parquet"), str(root / "prompts.parquet"), "tiny", str(tiny), settings, 0,
+    settings = CacheSettings(resolution=RESOLUTION, random_flip=True, batch_size=5)
+    stage.cache_latents(
+        str(root / "dataset.parquet"), str(root / "prompts.parquet"), str(tiny), settings, 0,
         str(root / "cache.safetensors"),
     )  # fmt: skip
     return root
@@ -132,19 +129,19 @@ def test_cache_holds_both_flips_and_the_empty_prompt(study):
 @pytest.mark.parametrize(
     ("base", "message"),
     [
-        ("/nonexistent/sd-1.5", "is not 'tiny', an existing diffusers folder"),
+        ("/nonexistent/sd-1.5", "is neither an existing diffusers folder nor a hub id"),
+        ("tiny", "is neither an existing diffusers folder nor a hub id"),
         (".", "has no model_index.json"),
     ],
 )
 def test_unknown_base_model_names_the_key(base, message):
     with pytest.raises(InputError, match=f"diffusion.base_model.*{message}"):
-        sd_models.resolve_base(base, "unused")
+        base_models.resolve_base(base)
 
 
-def test_hub_ids_and_tiny_resolve(tiny):
-    assert sd_models.resolve_base("runwayml/stable-diffusion-v1-5", tiny) == "runwayml/stable-diffusion-v1-5"
-    assert sd_models.resolve_base("tiny", tiny) == str(tiny)
-    assert sd_models.resolve_base(str(tiny), "unused") == str(tiny)
+def test_hub_ids_and_folders_resolve(tiny):
+    assert base_models.resolve_base("runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"
+    assert base_models.resolve_base(str(tiny)) == str(tiny)
 
 
 @pytest.mark.parametrize(
@@ -172,23 +169,23 @@ def test_lora_save_and_reload_give_identical_samples(tiny, study, tmp_path):
     lora = defaults()["lora"] | {"target_modules": ["to_q", "to_k", "to_v", "conv_out"]}  # linear and conv
     settings = train_settings(max_steps=3, lora=lora)
     cache = latent_cache.LatentCache(str(study / "cache.safetensors"))
-    unet = finetune.build_unet(str(tiny), settings, torch.float32)
+    unet = training.build_unet(str(tiny), settings, torch.float32)
     optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-2)
-    scheduler = sd_models.load_pipeline(str(tiny)).scheduler
+    scheduler = base_models.load_pipeline(str(tiny)).scheduler
     for micro in range(3):
-        latents, text = finetune.batch_inputs(
-            cache, finetune.batch_indices(11, settings, 1, 0, micro), settings, "cpu"
+        latents, text = training.batch_inputs(
+            cache, training.batch_indices(11, settings, 1, 0, micro), settings, "cpu"
         )
-        finetune.diffusion_loss(unet, latents, text, scheduler, settings).backward()
+        training.diffusion_loss(unet, latents, text, scheduler, settings).backward()
         optimizer.step()
         optimizer.zero_grad()
-    export.save_model(unet, None, settings, "tiny", str(tiny), str(tmp_path / "lora"), "random-init tiny SD")
+    saving.save_trained(unet, None, "lora", str(tiny), str(tmp_path / "lora"), "random-init tiny SD")
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert all("lora" in key for key in load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
     unet.eval()
-    in_memory = sd_models.load_pipeline(str(tiny), unet=unet)
-    reloaded = export.load_trained(str(tmp_path / "lora"))
-    base = sd_models.load_pipeline(str(tiny))
+    in_memory = base_models.load_pipeline(str(tiny), unet=unet)
+    reloaded = saving.load_trained(str(tmp_path / "lora"))
+    base = base_models.load_pipeline(str(tiny))
     prompts, seeds, options = ["chest x-ray a", "chest x-ray c"], [1, 2], sample_settings(grayscale=False)
     first, second, untrained = (
         np.stack(sampling.generate(p, prompts, seeds, options)) for p in (in_memory, reloaded, base)
@@ -209,8 +206,8 @@ def test_checkpoints_keep_the_newest_of_the_same_settings(tmp_path):
     assert checkpoints.newest(tmp_path, "cccc") is None
 
 
-def run_training(study: Path, tiny: Path, out: Path, settings: dict) -> subprocess.Popen:
-    """Start `scripts.diffusion train` (as the rule does, one CPU process) in the background."""
+def run_training(study: Path, tiny: Path, out: Path, settings: TrainSettings) -> subprocess.Popen:
+    """Start `scripts.diffusion finetune_sd` (as the rule does, one CPU process) in the background."""
     paths = {
         name: str(out / name) for name in ("model", "report", "loss", "grid", "checkpoints", "validation")
     }
@@ -218,8 +215,8 @@ def run_training(study: Path, tiny: Path, out: Path, settings: dict) -> subproce
     paths["loss"] += ".png"
     paths["grid"] += ".png"
     command = [
-        sys.executable, "-m", "scripts.diffusion", "train", "--cache", str(study / "cache.safetensors"),
-        "--base-model", "tiny", "--tiny", str(tiny), "--settings", json.dumps(settings), "--gpus", "0",
+        sys.executable, "-m", "scripts.diffusion", "finetune_sd", "--cache", str(study / "cache.safetensors"),
+        "--base-model", str(tiny), "--settings", settings.to_json(), "--gpus", "0",
         *[arg for name, path in paths.items() for arg in (f"--{name}", path)],
     ]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -231,11 +228,11 @@ def run_training(study: Path, tiny: Path, out: Path, settings: dict) -> subproce
 def test_killed_training_resumes_to_the_same_weights(tiny, study, tmp_path):
     """SIGKILL after the first checkpoint, then start again: the result equals an uninterrupted run,
     bitwise on the CPU (losses, EMA weights)."""
-    raw = {k: v for k, v in defaults()["train"].items() if k != "gpus"}
-    raw |= {"method": "full", "lora": defaults()["lora"], "max_steps": 20, "batch_size": 2, "ema": True}
+    raw = TrainSettings.of(validated({"diffusion": {"method": "full"}})).to_dict()
+    raw |= {"max_steps": 20, "batch_size": 2, "ema": True}
     raw |= {"ema_decay": 0.9, "learning_rate": 1e-3, "checkpoint_steps": 5, "snr_gamma": 5.0}
     raw |= {"noise_offset": 0.05, "caption_dropout": 0.2, "validation_inference_steps": 2}
-    finetune.TrainSettings.from_dict(raw)  # valid settings
+    raw = TrainSettings.from_dict(raw)
     whole = run_training(study, tiny, tmp_path / "whole", raw)
     killed = run_training(study, tiny, tmp_path / "killed", raw)
     folder = tmp_path / "killed" / "checkpoints"

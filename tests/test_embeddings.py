@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,15 +10,17 @@ import pytest
 from PIL import Image
 
 from workflow.common.errors import InputError
-from workflow.common.provenance import read_parquet_meta
-from workflow.prompts import embeddings
-from workflow.prompts import stage as prompt_stage
+from workflow.common.files import read_parquet_meta
+from workflow.common.model_card import read_card, weights_label
+from workflow.common.tiny_models import build_tiny_model
+from workflow.prompts import embeddings, stage
+from workflow.prompts.settings import EmbedSettings
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("models") / "tiny_vit"
-    prompt_stage.build_tiny_model(str(folder), seed=3)
+    folder = tmp_path_factory.mktemp("models") / "vit"
+    build_tiny_model("vit", 3, str(folder))
     return str(folder)
 
 
@@ -38,16 +39,16 @@ def dataset(tmp_path_factory) -> str:
 
 
 def test_tiny_model_is_labelled_as_random_weights(tiny):
-    card = json.loads((Path(tiny) / embeddings.MODEL_CARD).read_text())
-    assert card["weights"] == embeddings.weights_label(tiny) == "random-init tiny ViT (demo)"
-    assert card["provenance"]["seeds"] == {"init": 3}
-    assert embeddings.weights_label("facebook/dino-vitb8").endswith("hub: facebook/dino-vitb8")
+    card = read_card(tiny)
+    assert card["weights"] == weights_label(tiny) == "random-init tiny ViT (demo)"
+    assert card["seed"] == 3
+    assert weights_label("facebook/dino-vitb8").endswith("hub: facebook/dino-vitb8")
 
 
 def test_images_are_rescaled_once(tiny, tmp_path):
     Image.new("L", (40, 40), 255).save(tmp_path / "white.png")
     _, processor = embeddings.load(tiny)
-    pixels, _ = embeddings.ImageFiles([str(tmp_path / "white.png")], processor)[0]
+    pixels, _ = embeddings.load_item(processor, (str(tmp_path / "white.png"), None))
     expected = (1 - np.array(embeddings.IMAGENET_MEAN)) / np.array(embeddings.IMAGENET_STD)
     np.testing.assert_allclose(pixels.amax(dim=(1, 2)).numpy(), expected, rtol=1e-4)
     assert pixels.shape == (3, 32, 32)
@@ -64,13 +65,13 @@ def test_cls_embeddings_are_deterministic_and_order_preserving(tiny, dataset):
 
 
 def test_shards_merge_into_the_unsharded_result(tiny, dataset, tmp_path):
-    settings = {"batch_size": 2, "shards": 3, "outlier_features": True}
+    settings = EmbedSettings(batch_size=2, shards=3, outlier_features=True)
     parts = [str(tmp_path / f"{k}.parquet") for k in range(3)]
     for k, part in enumerate(parts):
-        prompt_stage.embed_shard(dataset, tiny, settings, k, 1, part)
-    prompt_stage.merge_embeddings(parts[::-1], str(tmp_path / "merged.parquet"))
+        stage.embed_images(dataset, tiny, settings, k, 1, part)
+    stage.merge_embeddings(parts[::-1], str(tmp_path / "merged.parquet"))
     whole = tmp_path / "whole.parquet"
-    prompt_stage.embed_shard(dataset, tiny, settings | {"shards": 1}, 0, 1, str(whole))
+    stage.embed_images(dataset, tiny, replace(settings, shards=1), 0, 1, str(whole))
     merged, single = pd.read_parquet(tmp_path / "merged.parquet"), pd.read_parquet(whole)
     assert merged["image_id"].tolist() == sorted(merged["image_id"]) == single["image_id"].tolist()
     np.testing.assert_allclose(np.stack(merged["embedding"]), np.stack(single["embedding"]), atol=1e-5)
@@ -78,7 +79,7 @@ def test_shards_merge_into_the_unsharded_result(tiny, dataset, tmp_path):
     meta = read_parquet_meta(tmp_path / "merged.parquet")
     assert meta["weights"] == "random-init tiny ViT (demo)" and meta["rows"] == 7
     with pytest.raises(InputError, match=r"prompts\.mep\.shards"):
-        prompt_stage.embed_shard(dataset, tiny, settings, 3, 1, str(tmp_path / "x.parquet"))
+        stage.embed_images(dataset, tiny, settings, 3, 1, str(tmp_path / "x.parquet"))
 
 
 def test_unloadable_model_names_the_key(tmp_path):

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from workflow.classifier import fairness
+from workflow.classifier.settings import FairnessSettings
 
 # group a: TPR 2/3, FPR 1/3, AUROC 8/9; group b: TPR 1/2, FPR 0, AUROC 7/8 (threshold 0.5);
 # two rows without sex: TPR 0, FPR 1, AUROC 0.
@@ -20,12 +21,7 @@ def _assess(missing: str = "unknown", attributes: tuple[str, ...] = ("sex",)) ->
     test = pd.DataFrame({"sex": pd.array(SEX, dtype="string"), "age": [25.0] * 7 + [75.0] * 7})
     dataset = pd.concat([test, pd.DataFrame({"sex": pd.array(["c"], dtype="string"), "age": [40.0]})])
     truth, scores = pd.DataFrame({"F": np.array(Y, float)}), pd.DataFrame({"F": S})
-    settings = {
-        "attributes": list(attributes),
-        "age_bins": [30, 50, 70],
-        "missing": missing,
-        "no_finding_label": "F",
-    }
+    settings = FairnessSettings(attributes, (30, 50, 70), missing, "F")
     thresholds = {"F": {"value": 0.5}}
     return fairness.assess(test, truth, scores, thresholds, dataset, settings, BOOT)["attributes"]
 
@@ -73,7 +69,7 @@ def test_groups_with_one_class_are_null_with_reason_and_left_out_of_equalized_od
         pd.DataFrame({"F": [0.9, 0.1, 0.8, 0.2]}),
         {"F": {"value": 0.5}},
         one_class,
-        {"attributes": ["sex"], "age_bins": [30], "missing": "unknown", "no_finding_label": "No Finding"},
+        FairnessSettings(("sex",), (30,), "unknown", "No Finding"),
         BOOT,
     )["attributes"]["sex"]
     b = report["labels"]["F"]["by_group"]["b"]

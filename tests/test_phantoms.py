@@ -276,14 +276,17 @@ def test_partial_mappings_merge_over_defaults():
 
 def test_script_writes_dataset_and_reports_bad_settings(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    script = [sys.executable, str(REPO / "scripts" / "make_phantoms.py")]
+    script = [sys.executable, "-m", "scripts.data", "make_phantoms"]
     settings = json.dumps({"n_patients": 2, "image_size": 32})
-    done = subprocess.run([*script, "--settings", settings, "--out", str(tmp_path)], env=env, check=False)
+    done = subprocess.run(
+        [*script, "--settings", settings, "--out", str(tmp_path)], env=env, cwd=REPO, check=False
+    )
     assert done.returncode == 0
     assert (tmp_path / phantoms.DATASET / "train.csv").is_file()
     bad = subprocess.run(
         [*script, "--settings", '{"image_size": 8}', "--out", str(tmp_path)],
         env=env,
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=False,

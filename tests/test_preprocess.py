@@ -4,14 +4,8 @@ import pytest
 from PIL import Image
 
 from workflow.common.manifest import normalise
-from workflow.data.preprocess import (
-    PreprocessSettings,
-    fit_geometry,
-    preprocess_rows,
-    resize_to_square,
-    shard_of,
-    to_grayscale,
-)
+from workflow.data.preprocess import fit_geometry, preprocess_rows, resize_to_square, shard_of, to_grayscale
+from workflow.data.settings import PreprocessSettings
 
 
 def test_geometry_crop_and_pad():
@@ -83,7 +77,7 @@ def test_rows_written_and_bad_rows_rejected_with_reasons(tmp_path):
         _row("d/1", good, bad_class),
         _row("e/1", tmp_path / "absent.png"),
     )
-    settings = PreprocessSettings(resolution=16, fit="crop", shards=1, mask_classes=(0, 1, 2, 3))
+    settings = PreprocessSettings(resolution=16, fit="crop", shards=1, mask_classes=4)
     kept, rejected = preprocess_rows(frame, settings, tmp_path / "out", source="split.parquet")
     assert kept["image_id"].tolist() == ["a/1"]
     assert Image.open(kept.loc[0, "image"]).size == (16, 16)
@@ -102,7 +96,7 @@ def test_unknown_mask_mode_is_rejected(tmp_path):
     rgb = tmp_path / "m.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(rgb)
     frame = _frame(_row("a", image, rgb))
-    settings = PreprocessSettings(resolution=8)
+    settings = PreprocessSettings(resolution=8, fit="crop", shards=1)
     kept, rejected = preprocess_rows(frame, settings, tmp_path / "o", source="s")
     assert kept.empty
     assert "single-channel" in rejected.loc[0, "reason"]
@@ -114,7 +108,7 @@ def test_output_is_deterministic(tmp_path, fit):
     source = tmp_path / "s.png"
     Image.fromarray(rng.integers(0, 255, (33, 47)).astype(np.uint8)).save(source)
     frame = _frame(_row("x", source))
-    settings = PreprocessSettings(resolution=24, fit=fit)
+    settings = PreprocessSettings(resolution=24, fit=fit, shards=1)
     for out in ("a", "b"):
         preprocess_rows(frame, settings, tmp_path / out, source="s")
     assert (tmp_path / "a" / "x.png").read_bytes() == (tmp_path / "b" / "x.png").read_bytes()

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_prompts import defaults
+from test_prompts import defaults, section
 
 from workflow.common.errors import InputError
+from workflow.common.files import read_parquet_meta, write_parquet
 from workflow.common.manifest import label_column
-from workflow.common.provenance import provenance, read_parquet_meta, write_parquet
-from workflow.prompts import outliers
-from workflow.prompts import stage as prompt_stage
+from workflow.common.provenance import provenance
+from workflow.prompts import outliers, stage
+from workflow.prompts.settings import ClusterSettings
 
 LABELS = ("No Finding", "Edema")
 
@@ -52,13 +53,13 @@ def files(tmp_path) -> dict[str, str]:
 
 
 def _cluster(files: dict[str, str], **mep) -> str:
-    settings = defaults(
-        mep={"k": 3, "n_init": 2, "outliers": {**defaults()["mep"]["outliers"], "enabled": True}} | mep
+    outliers_on = {**section()["mep"]["outliers"], "enabled": True}
+    settings = ClusterSettings.of(
+        {"prompts": section(mep={"k": 3, "n_init": 2, "outliers": outliers_on} | mep)}
     )
     out = f"{files['dir']}/clusters.parquet"
-    cluster_settings = settings["mep"] | {"seed": settings["seed"], "classes": settings["classes"]}
-    prompt_stage.cluster(
-        files["embeddings"], files["dataset"], cluster_settings, LABELS, out,
+    stage.cluster_embeddings(
+        files["embeddings"], files["dataset"], settings, LABELS, out,
         f"{files['dir']}/report.json", f"{files['dir']}/montages",
     )  # fmt: skip
     return out
@@ -80,9 +81,9 @@ def test_outliers_get_no_cluster_and_no_prompt(files):
     assert [c["words"] for c in report["clusters"]] == ["zero", "one", "two"]
 
     settings = defaults(strategies=["labels", "mep"], mep={"template": "morphology type {cluster}"})
-    prompt_stage.build_prompts(
-        files["dataset"], f"{files['dir']}/clusters.parquet", settings, LABELS, _outputs(files),
-        f"{files['dir']}/prompts.json",
+    stage.build_prompts(
+        files["dataset"], f"{files['dir']}/clusters.parquet", settings, LABELS, **_outputs(files),
+        report=f"{files['dir']}/prompts.json",
     )  # fmt: skip
     table = pd.concat(pd.read_parquet(p) for p in _outputs(files).values()).set_index("image_id")
     assert table.loc["img04", "outlier"] and pd.isna(table.loc["img04", "prompt"])
@@ -92,7 +93,7 @@ def test_outliers_get_no_cluster_and_no_prompt(files):
     assert meta["weights"] == "random-init tiny ViT (demo)"
 
     export = f"{files['dir']}/folder"
-    prompt_stage.export_imagefolder(_outputs(files)["train"], files["dataset"], LABELS, export)
+    stage.export_imagefolder(_outputs(files)["train"], files["dataset"], LABELS, export)
     lines = [json.loads(line) for line in Path(export, "metadata.jsonl").read_text().splitlines()]
     assert len(lines) == int(table.query("split == 'train'")["selected"].sum()) == 17
     assert list(lines[0])[:2] == ["file_name", "text"] and "cluster" in lines[0]
@@ -100,8 +101,8 @@ def test_outliers_get_no_cluster_and_no_prompt(files):
 
 
 def test_labels_only_needs_no_clusters(files):
-    prompt_stage.build_prompts(
-        files["dataset"], None, defaults(), LABELS, _outputs(files), f"{files['dir']}/p.json"
+    stage.build_prompts(
+        files["dataset"], None, defaults(), LABELS, **_outputs(files), report=f"{files['dir']}/p.json"
     )
     train = pd.read_parquet(_outputs(files)["train"])
     assert train["cluster"].isna().all() and train["selected"].all() and not train["outlier"].any()
@@ -112,8 +113,8 @@ def test_labels_only_needs_no_clusters(files):
     report = json.loads(Path(files["dir"], "p.json").read_text())
     assert [p["prompt_id"] for p in report["prompts"]] == [0, 1, 2]
     with pytest.raises(InputError, match="the mep strategy needs --clusters"):
-        prompt_stage.build_prompts(
-            files["dataset"], None, defaults(strategies=["mep"]), LABELS, _outputs(files), "x.json"
+        stage.build_prompts(
+            files["dataset"], None, defaults(strategies=["mep"]), LABELS, **_outputs(files), report="x.json"
         )
 
 

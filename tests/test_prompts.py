@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from configs import validated
 from snakemake.utils import validate
 
 from workflow.common.errors import InputError
 from workflow.common.manifest import label_column
 from workflow.prompts import strategies as prompts
+from workflow.prompts.settings import ClassSettings, PromptSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("No Finding", "Cardiomegaly", "Edema", "Pleural Effusion", "Support Devices")
 
 
-def defaults(**changes) -> dict:
+def section(**changes) -> dict:
     """The prompts section with the schema's defaults filled in, then ``changes`` per subsection."""
-    config = {"dataset": {"chexpert": {"csv": "x.csv", "image_root": "."}}, "prompts": {}}
-    validate(config, str(ROOT / "resources" / "config.schema.yaml"))
-    section = copy.deepcopy(config["prompts"])
+    prompts_section = validated({})["prompts"]
     for key, value in changes.items():
         if isinstance(value, dict):
-            section[key].update(value)
+            prompts_section[key].update(value)
         else:
-            section[key] = value
-    return section
+            prompts_section[key] = value
+    return prompts_section
+
+
+def defaults(**changes) -> PromptSettings:
+    """The settings of rule build_prompts: :func:`section` as :class:`PromptSettings`."""
+    return PromptSettings.of({"prompts": section(**changes)})
 
 
 def rows(*records: dict) -> pd.DataFrame:
@@ -52,7 +56,7 @@ def test_prism_captions_exactly():
         {"positive": ("No Finding",)},
         {"positive": ("Pleural Effusion", "Cardiomegaly")},
     )
-    assert prompts.captions(frame, LABELS, defaults()["labels"], "prompts.labels").tolist() == [
+    assert prompts.captions(frame, LABELS, defaults().labels, "prompts.labels").tolist() == [
         "Chest X-ray showing Cardiomegaly, Support Devices",
         "Normal chest X-ray with no significant findings",
         "Chest X-ray showing No Finding",
@@ -68,7 +72,7 @@ def test_demographic_prompts_exactly_and_grammatically():
         {"age": 80.0, "race": "Other", "sex": None, "positive": ()},
         {"age": np.nan, "race": None, "sex": None, "positive": ("Edema", "Cardiomegaly", "Support Devices")},
     )
-    texts = prompts.captions(frame, LABELS, defaults()["demographics"], "prompts.demographics").tolist()
+    texts = prompts.captions(frame, LABELS, defaults().demographics, "prompts.demographics").tolist()
     assert texts == [
         "Chest X-ray of a 54-year-old white male patient showing cardiomegaly",
         "Chest X-ray of an 18-year-old asian female patient showing no significant findings",
@@ -120,7 +124,7 @@ DGM_VLC_FIELDS = [
 
 def _tabular_settings() -> dict:
     fields = [{"values": {}, "missing": [], "absolute": False} | f for f in DGM_VLC_FIELDS]
-    return defaults(tabular={"fields": fields})["tabular"]
+    return defaults(tabular={"fields": fields}).tabular
 
 
 def test_tabular_text_skips_missing_values_and_cleans_sentinels():
@@ -169,12 +173,12 @@ def test_mep_prompts_for_chest_xray_and_histology():
     frame = pd.DataFrame(
         {"cluster": pd.array([5, 32, None], dtype="Int64"), "class_name": ["Cancer", "Healthy", "Cancer"]}
     )
-    cxr = prompts.mep_captions(frame, defaults()["mep"])
+    cxr = prompts.mep_captions(frame, defaults().mep)
     assert cxr.tolist()[:2] == ["Chest X-Ray image with morphology type five", "Chest X-Ray image with "
                                 "morphology type thirty-two"]  # fmt: skip
     assert pd.isna(cxr.iloc[2])
     histology = {"template": "Histology image of {label} tissue, morphology type {cluster}"}
-    texts = prompts.mep_captions(frame, defaults(mep=histology)["mep"]).tolist()
+    texts = prompts.mep_captions(frame, defaults(mep=histology).mep).tolist()
     assert texts[0] == "Histology image of cancer tissue, morphology type five"
 
 
@@ -182,7 +186,7 @@ def test_mep_label_needs_a_class_column():
     frame = pd.DataFrame({"cluster": pd.array([1], dtype="Int64"), "class_name": pd.array([None], "string")})
     settings = defaults(mep={"template": "Histology image of {label} tissue, morphology type {cluster}"})
     with pytest.raises(InputError, match=r"prompts\.classes\.column"):
-        prompts.mep_captions(frame, settings["mep"])
+        prompts.mep_captions(frame, settings.mep)
 
 
 def test_strategies_combine_in_order_and_outliers_get_no_prompt():
@@ -203,14 +207,14 @@ def test_prompt_ids_are_stable_per_text():
 
 def test_class_names_are_renamed_values():
     frame = pd.DataFrame({"label_Tumor": [1.0, 0.0, np.nan]})
-    classes = {"column": "label_Tumor", "names": {"1": "cancer", "0": "healthy"}}
+    classes = ClassSettings(column="label_Tumor", names={"1": "cancer", "0": "healthy"})
     assert prompts.class_names(frame, classes).tolist() == ["cancer", "healthy", pd.NA]
     with pytest.raises(InputError, match=r"prompts\.classes\.column = 'grade'"):
-        prompts.class_names(frame, {"column": "grade", "names": {}})
+        prompts.class_names(frame, ClassSettings(column="grade", names={}))
 
 
 def test_demo_config_prompts_section_is_valid():
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     validate(config, str(ROOT / "resources" / "config.schema.yaml"))
     assert config["prompts"]["mep"]["model"] == "tiny"
-    assert defaults()["strategies"] == ["labels"]
+    assert defaults().strategies == ("labels",)

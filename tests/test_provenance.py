@@ -1,17 +1,13 @@
+"""Provenance records and the one atomic writer of files and folders."""
+
 import json
 
 import pandas as pd
 import pytest
 
-from workflow.common.provenance import (
-    atomic_path,
-    config_hash,
-    frame_hash,
-    provenance,
-    read_parquet_meta,
-    write_json,
-    write_parquet,
-)
+from workflow.common.files import atomic_output, read_parquet_meta, write_json, write_parquet
+from workflow.common.provenance import config_hash, frame_hash, provenance
+from workflow.data.settings import SplitSettings
 
 
 def test_config_hash_ignores_key_order_but_not_values():
@@ -19,12 +15,35 @@ def test_config_hash_ignores_key_order_but_not_values():
     assert config_hash({"a": 1}) != config_hash({"a": 2})
 
 
+def test_config_hash_of_settings_equals_that_of_their_section():
+    section = {"seed": 3, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}
+    assert config_hash(SplitSettings.from_dict(section)) == config_hash(section)
+
+
 def test_failed_write_leaves_nothing_behind(tmp_path):
     target = tmp_path / "out.json"
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
         tmp.write_text("partial")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_replaces_the_old_one_only_when_complete(tmp_path):
+    target = tmp_path / "models"
+    with atomic_output(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.mkdir()
+        (tmp / "b.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with atomic_output(target) as tmp:
+        tmp.mkdir()
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
 
 
 def test_parquet_carries_provenance(tmp_path):

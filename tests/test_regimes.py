@@ -73,7 +73,7 @@ def test_missing_label_columns_are_noted_and_missing_sources_named(frames, tmp_p
     extra = regimes.read_extra(str(path), LABELS, notes)
     assert extra[label_column("B")].isna().all()
     assert notes == [f"{path} has no label column for ['B']: counted as missing (not in the loss)"]
-    with pytest.raises(InputError, match=r"regime 'mixed' needs the \['synthetic'\] manifest"):
+    with pytest.raises(InputError, match=r"regime 'mixed' needs a synthetic manifest"):
         regimes.training_data("mixed", frames["real"], {}, 1.0, 0)
     frames["synthetic"].drop(columns=["image"]).to_parquet(tmp_path / "no_image.parquet")
     with pytest.raises(InputError, match="column 'image'"):

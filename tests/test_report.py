@@ -18,7 +18,7 @@ from test_workflow_classifier import CLASSIFIER
 from test_workflow_data import snakemake, write_config
 
 from workflow.common.manifest import label_column
-from workflow.report import stage as study_report
+from workflow.report import stage
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,9 @@ def test_report_tables_show_the_study(study):
 EXPECTED = {
     ("1. Data", None): ["split_summary.html"],
     ("2. Prompts", None): ["cluster_00.png"],  # its one subcategory is skipped by the report
-    ("3. Diffusion", "Fine-tuning"): ["loss.png", "validation.png"],
-    ("3. Diffusion", "Real vs synthetic"): ["00_No_Finding.png"],
+    ("3. Diffusion", "sd-full"): ["loss.png", "validation.png", "00_No_Finding.png"],
     ("4. Image quality", None): ["image_quality.html"],
-    ("5. Classifiers", "All regimes"): ["classifier_regimes.html"],
+    ("5. Classifiers", "All runs"): ["classifier_regimes.html"],
     ("5. Classifiers", "real"): ["roc.png", "subgroup_auroc.png", "cam_examples.png"],
 }
 
@@ -95,7 +94,7 @@ def test_report_opens_in_a_browser_without_console_errors(study):
 def test_split_table_has_counts_and_prevalence():
     entry = {"patients": 2, "images": 3, "image_fraction": 0.5, "labels": {"A": {"prevalence": 0.25}}}
     report = {"train": entry, "val": entry | {"patients": 1}, "test": entry}
-    table = study_report.split_table(report)
+    table = stage.split_table(report)
     assert list(table.index) == ["train", "val", "test"]
     assert table.loc["val", "patients"] == 1 and table.loc["test", "prevalence: A"] == 0.25
 
@@ -103,6 +102,7 @@ def test_split_table_has_counts_and_prevalence():
 def test_image_quality_table_names_prompts_by_their_text():
     per_class = pd.DataFrame(
         {
+            "generator": ["sd-full"] * 3,
             "group": ["overall", "label", "prompt"],
             "name": ["all", "Edema", "3"],
             "prompt": [None, None, "Chest X-ray showing Edema"],
@@ -111,11 +111,11 @@ def test_image_quality_table_names_prompts_by_their_text():
             "fid": [1.5, None, None],
         }
     )
-    table = study_report.image_quality_table(per_class)
+    table = stage.image_quality_table(per_class)
     assert list(table.index) == [
-        ("overall", "all"),
-        ("label", "Edema"),
-        ("prompt", "Chest X-ray showing Edema"),
+        ("sd-full", "overall", "all"),
+        ("sd-full", "label", "Edema"),
+        ("sd-full", "prompt", "Chest X-ray showing Edema"),
     ]
     assert list(table.columns) == ["n_fake", "n_real", "fid"]
 
@@ -138,10 +138,10 @@ def test_real_vs_synthetic_draws_a_grid_per_finding_that_has_images(tmp_path):
     real.to_parquet(tmp_path / "dataset.parquet")
     synthetic.to_parquet(tmp_path / "samples.parquet")
     out = tmp_path / "grids"
-    written = study_report.real_vs_synthetic(
-        str(tmp_path / "dataset.parquet"), str(tmp_path / "samples.parquet"), ["A", "B", "C"], str(out), 2, 0
+    written = stage.real_vs_synthetic(
+        str(tmp_path / "dataset.parquet"), str(tmp_path / "samples.parquet"), ["A", "B", "C"], 2, 0, str(out)
     )
-    assert [Path(p).name for p in written] == ["00_A.png", "02_C.png"]
-    assert sorted(str(p) for p in out.iterdir()) == written
-    with Image.open(written[0]) as grid:
+    assert written == ["00_A.png", "02_C.png"]
+    assert sorted(p.name for p in out.iterdir()) == written
+    with Image.open(out / written[0]) as grid:
         assert grid.format == "PNG"

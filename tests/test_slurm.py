@@ -56,7 +56,7 @@ FAKE_GPUS = 16  # on the test node: more than a real node has, so that all probe
 # The end products of the whole default DAG the demo run must leave behind (besides the data stage's).
 DEMO_OUTPUTS = [
     "results/prompts/train.parquet",
-    "results/samples/manifest.parquet",
+    "results/samples/sd-full/manifest.parquet",
     "results/classifier/comparison.csv",
     "results/fid.json",
 ]

@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from configs import tables_opened
 
 from workflow.common import manifest
 from workflow.common.errors import InputError
-from workflow.data.adapters import DatasetSpec
+from workflow.data.adapters import DatasetSpec, table_files
 from workflow.data.adapters.volumes import build
 from workflow.data.slicing import (
     assemble_volume,
@@ -338,3 +339,8 @@ def test_volume_id_column_and_repeated_ids(dataset: dict[str, Any]) -> None:
     assert reasons[5] == (
         "volume id repeats an earlier row; set dataset.volumes.columns.volume_id to a unique column"
     )
+
+
+def test_reads_exactly_the_table_the_rules_track(dataset: dict[str, Any], monkeypatch) -> None:
+    opened = tables_opened(monkeypatch, lambda: build(dataset["settings"], SPEC))
+    assert opened == set(table_files("volumes", dataset["settings"])) == {dataset["settings"]["table"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from test_workflow_data import snakemake, write_config
 pytestmark = pytest.mark.integration
 
 COMPARISON = "results/classifier/comparison.csv"
-EXTERNAL = "external/synthetic.parquet"  # a manifest no rule makes
+EXTERNAL = "external/counterfactuals.parquet"  # a manifest no rule makes
 CLASSIFIER = {
     "training": {"backbone": "small-cnn", "image_size": 32, "epochs": 2, "batch_size": 16, "seed": 1},
     "evaluation": {"bootstrap_resamples": 20, "seed": 2},
@@ -46,30 +47,40 @@ def test_real_regime_is_trained_evaluated_and_compared(real):
     for figure in ("roc.png", "subgroup_auroc.png", "cam_examples.png"):
         assert (out / figure).is_file()
     table = pd.read_csv(real / COMPARISON)
-    assert table["regime"].tolist() == ["real"]
+    assert table["run"].tolist() == table["regime"].tolist() == ["real"]
     assert not (out / "checkpoints").exists()
     assert "Nothing to be done" in snakemake(real, COMPARISON, "--dry-run").stdout
 
 
-def test_synthetic_regimes_wait_for_the_sampling_stage_or_name_a_missing_manifest(tmp_path):
-    configure(tmp_path, ["real", "synthetic"])
+def test_synthetic_regimes_run_per_generator_and_wait_for_its_samples(tmp_path):
+    configure(tmp_path, ["real", "synthetic", "mixed"])
     plan = snakemake(tmp_path, COMPARISON, "--dry-run").stdout
-    assert "collect_samples" in plan and "regime=synthetic" in plan
-    write_config(tmp_path, classifier=CLASSIFIER | {"regimes": ["mixed"], "sources": {"synthetic": EXTERNAL}})
+    assert "collect_samples" in plan and "generator=sd-full" in plan
+    runs = set(re.findall(r"^\s+wildcards: run=(\S+)$", plan, re.M))
+    assert runs == {"real", "synthetic/sd-full", "mixed/sd-full"}
+
+
+def test_counterfactual_regime_names_its_missing_manifest_or_key(tmp_path):
+    write_config(tmp_path, classifier=CLASSIFIER | {"regimes": ["real+counterfactual"]})
+    done = snakemake(tmp_path, COMPARISON, "--dry-run", check=False)
+    assert done.returncode != 0 and "set classifier.counterfactuals" in done.stdout + done.stderr
+    counterfactual = {"regimes": ["real+counterfactual"], "counterfactuals": EXTERNAL}
+    write_config(tmp_path, classifier=CLASSIFIER | counterfactual)
     done = snakemake(tmp_path, COMPARISON, "--dry-run", check=False)
     assert done.returncode != 0
     output = done.stdout + done.stderr
     assert "MissingInputException" in output and EXTERNAL in output
 
 
-def test_mixed_regime_is_planned_once_its_manifest_exists(real, tmp_path):
-    """Only the new regime's jobs and the table are planned (tests/test_downstream.py runs it)."""
-    workdir = tmp_path / "mixed"
+def test_counterfactual_regime_is_planned_once_its_manifest_exists(real, tmp_path):
+    """Only the new run's jobs and the table are planned (tests/test_classifier_stage.py trains one)."""
+    workdir = tmp_path / "counterfactual"
     shutil.copytree(real / "results", workdir / "results")  # keeps modification times
-    regimes = {"regimes": ["real", "mixed"], "sources": {"synthetic": EXTERNAL}}
+    regimes = {"regimes": ["real", "real+counterfactual"], "counterfactuals": EXTERNAL}
     write_config(workdir, classifier=CLASSIFIER | regimes)
     dataset = pd.read_parquet(workdir / "results/data/dataset.parquet")
     (workdir / EXTERNAL).parent.mkdir()
-    dataset.assign(image_id="synthetic/" + dataset["image_id"]).to_parquet(workdir / EXTERNAL)
+    dataset.assign(image_id="counterfactual/" + dataset["image_id"]).to_parquet(workdir / EXTERNAL)
     plan = snakemake(workdir, COMPARISON, "--dry-run").stdout
-    assert "regime=mixed" in plan and "regime=real" not in plan and "compare_classifiers" in plan
+    runs = set(re.findall(r"^\s+wildcards: run=(\S+)$", plan, re.M))
+    assert runs == {"real+counterfactual/external"} and "compare_classifiers" in plan

@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_adapters_other import write_mimic
 
-from workflow.common.provenance import read_parquet_meta
+from workflow.common.files import read_parquet_meta
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +152,25 @@ def test_invalid_config_names_the_key(tmp_path):
 def test_lint_is_clean(demo):
     done = snakemake(demo, "--lint", check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_editing_any_table_an_adapter_reads_rebuilds_the_manifest(tmp_path):
+    """MIMIC-CXR reads three tables (metadata, labels, MIMIC-IV demographics): editing any of them makes
+    build_manifest run again (the rules take workflow.data.adapters.table_files as inputs). Snakemake
+    compares small files by content, so each is edited, not only touched."""
+    mimic = write_mimic(tmp_path / "data")
+    config = write_config(tmp_path)
+    labels = ["Cardiomegaly", "Edema"]
+    config["dataset"] = {"adapter": "mimic-cxr", "labels": labels, "mimic-cxr": mimic, "mask_classes": ["bg"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    manifest = "results/data/manifest.parquet"
+    snakemake(tmp_path, manifest)
+    assert "Nothing to be done" in snakemake(tmp_path, "--dry-run", manifest).stdout
+    edits = {"metadata_csv": "Rows", "labels_csv": "Edema", "demographics_csv": "anchor_age"}
+    for key, column in edits.items():
+        table = pd.read_csv(mimic[key])
+        table.loc[0, column] = 1
+        table.to_csv(mimic[key], index=False)
+        plan = snakemake(tmp_path, "--dry-run", manifest).stdout
+        assert "rule build_manifest:" in plan and mimic[key] in plan, key
+        snakemake(tmp_path, manifest)

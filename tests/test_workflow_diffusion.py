@@ -16,7 +16,7 @@ from PIL import Image
 from test_workflow_data import snakemake, write_config
 
 from workflow.common import manifest
-from workflow.common.provenance import read_parquet_meta
+from workflow.common.files import read_parquet_meta
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def targets(method: str) -> list[str]:
         f"{run}/train_report.json",
         f"{run}/loss.png",
         f"{run}/validation.png",
-        "results/samples/manifest.parquet",
+        f"results/samples/sd-{method}/manifest.parquet",
     ]
 
 
@@ -83,7 +83,7 @@ def lora(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full(lora) -> pd.DataFrame:
     """Switch the folder to full fine-tuning (with EMA; the cache is reused); returns the LoRA samples."""
-    lora_samples = pd.read_parquet(lora / "results/samples/manifest.parquet")
+    lora_samples = pd.read_parquet(lora / "results/samples/sd-lora/manifest.parquet")
     configure(lora, method="full", train=TRAIN | {"learning_rate": 1e-3, "ema": True, "ema_decay": 0.95})
     done = snakemake(lora, *targets("full"))
     assert "cache_latents" not in done.stdout + done.stderr
@@ -112,7 +112,7 @@ def test_lora_training_lowers_the_loss_and_saves_adapters(lora):
 
 
 def test_synthetic_manifest_is_labelled_and_cannot_collide(lora):
-    samples = pd.read_parquet(lora / "results/samples/manifest.parquet")
+    samples = pd.read_parquet(lora / "results/samples/sd-lora/manifest.parquet")
     real = pd.read_parquet(lora / "results/data/dataset.parquet")
     manifest.validate(samples)
     assert len(samples) == 8 and samples["prompt_id"].nunique() == 4
@@ -127,15 +127,15 @@ def test_synthetic_manifest_is_labelled_and_cannot_collide(lora):
     assert first.mode == "L" and first.size == (32, 32)
     assert (
         "fine-tuned (lora) from random-init tiny SD"
-        in read_parquet_meta(lora / "results/samples/manifest.parquet")["weights"]
+        in read_parquet_meta(lora / "results/samples/sd-lora/manifest.parquet")["weights"]
     )
 
 
 def test_rerunning_one_shard_reproduces_its_images(lora):
     assert "Nothing to be done" in snakemake(lora, "--dry-run", *targets("lora")).stdout
-    shard = lora / "results/samples/images/shard0"
+    shard = lora / "results/samples/sd-lora/images/shard0"
     before = image_hashes(shard)
-    snakemake(lora, "--force", "results/samples/shards/0.parquet")
+    snakemake(lora, "--force", "results/samples/sd-lora/shards/0.parquet")
     assert before and image_hashes(shard) == before
 
 
@@ -144,11 +144,15 @@ def test_full_training_saves_a_pipeline_and_new_samples(full, lora):
     assert result["loss_last_10"] < 0.8 * result["loss_first_10"]
     model = lora / "results/models/sd-full/model"
     assert (model / "model_index.json").is_file() and (model / "unet").is_dir()
-    samples = pd.read_parquet(lora / "results/samples/manifest.parquet")
+    manifest_path = lora / "results/samples/sd-full/manifest.parquet"
+    samples = pd.read_parquet(manifest_path)
     assert samples["seed"].tolist() == full["seed"].tolist()
     pixels = [np.asarray(Image.open(lora / p)) for p in samples["image"]]
-    assert "fine-tuned (full)" in read_parquet_meta(lora / "results/samples/manifest.parquet")["weights"]
+    assert "fine-tuned (full)" in read_parquet_meta(manifest_path)["weights"]
     assert len({p.tobytes() for p in pixels}) == len(pixels)
+    # each generator keeps its own samples: the LoRA ones are still there, unchanged
+    lora_samples = pd.read_parquet(lora / "results/samples/sd-lora/manifest.parquet")
+    pd.testing.assert_frame_equal(lora_samples, full)
 
 
 def test_unknown_base_model_stops_with_the_key(lora, tmp_path):
@@ -158,5 +162,5 @@ def test_unknown_base_model_stops_with_the_key(lora, tmp_path):
     done = snakemake(workdir, "results/models/cache/train.safetensors", check=False)
     output = done.stdout + done.stderr
     assert done.returncode != 0
-    assert "diffusion.base_model: '/nonexistent/stable-diffusion' is not 'tiny'" in output
+    assert "diffusion.base_model: '/nonexistent/stable-diffusion' is neither an existing" in output
     assert "Traceback" not in output

@@ -22,10 +22,10 @@ NOT_NEEDED = {
     "classifier_focus",
     "compare_classifiers",
     "export_imagefolder",
-    "build_tiny_vit",
     "embed_images",
     "cluster_embeddings",
 }
+SAMPLES = "results/samples/sd-full/manifest.parquet"
 
 
 def rules_run(output: str) -> set[str]:
@@ -50,20 +50,24 @@ def run(tmp_path_factory) -> tuple[Path, str]:
 def test_fid_json_builds_only_what_it_needs(run):
     workdir, output = run
     ran = rules_run(output)
-    assert {"collect_samples", "build_tiny_extractor", "image_metrics"} <= ran
+    assert {"collect_samples", "build_tiny_model", "image_metrics", "collect_image_metrics"} <= ran
     assert not ran & NOT_NEEDED
+    assert set(re.findall(r"wildcards: name=(\w+)", output)) == {"sd", "dinov2"}  # no tiny ViT
     assert not (workdir / "results/classifier").exists()
 
 
 def test_report_describes_extractor_inputs_and_groups(run):
     workdir, _ = run
-    report = json.loads((workdir / "results/fid.json").read_text())
-    samples = pd.read_parquet(workdir / "results/samples/manifest.parquet")
+    fid = json.loads((workdir / "results/fid.json").read_text())
+    assert list(fid["generators"]) == ["sd-full"]
+    report = fid["generators"]["sd-full"]
+    assert report == json.loads((workdir / "results/evaluation/sd-full/image_metrics.json").read_text())
+    samples = pd.read_parquet(workdir / SAMPLES)
     dataset = pd.read_parquet(workdir / "results/data/dataset.parquet")
     assert report["extractor"]["weights"] == "random-init tiny DINOv2 (demo)"
-    assert report["extractor"]["location"] == "results/models/tiny_dinov2"
+    assert report["extractor"]["location"] == "results/models/tiny/dinov2"
     inputs = report["provenance"]["inputs"]
-    assert inputs["samples"]["sha256_16"] == file_hash(workdir / "results/samples/manifest.parquet")
+    assert inputs["samples"]["sha256_16"] == file_hash(workdir / SAMPLES)
     assert report["reference"]["images"] == int((dataset["split"] == "train").sum())
     assert report["synthetic"]["images"] == len(samples)
     assert report["resize_policy"]["size"] == 32
@@ -72,17 +76,18 @@ def test_report_describes_extractor_inputs_and_groups(run):
     assert any(row["fid"] is not None for row in report["per_prompt"].values())
     table = pd.read_csv(workdir / "results/fid_per_class.csv")
     assert len(table) == 1 + len(report["per_label"]) + len(report["per_prompt"])
+    assert set(table["generator"]) == {"sd-full"}
 
 
 def test_rerun_is_a_no_op_and_a_setting_change_reuses_cached_features(run):
     workdir, _ = run
     assert "Nothing to be done" in snakemake(workdir, "results/fid.json", "--dry-run").stdout
-    before = json.loads((workdir / "results/fid.json").read_text())
+    before = json.loads((workdir / "results/fid.json").read_text())["generators"]["sd-full"]
     set_config(workdir, min_images=3)
     done = snakemake(workdir, "results/fid.json")
-    assert rules_run(done.stdout + done.stderr) == {"image_metrics"}
-    after = json.loads((workdir / "results/fid.json").read_text())
+    assert rules_run(done.stdout + done.stderr) == {"image_metrics", "collect_image_metrics"}
+    after = json.loads((workdir / "results/fid.json").read_text())["generators"]["sd-full"]
     assert after["feature_cache"] == before["feature_cache"]
     assert after["metrics"]["fid"] == before["metrics"]["fid"]
-    log = (workdir / "logs/evaluation/image_metrics.log").read_text()
+    log = (workdir / "logs/evaluation/image_metrics/sd-full.log").read_text()
     assert log.count("cached features") == 2 and "extracting" not in log

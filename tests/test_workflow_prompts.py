@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from test_workflow_data import snakemake, write_config
 
-from workflow.common.provenance import read_parquet_meta
+from workflow.common.files import read_parquet_meta
 
 pytestmark = pytest.mark.integration
 

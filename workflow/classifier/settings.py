@@ -33,6 +33,10 @@ class TrainSettings(Settings):
     loader_workers: int
     seed: int
 
+    def weights_inputs(self) -> list[str]:
+        """The pretrained weights file, when ``weights`` names one (none for random or imagenet)."""
+        return [] if self.weights in ("random", "imagenet") else [self.weights]
+
 
 @dataclass(frozen=True)
 class EvaluationSettings(Settings):

@@ -49,6 +49,8 @@ class Settings:
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
         """The settings of ``config``'s section ``SECTION`` (validated config), less its resource keys."""
+        if not cls.SECTION:
+            raise TypeError(f"{cls.__name__} is part of a section; build that section's settings instead")
         values = section(config, cls.SECTION)
         return cls.from_dict({k: v for k, v in values.items() if k not in RESOURCE_KEYS})
 

@@ -65,8 +65,7 @@ def tiny_model_dir(name: str) -> str:
 
 def tiny_model_inputs(config: Mapping[str, Any], name: str) -> list[str]:
     """``[folder]`` when the config selects stand-in ``name`` (its key says ``tiny``), else ``[]``."""
-    model = TINY_MODELS[name]
-    *parent, key = model.selected_by
+    *parent, key = TINY_MODELS[name].selected_by
     return [tiny_model_dir(name)] if section(config, tuple(parent))[key] == TINY else []
 
 

@@ -84,4 +84,6 @@ class PreprocessSettings(Settings):
         dataset = config["dataset"]
         reader = dataset["volumes"]["reader"] if dataset["adapter"] == "volumes" else "auto"
         section = config["preprocess"]
-        return cls(section["resolution"], section["fit"], section["shards"], len(dataset["mask_classes"]), reader)
+        return cls(
+            section["resolution"], section["fit"], section["shards"], len(dataset["mask_classes"]), reader
+        )

@@ -142,8 +142,8 @@ def resolve_base(base_model: str) -> str:
     if HUB_ID.match(base_model) and not path.exists():
         return base_model
     raise InputError(
-        f"diffusion.base_model: '{base_model}' is not 'tiny', an existing diffusers folder or a hub id "
-        "such as 'runwayml/stable-diffusion-v1-5'"
+        f"diffusion.base_model: '{base_model}' is neither an existing diffusers folder nor a hub id such as "
+        "'runwayml/stable-diffusion-v1-5' (for 'tiny' the rules pass the tiny stand-in's folder)"
     )
 
 

@@ -11,15 +11,13 @@ Images, masks and volumes are read later, by preprocessing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from workflow.common import manifest
 from workflow.common.errors import InputError
+from workflow.data.adapters.base import Adapter, AdapterResult, DatasetSpec
 
 if TYPE_CHECKING:
     from workflow.data.settings import DatasetSettings
@@ -35,27 +33,6 @@ TABLE_FILES: dict[str, tuple[tuple[str, str | None], ...]] = {
 (a path, a list of paths or null), with the file's name when the setting names a folder."""
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Settings common to every adapter (``dataset.*`` in config.yaml)."""
-
-    labels: tuple[str, ...]
-    uncertain_policy: str = "zeros"
-    blank_policy: str = "zeros"
-    tabular: tuple[str, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class AdapterResult:
-    """A normalised manifest and the rows that were rejected (with reasons)."""
-
-    manifest: pd.DataFrame
-    rejected: pd.DataFrame
-
-
-Adapter = Callable[[Mapping[str, Any], DatasetSpec], AdapterResult]
-
-
 def _registry() -> dict[str, Adapter]:
     from workflow.data.adapters import chexpert, csv, imagefolder, mimic, volumes
 
@@ -69,7 +46,7 @@ def _registry() -> dict[str, Adapter]:
 
 
 def table_files(adapter: str, settings: Mapping[str, Any]) -> list[str]:
-    """The table files adapter ``adapter`` reads with its settings ``dataset.<adapter>`` (:data:`TABLE_FILES`)."""
+    """The table files ``adapter`` reads with its settings ``dataset.<adapter>`` (:data:`TABLE_FILES`)."""
     files = []
     for key, inside in TABLE_FILES[adapter]:
         value = settings.get(key)

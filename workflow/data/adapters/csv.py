@@ -27,8 +27,9 @@ import pandas as pd
 
 from workflow.common.errors import InputError, where
 from workflow.common.manifest import tabular_column
-from workflow.data.adapters import AdapterResult, DatasetSpec
-from workflow.data.adapters.tables import (
+from workflow.data.adapters.base import (
+    AdapterResult,
+    DatasetSpec,
     checked_columns,
     duplicate_mask,
     field_columns,

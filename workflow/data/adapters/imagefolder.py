@@ -23,9 +23,8 @@ from typing import Any
 import pandas as pd
 
 from workflow.common.errors import InputError, where
-from workflow.data.adapters import AdapterResult, DatasetSpec
+from workflow.data.adapters.base import AdapterResult, DatasetSpec, setting
 from workflow.data.adapters.csv import frame_from_columns
-from workflow.data.adapters.tables import setting
 
 METADATA = "metadata.jsonl"
 

@@ -26,9 +26,8 @@ import pandas as pd
 from workflow.common.errors import InputError, where
 from workflow.common.manifest import rejected
 from workflow.data import slicing as volumes
-from workflow.data.adapters import AdapterResult, DatasetSpec
+from workflow.data.adapters.base import AdapterResult, DatasetSpec, read_table, split_rejections
 from workflow.data.adapters.csv import mapped_rows, row_checks
-from workflow.data.adapters.tables import read_table, split_rejections
 
 KEY = "dataset.volumes"
 COLUMN_DEFAULTS: dict[str, str | None] = {

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +17,18 @@ import pytest
 import torch
 import torch_fidelity
 import yaml
+from configs import validated
 from PIL import Image
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from workflow.common.errors import InputError
 from workflow.common.manifest import label_column
+from workflow.common.model_card import read_card
 from workflow.data import phantoms
-from workflow.evaluation import extractors as feature_extractors
-from workflow.evaluation import fidelity as image_metrics
-from workflow.evaluation.features import FeatureCache, ImagePolicy, check_features
+from workflow.evaluation import extractors, fidelity, stage
+from workflow.evaluation.features import FeatureCache, ImagePolicy, check_features, resolve_policy
+from workflow.evaluation.settings import EvaluationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 # The same patients imaged at two sites that differ in noise and contrast.
@@ -33,17 +36,16 @@ SITES = {"site_a": {"noise": 0.015, "contrast": 1.0}, "site_c": {"noise": 0.06, 
 PREVALENCE = {"Cardiomegaly": 0.5, "Pneumothorax": 0.0}
 
 
-def evaluation_settings(cache_dir: Path, **changes) -> dict:
+def evaluation_settings(cache_dir: Path, **changes) -> EvaluationSettings:
     """evaluation.* with the schema's defaults, the tiny extractor and ``changes``."""
-    config = {"dataset": {"chexpert": {"csv": "x.csv", "image_root": "."}}}
-    validate(config, str(ROOT / "resources/config.schema.yaml"))
-    return config["evaluation"] | {"extractor": "tiny", "cache_dir": str(cache_dir)} | changes
+    section = validated({})["evaluation"] | {"extractor": "tiny", "cache_dir": str(cache_dir)} | changes
+    return EvaluationSettings.of({"evaluation": section})
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny") / "model"
-    feature_extractors.build_tiny(out, seed=0)
+    extractors.build_tiny(out, seed=0)
     return str(out)
 
 
@@ -74,7 +76,7 @@ def sets(tmp_path_factory) -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def features(tiny, sets, tmp_path_factory) -> dict[str, torch.Tensor]:
-    spec = feature_extractors.resolve(evaluation_settings(Path()), tiny)
+    spec = extractors.resolve(evaluation_settings(Path()), tiny)
     cache = FeatureCache(tmp_path_factory.mktemp("cache"), spec, ImagePolicy(48, "grayscale"), False, 64)
     return {site: cache.features(frame["image"].tolist(), site)[0] for site, frame in sets.items()}
 
@@ -86,13 +88,13 @@ def write_inputs(folder: Path, real: pd.DataFrame, fake: pd.DataFrame) -> None:
     real[["image_id", "prompt_id"]].to_parquet(folder / "prompts.parquet")
 
 
-def metric_settings(**changes) -> image_metrics.MetricSettings:
-    return image_metrics.MetricSettings.from_dict(evaluation_settings(Path()) | changes)
+def metric_settings(**changes) -> EvaluationSettings:
+    return evaluation_settings(Path(), **changes)
 
 
 def test_tiny_extractor_is_random_init_and_not_degenerate(tiny, features):
-    card = feature_extractors.read_card(tiny)
-    assert card["weights"] == feature_extractors.TINY_WEIGHTS
+    card = read_card(tiny)
+    assert card["weights"] == extractors.TINY_WEIGHTS
     assert "random-init" in card["weights"] and "(demo)" in card["weights"]
     a = features["site_a"]
     assert a.shape == (len(a), 32)
@@ -104,17 +106,17 @@ def test_tiny_extractor_is_random_init_and_not_degenerate(tiny, features):
 def test_self_fid_is_zero_and_metrics_equal_torch_fidelity_on_the_folders(tiny, sets, features):
     settings = metric_settings()
     a, c = features["site_a"], features["site_c"]
-    same = image_metrics.compare(a, a, settings)
+    same = fidelity.compare(a, a, settings)
     assert abs(same["fid"]) < 1e-6
     assert same["precision"] == same["recall"] == 1.0
-    ours = image_metrics.compare(c, a, settings)
+    ours = fidelity.compare(c, a, settings)
     direct = torch_fidelity.calculate_metrics(
         input1=str(Path(sets["site_c"]["image"][0]).parent),
         input2=str(Path(sets["site_a"]["image"][0]).parent),
         fid=True,
         kid=True,
         prc=True,
-        feature_extractor=feature_extractors.TRANSFORMERS,
+        feature_extractor=extractors.TRANSFORMERS,
         feature_extractor_weights_path=tiny,
         kid_subset_size=ours["kid_subset_size"],
         rng_seed=settings.seed,
@@ -131,29 +133,29 @@ def test_self_fid_is_zero_and_metrics_equal_torch_fidelity_on_the_folders(tiny, 
 def test_another_site_is_further_away_than_the_other_half_of_the_same_site(features):
     a, c = features["site_a"], features["site_c"]
     half = len(a) // 2  # equal N on both sides: FID is biased in N
-    within = image_metrics.compare(a[:half], a[half : 2 * half], metric_settings())
-    across = image_metrics.compare(a[:half], c[half : 2 * half], metric_settings())
+    within = fidelity.compare(a[:half], a[half : 2 * half], metric_settings())
+    across = fidelity.compare(a[:half], c[half : 2 * half], metric_settings())
     assert across["fid"] > 2 * within["fid"] > 0
     assert across["kid_mean"] > within["kid_mean"]
 
 
 def test_kid_subset_is_clamped_and_small_sets_are_flagged(features):
     a, c = features["site_a"], features["site_c"]
-    row = image_metrics.compare(a[:12], c[:20], metric_settings(kid_subset_size=1000))
+    row = fidelity.compare(a[:12], c[:20], metric_settings(kid_subset_size=1000))
     assert row["kid_subset_size"] == 12
     assert any("clamped" in w for w in row["warnings"])
     assert any("12 synthetic images < feature dimension 32" in w for w in row["warnings"])
     assert any("20 real images < feature dimension 32" in w for w in row["warnings"])
-    large = image_metrics.compare(a, c, metric_settings(kid_subset_size=40))
+    large = fidelity.compare(a, c, metric_settings(kid_subset_size=40))
     assert large["kid_subset_size"] == 40 and large["warnings"] == []
-    few = image_metrics.compare(a[:5], c, metric_settings(min_images=10))
+    few = fidelity.compare(a[:5], c, metric_settings(min_images=10))
     assert few["fid"] is None and few["kid_mean"] is None
     assert few["reason"] == "fewer than evaluation.min_images = 10 images (synthetic 5, real 62)"
 
 
 def test_cache_is_keyed_by_image_content(tiny, sets, tmp_path, monkeypatch):
     paths = [shutil.copy(source, tmp_path) for source in sets["site_a"]["image"][:12]]
-    spec = feature_extractors.resolve(evaluation_settings(tmp_path), tiny)
+    spec = extractors.resolve(evaluation_settings(tmp_path), tiny)
     policy = ImagePolicy(48, "grayscale")
     first, key = FeatureCache(tmp_path / "cache", spec, policy, False, 8).features(paths, "set")
     entry = json.loads((tmp_path / "cache" / key / "entry.json").read_text())
@@ -162,7 +164,7 @@ def test_cache_is_keyed_by_image_content(tiny, sets, tmp_path, monkeypatch):
     def no_model(self, cuda):
         raise AssertionError("the extractor was loaded although the features are cached")
 
-    monkeypatch.setattr(feature_extractors.ExtractorSpec, "create", no_model)
+    monkeypatch.setattr(extractors.ExtractorSpec, "create", no_model)
     again, same_key = FeatureCache(tmp_path / "cache", spec, policy, False, 8).features(paths, "set")
     assert same_key == key and torch.equal(again, first)
     monkeypatch.undo()
@@ -184,9 +186,7 @@ def test_resize_policy_converts_synthetic_rgb_like_real_grayscale(tmp_path):
     Image.fromarray(gray).save(tmp_path / "real.png")
     Image.fromarray(np.stack([gray] * 3, axis=-1)[::2, ::2].copy()).save(tmp_path / "fake.png")
     settings = evaluation_settings(tmp_path)
-    policy = image_metrics.resolve_policy(
-        settings, [str(tmp_path / "real.png")], [str(tmp_path / "fake.png")]
-    )
+    policy = resolve_policy(settings, [str(tmp_path / "real.png")], [str(tmp_path / "fake.png")])
     assert policy == ImagePolicy(32, "grayscale")
     real, fake = policy.load(str(tmp_path / "real.png")), policy.load(str(tmp_path / "fake.png"))
     assert real.shape == fake.shape == (3, 32, 32) and real.dtype == torch.uint8
@@ -206,7 +206,7 @@ def test_groups_per_label_per_prompt_and_per_slice_position():
         }
     )
     fake = pd.DataFrame({"label_A": [1.0, 0.0, 0.0], "prompt_id": [0, 1, 1], "prompt": ["a", "b", "b"]})
-    found = {(g.kind, g.name): g for g in image_metrics.groups(fake, real, slice_bins=2)}
+    found = {(g.kind, g.name): g for g in fidelity.groups(fake, real, slice_bins=2)}
     assert found[("label", "A")].fake.tolist() == [True, False, False]
     assert found[("label", "A")].real.tolist() == [True, True, False, False]
     assert found[("prompt", "1")].real.tolist() == [False, False, True, False]
@@ -216,7 +216,7 @@ def test_groups_per_label_per_prompt_and_per_slice_position():
     assert high.real.tolist() == [False, False, True, True]
     assert low.reason == "the synthetic images carry no slice position (slice_index)"
     flat = real.assign(volume_id=None)
-    assert not any(group.kind == "slice_bin" for group in image_metrics.groups(fake, flat, slice_bins=2))
+    assert not any(group.kind == "slice_bin" for group in fidelity.groups(fake, flat, slice_bins=2))
 
 
 def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path):
@@ -226,18 +226,16 @@ def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path
     write_inputs(tmp_path, real, fake)
     settings = evaluation_settings(tmp_path / "cache", kid_subset_size=100)
     inputs = [f"--{name}={tmp_path / name}.parquet" for name in ("dataset", "samples", "prompts")]
-    outputs = [f"--json={tmp_path / 'fid.json'}", f"--table={tmp_path / 'fid_per_class.csv'}"]
-    command = [sys.executable, "-m", "scripts.evaluation", "image-metrics", *inputs, *outputs]
-    command += ["--settings", json.dumps(settings), "--extractor-path", tiny]
+    outputs = [f"--report={tmp_path / 'quality.json'}", f"--table={tmp_path / 'per_group.csv'}"]
+    command = [sys.executable, "-m", "scripts.evaluation", "image_metrics", *inputs, *outputs]
+    command += ["--settings", settings.to_json(), "--extractor", tiny]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "random-init tiny DINOv2 (demo): the numbers check the plumbing" in done.stderr
-    report = json.loads((tmp_path / "fid.json").read_text())
+    report = json.loads((tmp_path / "quality.json").read_text())
     assert report["extractor"]["kind"] == "tiny" and report["extractor"]["feature_dim"] == 32
-    assert (
-        report["extractor"]["weights"] == report["provenance"]["weights"] == feature_extractors.TINY_WEIGHTS
-    )
+    assert report["extractor"]["weights"] == report["provenance"]["weights"] == extractors.TINY_WEIGHTS
     assert report["provenance"]["seeds"] == {"kid": 2020, "tiny_extractor": 0}
     assert report["resize_policy"]["size"] == 48 and report["resize_policy"]["color"] == "grayscale"
     assert report["reference"] == {"split": "train", "images": len(real) - 4, "volumes": None}
@@ -249,7 +247,7 @@ def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path
     positive = (real["split"] == "train") & (real[label_column("Cardiomegaly")] == 1)
     a = features["site_a"][torch.from_numpy(np.flatnonzero(positive))]
     c = features["site_c"][torch.from_numpy(np.flatnonzero(fake[label_column("Cardiomegaly")] == 1))]
-    expected = image_metrics.compare(c, a, metric_settings(kid_subset_size=100))
+    expected = fidelity.compare(c, a, metric_settings(kid_subset_size=100))
     assert cardiomegaly["fid"] == pytest.approx(expected["fid"], rel=1e-5)
     assert cardiomegaly["kid_mean"] == pytest.approx(expected["kid_mean"], rel=1e-5)
     assert report["per_label"]["Pneumothorax"]["fid"] is None
@@ -258,11 +256,22 @@ def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path
     assert report["per_prompt"]["1"]["prompt"] == "cardiomegaly"
     assert report["per_slice_bin"] == {} and report["slicewise"]["volumes"] is False
 
-    table = pd.read_csv(tmp_path / "fid_per_class.csv")
+    table = pd.read_csv(tmp_path / "per_group.csv")
     assert table.iloc[0][["group", "name"]].tolist() == ["overall", "all"]
     assert table.iloc[0]["fid"] == pytest.approx(report["metrics"]["fid"])
     assert set(table["group"]) == {"overall", "label", "prompt"}
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+    # results/fid.json: one section per generator, and their rows with a generator column
+    fid, fid_table = tmp_path / "fid.json", tmp_path / "fid_per_class.csv"
+    reports, tables = [str(tmp_path / "quality.json")] * 2, [str(tmp_path / "per_group.csv")] * 2
+    stage.collect_image_metrics(["sd-full", "sd-lora"], reports, tables, str(fid), str(fid_table))
+    collected = json.loads(fid.read_text())
+    assert list(collected["generators"]) == ["sd-full", "sd-lora"]
+    assert collected["generators"]["sd-lora"]["metrics"] == report["metrics"]
+    both = pd.read_csv(fid_table)
+    assert both["generator"].tolist() == ["sd-full"] * len(table) + ["sd-lora"] * len(table)
+    assert both.columns[0] == "generator"
 
 
 def test_missing_image_and_empty_split_name_the_file(tiny, sets, tmp_path):
@@ -273,18 +282,18 @@ def test_missing_image_and_empty_split_name_the_file(tiny, sets, tmp_path):
     args = [str(tmp_path / f"{n}.parquet") for n in ("dataset", "samples", "prompts")]
     settings = evaluation_settings(tmp_path / "cache")
     with pytest.raises(InputError, match=r"samples.parquet row 2: cannot read image '.*gone.png'"):
-        image_metrics.evaluate(*args, settings, tiny, str(tmp_path / "a.json"), str(tmp_path / "a.csv"))
+        stage.image_metrics(*args, settings, tiny, str(tmp_path / "a.json"), str(tmp_path / "a.csv"))
     with pytest.raises(InputError, match="no images to evaluate in split 'val'"):
-        image_metrics.evaluate(*args, settings | {"reference_split": "val"}, tiny, "a.json", "a.csv")
+        stage.image_metrics(*args, replace(settings, reference_split="val"), tiny, "a.json", "a.csv")
 
 
 def test_config_defaults_and_demo_config():
     defaults = evaluation_settings(Path("results/cache/features"))
-    assert defaults["reference_split"] == "train" and defaults["kid_subset_size"] == 1000
+    assert defaults.reference_split == "train" and defaults.kid_subset_size == 1000
     demo = yaml.safe_load((ROOT / "config.yaml").read_text())
     validate(demo, str(ROOT / "resources/config.schema.yaml"))
     assert demo["evaluation"]["extractor"] == "tiny"
-    assert demo["evaluation"]["model"] == feature_extractors.DEFAULT_MODEL
+    assert demo["evaluation"]["model"] == extractors.DEFAULT_MODEL
     bad = copy.deepcopy(demo)
     bad["evaluation"]["extractor"] = "inception"
     with pytest.raises(WorkflowError, match="'inception' is not one of"):

@@ -1,9 +1,11 @@
-"""Helpers shared by the dataset adapters: settings, reading tables, mapping columns, checking files."""
+"""What every dataset adapter shares: the adapter interface (:class:`DatasetSpec` in, :class:`AdapterResult`
+out) and the helpers for settings, reading tables, mapping columns and checking files."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,28 @@ import pandas as pd
 
 from workflow.common.errors import InputError, where
 from workflow.common.manifest import rejected
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Settings common to every adapter (``dataset.*`` in config.yaml)."""
+
+    labels: tuple[str, ...]
+    uncertain_policy: str = "zeros"
+    blank_policy: str = "zeros"
+    tabular: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class AdapterResult:
+    """A normalised manifest and the rows that were rejected (with reasons)."""
+
+    manifest: pd.DataFrame
+    rejected: pd.DataFrame
+
+
+Adapter = Callable[[Mapping[str, Any], DatasetSpec], AdapterResult]
+
 
 _SEX = {"m": "male", "male": "male", "f": "female", "female": "female"}
 _EXTENSION = r"\.[^./\\]+$"
@@ -154,9 +178,9 @@ def field_columns(
         row_offset: added to a row's 0-based position to give the row or line number users see.
     """
     frame = pd.DataFrame(index=table.index)
-    for field in TEXT_FIELDS:
-        if field in columns:
-            frame[field] = text_column(table[columns[field]])
+    for name in TEXT_FIELDS:
+        if name in columns:
+            frame[name] = text_column(table[columns[name]])
     if "sex" in columns:
         frame["sex"] = normalise_sex(table[columns["sex"]])
     if "age" in columns:
