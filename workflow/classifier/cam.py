@@ -3,9 +3,9 @@
 **Cases.** ``classifier.focus.images`` test images with at least one positive finding, drawn without
 replacement with the evaluation seed; each is explained for every positive finding the classifier has.
 
-**CAM.** ``pytorch_grad_cam.GradCAM`` (Selvaraju et al., ICCV 2017) on the backbone's last convolutional
-block (:func:`workflow.models.cam_layer`) for the finding's logit: ReLU(sum_k a_k A_k), a_k the spatial mean
-of d logit / d A_k, upsampled bilinearly to the input size and min-max scaled to [0, 1] by the package.
+**CAM.** ``pytorch_grad_cam.GradCAM`` (Selvaraju et al., ICCV 2017) on the backbone's last convolutional block
+(:func:`workflow.classifier.networks.cam_layer`) for the finding's logit: ReLU(sum_k a_k A_k), a_k the spatial
+mean of d logit / d A_k, upsampled bilinearly to the input size and min-max scaled to [0, 1] by the package.
 Then p = cam / sum(cam) over the N pixels (the metrics are null when the CAM is zero everywhere):
 
 - ``entropy`` = -sum p log p (nats; 0 log 0 = 0), from 0 (one pixel) to log N (uniform): low is focused;

@@ -11,8 +11,8 @@ gives the LoRA-fairness groups <=30, 31-50, 51-70, 71+, names that assume whole-
 so a group without test images (an empty subgroup) is listed with ``n`` = 0 and a note rather than vanishing.
 
 **Per finding and group** (fairlearn ``MetricFrame``; rows with a missing label left out): ``n``, positives,
-AUROC with its percentile-bootstrap CI (:mod:`workflow.metrics`), and TPR and FPR at the finding's validation
-threshold. Undefined values (e.g. AUROC of a group without positives) are null with the reason.
+AUROC with its percentile-bootstrap CI (:mod:`workflow.classifier.metrics`), and TPR and FPR at the finding's
+validation threshold. Undefined values (e.g. AUROC of a group without positives) are null with the reason.
 
 **Disparity** (the LoRA-fairness figures show a "disparity" without defining it; here):
 

@@ -20,11 +20,11 @@ once per counterfactual set (today the manifest ``classifier.counterfactuals``, 
 named ``<regime>/<source>`` (``real`` alone), e.g. ``mixed/sd-full``, and has its own folder
 ``results/classifier/<run>/`` (:func:`runs`, :func:`run_sources`).
 
-Synthetic and counterfactual manifests are in the manifest schema (:mod:`workflow.manifest`) with an ``image``
-column of PNG paths; their ``split`` column, if any, is ignored: they are training data only. Leak guard: a
-row whose ``patient_id`` is a real validation or test patient (e.g. a counterfactual edit of a test image) is
-excluded and counted. A label column a manifest lacks is missing (NaN, left out of the loss), with a note.
-The test split is not part of :class:`TrainingData`, so training and threshold selection cannot see it.
+Synthetic and counterfactual manifests are in the manifest schema (:mod:`workflow.common.manifest`) with an
+``image`` column of PNG paths; their ``split`` column, if any, is ignored: they are training data only. Leak
+guard: a row whose ``patient_id`` is a real validation or test patient (e.g. a counterfactual edit of a test
+image) is excluded and counted. A label column a manifest lacks is missing (NaN, left out of the loss), with a
+note. The test split is not part of :class:`TrainingData`, so training and threshold selection cannot see it.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def normalise(frame: pd.DataFrame, labels: Sequence[str], tabular: Iterable[str]
     """Return ``frame`` with every schema column present, typed and ordered.
 
     Missing core columns are added as all-missing; label columns for every name in ``labels`` must exist
-    already (adapters create them through :mod:`workflow.labels`).
+    already (adapters create them through :mod:`workflow.data.labels`).
     """
     out = frame.copy()
     for column, dtype in CORE_COLUMNS.items():

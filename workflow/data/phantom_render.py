@@ -29,7 +29,7 @@ MASK_CLASSES = {"background": 0, "lungs": 1, "heart": 2, "devices": 3}
 
 @dataclass(frozen=True)
 class Anatomy:
-    """A patient's fixed anatomy in anatomical units (see :data:`workflow.phantoms.ANATOMY_PRIOR`).
+    """A patient's fixed anatomy in anatomical units (see :data:`workflow.data.phantoms.ANATOMY_PRIOR`).
 
     ``dome_left``/``dome_right`` are the tops of the image-left/right hemidiaphragms, ``bone`` the bone
     density (falls with age), ``vessels`` segments ``(x0, y0, x1, y1, amplitude)`` fanning from the hila.

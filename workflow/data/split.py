@@ -50,7 +50,7 @@ def assign_splits(
     """Assign every image to train, val or test by patient, stratified by findings.
 
     Args:
-        manifest: normalised manifest (see :mod:`workflow.manifest`).
+        manifest: normalised manifest (see :mod:`workflow.common.manifest`).
         labels: findings to stratify on (all manifest labels when empty, none if there are none).
         fractions: ``{"train": .7, "val": .15, "test": .15}``; fractions of patients.
         seed: ``split.seed`` from config.

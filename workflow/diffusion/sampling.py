@@ -20,10 +20,9 @@ batches are dealt to ``shards`` jobs in contiguous runs, so a batch (and so ever
 same whatever the number of shards.
 
 **Output.** PNGs under ``results/samples/<generator>/images/shard<k>/`` and
-``results/samples/<generator>/manifest.parquet`` in the
-manifest schema (:mod:`workflow.manifest`) plus ``image``, ``prompt``, ``prompt_id``, ``seed``, ``split``
-(always ``train``) and ``source_images``. Ids never collide with real ones: ``image_id`` and ``patient_id``
-are ``synthetic/<prompt_id>/<index>``.
+``results/samples/<generator>/manifest.parquet`` in the manifest schema (:mod:`workflow.common.manifest`) plus
+``image``, ``prompt``, ``prompt_id``, ``seed``, ``split`` (always ``train``) and ``source_images``. Ids never
+collide with real ones: ``image_id`` and ``patient_id`` are ``synthetic/<prompt_id>/<index>``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Image quality of a synthetic set against a real split: FID, KID, precision/recall, overall and per group.
 
-Metrics are torch-fidelity's own implementations (``input1`` = synthetic, ``input2`` = real). They are
-applied to feature matrices rather than through ``torch_fidelity.calculate_metrics``, which extracts the
-features of whole inputs on every call: the groups below are subsets of one extraction, so each image set
-is extracted once (:mod:`workflow.image_features`, content-keyed cache) and every comparison indexes it. On
+Metrics are torch-fidelity's own implementations (``input1`` = synthetic, ``input2`` = real). They are applied
+to feature matrices rather than through ``torch_fidelity.calculate_metrics``, which extracts the features of
+whole inputs on every call: the groups below are subsets of one extraction, so each image set is extracted
+once (:mod:`workflow.evaluation.features`, content-keyed cache) and every comparison indexes it. On
 the same images the numbers equal ``calculate_metrics``' (tested):
 
 - FID, Fréchet distance between Gaussians fitted to the two feature sets (Heusel et al., "GANs trained by a

@@ -227,9 +227,7 @@ def captions(frame: pd.DataFrame, labels: Sequence[str], settings: CaptionSettin
         names = [rename.get(name, name) for name in found]
         if settings.lowercase:
             names = [name.lower() for name in names]
-        phrase = findings_phrase(
-            list(dict.fromkeys(names)), settings.separator, settings.last_separator
-        )
+        phrase = findings_phrase(list(dict.fromkeys(names)), settings.separator, settings.last_separator)
         values = _demographic_values(row, settings) | {"findings": phrase or settings.no_findings}
         texts.append(render(settings.template, values))
     return pd.Series(texts, index=frame.index, dtype="string")

@@ -8,8 +8,8 @@ object per line; ``file_name`` is the image path relative to the folder and the 
       img/0001.png
 
 Fields are mapped exactly as in the CSV adapter (``columns``, ``label_columns``, ``tabular``; see
-:mod:`workflow.adapters.csv`) except that ``columns.path`` defaults to ``file_name``. A patient id field is
-required because splits keep each patient's images together. Rejections report the line number in
+:mod:`workflow.data.adapters.csv`) except that ``columns.path`` defaults to ``file_name``. A patient id field
+is required because splits keep each patient's images together. Rejections report the line number in
 ``metadata.jsonl`` (first line = 1).
 """
 

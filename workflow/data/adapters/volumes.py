@@ -1,13 +1,13 @@
 """Adapter for 3D CT / MRI volumes (NIfTI files or DICOM series folders): one manifest row per 2D slice.
 
 Settings (``dataset.volumes``): a ``table`` CSV with one row per volume (column names under ``columns``),
-``modality`` (``ct``/``mri``), ``window``, ``slice_axis``, ``slice_step``, ``min_label_fraction``,
-``reader``, ``root``, ``label_columns`` and ``tabular``; see :data:`COLUMN_DEFAULTS` and :func:`build`.
-The per-volume table is mapped like the CSV adapter's (:func:`workflow.adapters.csv.mapped_rows`), with
-``volume`` in the part of ``path``, ``label_volume`` in that of ``mask`` and ``volume_id`` of ``image_id``.
-Every volume is read once here to find its shape, affine and intensity window; the preprocessing stage
-renders the slices later from the manifest's ``path``, ``slice_index``, ``slice_axis`` and window columns;
-``affine`` and ``volume_shape`` let :func:`workflow.volumes.assemble_volume` put the slices back together.
+``modality`` (``ct``/``mri``), ``window``, ``slice_axis``, ``slice_step``, ``min_label_fraction``, ``reader``,
+``root``, ``label_columns`` and ``tabular``; see :data:`COLUMN_DEFAULTS` and :func:`build`. The per-volume
+table is mapped like the CSV adapter's (:func:`workflow.data.adapters.csv.mapped_rows`), with ``volume`` in
+the part of ``path``, ``label_volume`` in that of ``mask`` and ``volume_id`` of ``image_id``. Every volume is
+read once here to find its shape, affine and intensity window; the preprocessing stage renders the slices
+later from the manifest's ``path``, ``slice_index``, ``slice_axis`` and window columns; ``affine`` and
+``volume_shape`` let :func:`workflow.data.slicing.assemble_volume` put the slices back together.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _volume_rows(
 ) -> pd.DataFrame:
     """One candidate row per volume with every manifest field except the per-slice ones.
 
-    The columns are mapped as in the CSV adapter (:func:`workflow.adapters.csv.mapped_rows`), with the
+    The columns are mapped as in the CSV adapter (:func:`workflow.data.adapters.csv.mapped_rows`), with the
     volume path as ``path``, the label volume as ``mask`` and the volume id as the image id.
     """
     defaults = {
