@@ -1,6 +1,7 @@
 # Study report: what `snakemake --report results/report.html` shows beyond the outputs the stages mark with
 # report() themselves (captions in resources/report/): HTML tables and, per generator, real vs synthetic
-# grids. Functions: workflow/report/stage.py (one per rule).
+# grids. Functions: workflow/report/stage.py (one per rule); settings: workflow/report/settings.py.
+from workflow.report.settings import ReportSettings
 
 REPORT = "results/report"
 
@@ -69,9 +70,7 @@ rule real_vs_synthetic:
         "../envs/synthmed.yaml"
     params:
         labels=LABELS,
-        per_row=config["report"]["images_per_row"],
-        seed=config["report"]["seed"],
+        settings=ReportSettings.of(config).to_json(),
     shell:
         "python -m scripts.report real_vs_synthetic --dataset {input.dataset} --samples {input.samples}"
-        " --labels {params.labels:q} --per-row {params.per_row} --seed {params.seed} --grids {output}"
-        " 2> {log}"
+        " --labels {params.labels:q} --settings {params.settings:q} --grids {output} 2> {log}"

@@ -4,6 +4,7 @@ calling the function of the same name in workflow.report.stage."""
 import json
 
 from workflow.common.cli import Arg, command, main
+from workflow.report.settings import ReportSettings
 
 COMMANDS = [
     command(
@@ -23,8 +24,7 @@ COMMANDS = [
         Arg("--dataset", help="results/data/dataset.parquet"),
         Arg("--samples", help="the generator's manifest"),
         Arg("--labels", json.loads, "dataset.labels (JSON)"),
-        Arg("--per-row", int),
-        Arg("--seed", int),
+        Arg("--settings", ReportSettings.from_json, "report section (JSON)"),
         "--grids",
     ),
 ]

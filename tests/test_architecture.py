@@ -98,7 +98,7 @@ def test_every_stage_has_rules_script_and_stage_module():
         assert (ROOT / "rules" / f"{stage}.smk").is_file(), stage
         assert (ROOT / "scripts" / f"{stage}.py").is_file(), stage
         assert (LIBRARY / stage / "stage.py").is_file(), stage
-        assert (LIBRARY / stage / "settings.py").is_file() or stage == "report", stage
+        assert (LIBRARY / stage / "settings.py").is_file(), stage
 
 
 @pytest.mark.parametrize("stage", ["common", *STAGES])

@@ -30,6 +30,7 @@ from PIL import Image
 from workflow.common.figures import image_grid, load_gray
 from workflow.common.files import atomic_output, write_text
 from workflow.common.manifest import label_column
+from workflow.report.settings import ReportSettings
 
 STYLE = (
     "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:13px}"
@@ -123,15 +124,16 @@ def _pick(frame: pd.DataFrame, name: str, count: int, rng: np.random.Generator) 
 
 
 def real_vs_synthetic(
-    dataset: str, samples: str, labels: Sequence[str], per_row: int, seed: int, grids: str
+    dataset: str, samples: str, labels: Sequence[str], settings: ReportSettings, grids: str
 ) -> list[str]:
-    """One PNG per finding in the folder ``grids``: up to ``per_row`` real training images with the finding
-    (top row) and synthetic images whose labels have it (bottom row); findings without either are left out.
-    Returns the names of the files written."""
+    """One PNG per finding in the folder ``grids``: up to ``images_per_row`` real training images with the
+    finding (top row) and synthetic images whose labels have it (bottom row), drawn with ``seed``; findings
+    without either are left out. Returns the names of the files written."""
     real = pd.read_parquet(dataset)
     real = real[real["split"] == "train"]
     synthetic = pd.read_parquet(samples)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(settings.seed)
+    per_row = settings.images_per_row
     size = 128
     with atomic_output(grids) as out:
         out.mkdir()
