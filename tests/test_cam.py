@@ -11,7 +11,6 @@ import torch
 from classifier_data import FOCUS, MASK_CLASSES, fabricate
 
 from workflow.classifier import cam, networks
-from workflow.common.errors import InputError
 
 
 def test_entropy_sparsity_and_region_fraction_by_hand():
@@ -28,10 +27,26 @@ def test_entropy_sparsity_and_region_fraction_by_hand():
     assert cam.distribution(np.zeros((3, 3))) is None
 
 
-def test_regions_must_be_mask_classes():
-    assert cam.region_ids({"A": ["square"], "B": ["bar", "square"]}, MASK_CLASSES) == {"A": [1], "B": [2, 1]}
-    with pytest.raises(InputError, match=r"regions\['A'\]: \['heart'\] are not in dataset.mask_classes"):
-        cam.region_ids({"A": ["heart"]}, MASK_CLASSES)
+def test_regions_are_mask_class_ids_and_unavailable_ones_are_named():
+    ids, unavailable = cam.region_ids({"A": ["square"], "B": ["bar", "square"]}, MASK_CLASSES)
+    assert ids == {"A": [1], "B": [2, 1]} and unavailable == {}
+    ids, unavailable = cam.region_ids({"A": ["heart"], "B": ["bar"]}, MASK_CLASSES)
+    assert ids == {"B": [2]}
+    assert unavailable["A"].startswith("classifier.focus.regions['A'] = ['heart']: ['heart'] not in")
+
+
+def test_focus_without_the_regions_masks_reports_what_it_can(tmp_path):
+    """A dataset with no mask classes for the default regions (every preset: [background]) used to stop
+    classifier_focus with an InputError; now the CAM metrics come without region fractions, and say why."""
+    test = fabricate(tmp_path, n=20, split="test").assign(mask=None)
+    spec = networks.ModelSpec("small-cnn", "repeat", ("A", "B"), 32)
+    torch.manual_seed(0)
+    model = networks.build(spec).eval()
+    settings = replace(FOCUS, mask_classes=("background",))
+    report, overlays = cam.focus(model, spec, test, settings)
+    assert set(report["regions_unavailable"]) == {"A", "B"}
+    assert report["cases"] and all(case["region_fraction"] is None for case in report["cases"])
+    assert report["overall"]["mean_entropy"] is not None and overlays
 
 
 def test_focus_explains_positive_findings_of_seeded_test_images(tmp_path):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -17,14 +20,14 @@ import pytest
 import torch
 import yaml
 from configs import validated
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
 from workflow.common.seeding import derive_seed, text_key
-from workflow.diffusion import base_models, latent_cache, sampling, saving, stage, training
+from workflow.diffusion import base_models, latent_cache, sampling, saving, stage, training, validation
 from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +169,9 @@ def test_ema_is_refused_for_lora():
 
 
 def test_lora_save_and_reload_give_identical_samples(tiny, study, tmp_path):
+    """The adapters are saved in the Kohya format with alpha per module (the wider ecosystem's format) and
+    load back at the trained scale alpha / rank: an alpha-free file (what loaders that ignore peft's
+    metadata saw before) gives other images."""
     lora = defaults()["lora"] | {"target_modules": ["to_q", "to_k", "to_v", "conv_out"]}  # linear and conv
     settings = train_settings(max_steps=3, lora=lora)
     cache = latent_cache.LatentCache(str(study / "cache.safetensors"))
@@ -180,30 +186,52 @@ def test_lora_save_and_reload_give_identical_samples(tiny, study, tmp_path):
         optimizer.step()
         optimizer.zero_grad()
     saving.save_trained(unet, None, "lora", str(tiny), str(tmp_path / "lora"), "random-init tiny SD")
-    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert all("lora" in key for key in load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
+    weights = load_file(tmp_path / "lora" / saving.LORA_WEIGHTS)
+    assert all(key.startswith("lora_unet_") for key in weights)
+    alphas = {key: float(value) for key, value in weights.items() if key.endswith(".alpha")}
+    assert len(alphas) == len(weights) // 3 and set(alphas.values()) == {16.0}
+    assert any("conv_out" in key for key in alphas)
     unet.eval()
     in_memory = base_models.load_pipeline(str(tiny), unet=unet)
     reloaded = saving.load_trained(str(tmp_path / "lora"))
     base = base_models.load_pipeline(str(tiny))
+    without_alpha = tmp_path / "no_alpha"
+    without_alpha.mkdir()
+    save_file({k: v for k, v in weights.items() if k not in alphas}, without_alpha / saving.LORA_WEIGHTS)
+    unscaled = base_models.load_pipeline(str(tiny))
+    unscaled.load_lora_weights(str(without_alpha))
     prompts, seeds, options = ["chest x-ray a", "chest x-ray c"], [1, 2], sample_settings(grayscale=False)
-    first, second, untrained = (
-        np.stack(sampling.generate(p, prompts, seeds, options)) for p in (in_memory, reloaded, base)
+    first, second, untrained, alpha_free = (
+        np.stack(sampling.generate(p, prompts, seeds, options)) for p in (in_memory, reloaded, base, unscaled)
     )
     assert np.array_equal(first, second)
-    assert not np.array_equal(first, untrained)
+    assert not np.array_equal(first, untrained) and not np.array_equal(first, alpha_free)
 
 
-def test_checkpoints_keep_the_newest_of_the_same_settings(tmp_path):
+def test_checkpoints_keep_the_newest_and_set_others_aside(tmp_path):
     for step in (5, 10, 15):
         checkpoints.save(tmp_path, {"step": step, "fingerprint": "aaaa", "w": torch.ones(2) * step}, keep=2)
     checkpoints.save(tmp_path, {"step": 20, "fingerprint": "bbbb"}, keep=2)
     (tmp_path / ".checkpoint-00000025-aaaa.pt.x.tmp").write_bytes(b"half")
     assert checkpoints.newest(tmp_path, "aaaa")["step"] == 15
-    checkpoints.discard_foreign(tmp_path, "aaaa")
-    names = sorted(p.name for p in tmp_path.iterdir())
+    moved = checkpoints.set_aside(tmp_path, "aaaa")
+    names = sorted(p.name for p in tmp_path.glob("checkpoint-*.pt"))
     assert names == ["checkpoint-00000010-aaaa.pt", "checkpoint-00000015-aaaa.pt"]
+    assert moved == [tmp_path / "set-aside" / "checkpoint-00000020-bbbb.pt"] and moved[0].is_file()
+    assert not list(tmp_path.glob(".*.tmp"))
     assert checkpoints.newest(tmp_path, "cccc") is None
+
+
+def test_fingerprint_ignores_how_often_a_run_checkpoints_or_validates():
+    """Changing checkpoint_steps or the validation settings used to throw the run's checkpoints away."""
+    settings = train_settings()
+    same = training.trajectory_fingerprint(settings, "cache", "base")
+    for key in training.TRAJECTORY_FREE:
+        changed = replace(settings, **{key: (getattr(settings, key) or 1) + 1})
+        assert training.trajectory_fingerprint(changed, "cache", "base") == same, key
+    other = replace(settings, learning_rate=settings.learning_rate * 2)
+    assert training.trajectory_fingerprint(other, "cache", "base") != same
+    assert training.trajectory_fingerprint(settings, "other cache", "base") != same
 
 
 def run_training(study: Path, tiny: Path, out: Path, settings: TrainSettings) -> subprocess.Popen:
@@ -226,8 +254,8 @@ def run_training(study: Path, tiny: Path, out: Path, settings: TrainSettings) ->
 
 
 def test_killed_training_resumes_to_the_same_weights(tiny, study, tmp_path):
-    """SIGKILL after the first checkpoint, then start again: the result equals an uninterrupted run,
-    bitwise on the CPU (losses, EMA weights)."""
+    """SIGKILL after the first checkpoint, then start again with other checkpoint and validation settings:
+    the result equals an uninterrupted run, bitwise on the CPU (losses, EMA weights)."""
     raw = TrainSettings.of(validated({"diffusion": {"method": "full"}})).to_dict()
     raw |= {"max_steps": 20, "batch_size": 2, "ema": True}
     raw |= {"ema_decay": 0.9, "learning_rate": 1e-3, "checkpoint_steps": 5, "snr_gamma": 5.0}
@@ -244,11 +272,14 @@ def test_killed_training_resumes_to_the_same_weights(tiny, study, tmp_path):
     assert (
         list(folder.glob("checkpoint-00000005-*.pt")) and not (tmp_path / "killed" / "report.json").exists()
     )
-    resumed = run_training(study, tiny, tmp_path / "killed", raw)
+    # checkpointing and validation settings may change between the runs: they do not change the weights
+    resumed = run_training(
+        study, tiny, tmp_path / "killed", replace(raw, checkpoint_steps=7, validation_inference_steps=3)
+    )
     assert resumed.wait() == 0, resumed.stderr.read()
     assert whole.wait() == 0, whole.stderr.read()
     report = json.loads((tmp_path / "killed" / "report.json").read_text())
-    assert report["resumed_from_step"] >= 5 and report["steps"] == 20
+    assert report["resumed_from_step"] >= 5 and report["steps"] == 20 and report["images_seen"] == 40
     reference = json.loads((tmp_path / "whole" / "report.json").read_text())
     assert report["losses"] == reference["losses"]
     weights = "unet/diffusion_pytorch_model.safetensors"
@@ -258,3 +289,89 @@ def test_killed_training_resumes_to_the_same_weights(tiny, study, tmp_path):
     )
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert not list((tmp_path / "killed" / "checkpoints").glob("checkpoint-*.pt"))
+
+
+SCHEDULES = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["diffusion"]["properties"]["train"][
+    "properties"
+]["lr_scheduler"]["enum"]
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_learning_rate_schedule_warms_up_then_follows_its_shape(name):
+    """Each schema choice builds (linear, cosine, cosine_with_restarts and polynomial used to crash), warms
+    up over lr_warmup_steps only (constant_with_warmup used to warm up over the whole run) and then keeps
+    or lowers the rate."""
+    settings = train_settings(lr_scheduler=name, lr_warmup_steps=4, learning_rate=1e-3)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=settings.learning_rate)
+    schedule = training.learning_rate_schedule(optimizer, settings, steps=20)
+    rates = []
+    for _ in range(20):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    if name == "constant":
+        assert rates == [pytest.approx(1e-3)] * 20
+        return
+    assert rates[0] == 0 and rates[2] == pytest.approx(0.5e-3) and rates[4] == pytest.approx(1e-3)
+    after = rates[4:]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(after))
+    if name == "constant_with_warmup":
+        assert after == [pytest.approx(1e-3)] * len(after)
+    else:
+        assert after[-1] < 0.2e-3
+
+
+def test_schedule_does_not_advance_on_steps_the_grad_scaler_skipped():
+    steps: list[int] = []
+    schedule = SimpleNamespace(step=lambda: steps.append(1))
+    training.step_schedule(schedule, SimpleNamespace(optimizer_step_was_skipped=True))
+    assert steps == []
+    training.step_schedule(schedule, SimpleNamespace(optimizer_step_was_skipped=False))
+    assert steps == [1]
+
+
+def test_validation_runs_in_the_training_precision(tiny, study, monkeypatch):
+    """bf16 training validates in bf16: torch.autocast without a dtype ran fp16 on a GPU."""
+    cache = latent_cache.LatentCache(str(study / "cache.safetensors"))
+    validator = validation.Validator(str(tiny), cache, 1, 1, 0, torch.bfloat16, torch.device("cpu"))
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        return real_autocast(*args, **kwargs)
+
+    monkeypatch.setattr(validation.torch, "autocast", spy)
+    unet = base_models.load_pipeline(str(tiny)).unet.to(torch.bfloat16)
+    images = validator.images(unet, None)
+    assert seen == [torch.bfloat16] and len(images) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "given", "expected"), [("full", None, 1e-5), ("lora", None, 1e-4), ("lora", 5e-5, 5e-5)]
+)
+def test_learning_rate_defaults_per_method(method, given, expected):
+    """LoRA used to train at full fine-tuning's 1e-5; diffusers' LoRA example uses 1e-4."""
+    config = validated({"diffusion": {"method": method, "train": {"learning_rate": given}}})
+    assert TrainSettings.of(config).learning_rate == expected
+
+
+def test_restored_ema_weights_are_on_the_training_device():
+    """Resuming with EMA on a GPU failed: the checkpoint's EMA tensors (read on the CPU) stayed there. The
+    "meta" device stands in for a GPU."""
+    from diffusers.training_utils import EMAModel
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMAModel(model.parameters(), decay=0.9)
+    state = {
+        "trainable": {},
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
+        "lr_scheduler": {},
+        "ema": ema.state_dict(),
+        "scaler": None,
+    }
+    accelerator = SimpleNamespace(device=torch.device("meta"), scaler=None, unwrap_model=lambda m: m)
+    schedule = SimpleNamespace(load_state_dict=lambda state: None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    training.TrainingState(accelerator, model, optimizer, schedule, ema).restore(state)
+    assert {p.device.type for p in ema.shadow_params} == {"meta"}

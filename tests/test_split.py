@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,9 +62,51 @@ def test_patient_labels_union_of_positives():
     assert table.loc["p2"].tolist() == [0, 0]
 
 
-def test_too_few_patients_is_a_clear_error():
-    with pytest.raises(InputError, match="only 5 patients"):
-        assign_splits(make_manifest(5), LABELS, FRACTIONS, seed=0)
+def _patients_per_split(manifest: pd.DataFrame, splits: pd.Series) -> dict[str, int]:
+    patients = pd.DataFrame({"patient_id": manifest["patient_id"], "split": splits}).drop_duplicates()
+    return patients["split"].value_counts().to_dict()
+
+
+def test_six_patients_split_four_one_one():
+    """Largest remainder: 4.2 / 0.9 / 0.9 patients give 4 / 1 / 1 (6 patients used to be refused)."""
+    frame = make_manifest(6, seed=2)
+    assert _patients_per_split(frame, assign_splits(frame, LABELS, FRACTIONS, seed=0)) == {
+        "train": 4,
+        "val": 1,
+        "test": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("n", "counts", "empty"),
+    [
+        (2, {"train": 2, "val": 0, "test": 0}, ["val", "test"]),
+        (3, {"train": 2, "val": 1, "test": 0}, ["test"]),
+    ],
+)
+def test_a_split_that_would_really_be_empty_is_refused_with_the_counts(n, counts, empty):
+    message = f"only {n} patients: split.fractions {FRACTIONS} give {counts} patients"
+    with pytest.raises(InputError, match=re.escape(message) + f".*split\\(s\\) {re.escape(str(empty))}"):
+        assign_splits(make_manifest(n), LABELS, FRACTIONS, seed=0)
+
+
+def test_a_single_binary_finding_is_stratified():
+    """One label (common for CT/MRI) used to stop with iterstrat's "Got 'binary'" traceback."""
+    frame = make_manifest(400, seed=3, labels=("Nodule",))
+    splits = assign_splits(frame, ["Nodule"], FRACTIONS, seed=0)
+    assert _patients_per_split(frame, splits) == {"train": 280, "val": 60, "test": 60}
+    per_patient = patient_labels(frame.assign(split=splits), ["Nodule"])
+    split_of_patient = splits.groupby(frame["patient_id"]).first()
+    prevalence = per_patient["label_Nodule"].groupby(split_of_patient).mean()
+    assert prevalence.max() - prevalence.min() < 0.03
+
+
+def test_a_dataset_without_findings_is_split_by_patient_alone():
+    frame = make_manifest(50, seed=4)[["image_id", "patient_id", "path"]]
+    first = assign_splits(frame, [], FRACTIONS, seed=7)
+    assert _patients_per_split(frame, first) == {"train": 35, "val": 8, "test": 7}
+    assert (assign_splits(frame.iloc[::-1], [], FRACTIONS, seed=7).loc[frame.index] == first).all()
+    assert (assign_splits(frame, [], FRACTIONS, seed=8) != first).any()
 
 
 @pytest.mark.parametrize(

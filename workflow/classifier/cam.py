@@ -13,7 +13,9 @@ Then p = cam / sum(cam) over the N pixels (the metrics are null when the CAM is 
   of the image that holds 85 % of the attention: low is focused;
 - ``region_fraction`` = sum of p over the pixels whose mask class is one of the finding's regions
   (``classifier.focus.regions``, e.g. Cardiomegaly: heart): the share of attention inside the anatomy where
-  the finding lies; null when the image has no mask or the finding no region.
+  the finding lies; null when the image has no mask or the finding no region. A region the dataset has no
+  mask class for (``dataset.mask_classes``, e.g. ``[background]`` for CheXpert) is left out: the report
+  lists it under ``regions_unavailable`` and everything else is computed as usual.
 
 Per finding and over all cases: the means of these, the variance of the confidences (the predicted
 probability of the explained finding) and Pearson's r between confidence and entropy, as in the LoRA-fairness
@@ -24,6 +26,7 @@ the ReLU unless every pixel is positive), and metrics on the input-resolution ma
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,9 +41,10 @@ from scipy.stats import pearsonr
 
 from workflow.classifier import networks
 from workflow.classifier.settings import FocusSettings
-from workflow.common.errors import InputError
 from workflow.common.figures import load_gray
 from workflow.common.manifest import label_column
+
+log = logging.getLogger(__name__)
 
 MASS = 0.85
 
@@ -69,18 +73,22 @@ def region_fraction(p: np.ndarray, mask: np.ndarray, class_ids: Sequence[int]) -
     return float(p[np.isin(mask, list(class_ids))].sum())
 
 
-def region_ids(regions: Mapping[str, Sequence[str]], mask_classes: Sequence[str]) -> dict[str, list[int]]:
-    """Finding -> mask class ids of its regions; a region that is not a mask class is an error."""
-    ids = {}
+def region_ids(
+    regions: Mapping[str, Sequence[str]], mask_classes: Sequence[str]
+) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Finding -> mask class ids of its regions, and finding -> why its region is unavailable (a region that
+    is not one of the dataset's mask classes, so no mask can show it)."""
+    ids, unavailable = {}, {}
     for finding, names in regions.items():
         unknown = [n for n in names if n not in mask_classes]
         if unknown:
-            raise InputError(
-                f"classifier.focus.regions['{finding}']: {unknown} are not in dataset.mask_classes "
-                f"{list(mask_classes)}"
+            unavailable[finding] = (
+                f"classifier.focus.regions['{finding}'] = {list(names)}: {unknown} not in "
+                f"dataset.mask_classes {list(mask_classes)}"
             )
-        ids[finding] = [mask_classes.index(n) for n in names]
-    return ids
+        else:
+            ids[finding] = [mask_classes.index(n) for n in names]
+    return ids, unavailable
 
 
 def select_cases(test: pd.DataFrame, labels: Sequence[str], images: int, seed: int) -> list[tuple[int, str]]:
@@ -126,10 +134,13 @@ def focus(
     settings: FocusSettings,
 ) -> tuple[dict[str, Any], list[tuple[np.ndarray, str]]]:
     """Focus report of the cases and the RGB overlays (with titles) of the first ``settings.overlays``."""
-    regions = region_ids(settings.regions, settings.mask_classes)
+    regions, unavailable = region_ids(settings.regions, settings.mask_classes)
+    for reason in unavailable.values():
+        log.warning("%s: no region fraction for it", reason)
     cases = select_cases(test, spec.labels, settings.images, settings.seed)
     if not cases:
-        return {"cases": [], "overall": _summary([]), "labels": {}, "note": "no test image has a finding"}, []
+        empty = {"cases": [], "overall": _summary([]), "labels": {}, "note": "no test image has a finding"}
+        return empty | {"regions_unavailable": unavailable}, []
     size = spec.image_size
     grays = [load_gray(str(test["image"].iloc[row]), size) for row, _ in cases]
     batch = torch.from_numpy(np.stack(grays)).float().div(255).unsqueeze(1)
@@ -159,4 +170,5 @@ def focus(
     explained = dict.fromkeys(name for _, name in cases)
     per_label = {name: _summary([r for r in records if r["label"] == name]) for name in explained}
     report = {"overall": _summary(records), "labels": per_label, "cases": records}
-    return report | {"entropy_max": float(np.log(size * size))}, overlays
+    report |= {"regions_unavailable": unavailable, "entropy_max": float(np.log(size * size))}
+    return report, overlays

@@ -16,7 +16,7 @@ weights are kept, and training stops once ``patience`` epochs passed without imp
 **Checkpoints.** After every epoch the whole state (weights, optimizer, scheduler, history, best weights,
 early-stopping counter) is written atomically with :mod:`workflow.common.checkpoints`. A restarted job
 resumes from the newest checkpoint that has the same fingerprint (settings + input hashes) and ends with the
-same result as an uninterrupted run; checkpoints of other settings are deleted.
+same result as an uninterrupted run; checkpoints of other settings are moved aside, never deleted.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
     train_table = ImageTable(data.train, spec.labels, spec.image_size)
     val_table = ImageTable(data.val, spec.labels, spec.image_size)
-    checkpoints.discard_foreign(work_dir, fingerprint)
+    checkpoints.set_aside(work_dir, fingerprint)
     state = checkpoints.newest(work_dir, fingerprint)
     if state is None:
         state = {

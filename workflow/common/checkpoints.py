@@ -4,8 +4,11 @@ A checkpoint is one ``checkpoint-<step>.pt`` file holding everything a training 
 (fine-tuning: :class:`workflow.diffusion.training.TrainingState`; classifiers: the epoch state of
 :func:`workflow.classifier.training.fit`) and the step, which fixes the position in the seeded data order.
 It is written to a temporary file and renamed, so a job killed while saving leaves the previous checkpoint
-intact. Its name carries a *fingerprint* (hash of the training settings and inputs),
-``checkpoint-<step>-<fingerprint>.pt``; checkpoints of other settings are never resumed from.
+intact. Its name carries a *fingerprint*, ``checkpoint-<step>-<fingerprint>.pt``: a hash of what decides the
+training trajectory (settings and inputs; not how often checkpoints or validation images are made).
+Checkpoints of another fingerprint are never resumed from, and never deleted either: they are moved aside
+into ``set-aside/`` (:func:`set_aside`), with a log line saying where, so that an edit made by mistake
+costs no training.
 """
 
 from __future__ import annotations
@@ -42,13 +45,27 @@ def save(folder: str | Path, state: dict[str, Any], keep: int) -> Path:
     return path
 
 
-def discard_foreign(folder: str | Path, fingerprint: str) -> None:
-    """Delete checkpoints of other settings and temporary files left by a job killed while saving."""
+SET_ASIDE = "set-aside"
+
+
+def set_aside(folder: str | Path, fingerprint: str) -> list[Path]:
+    """Move checkpoints of another fingerprint into ``folder/set-aside/`` (never deleting one) and remove
+    temporary files left by a job killed while saving; returns where the moved checkpoints are now."""
     for leftover in Path(folder).glob(".checkpoint-*.tmp"):
         leftover.unlink()
-    for path in set(Path(folder).glob("checkpoint-*.pt")) - set(_listed(folder, fingerprint)):
-        log.warning("deleting %s: it was written with other training settings", path)
-        path.unlink()
+    moved = []
+    for path in sorted(set(Path(folder).glob("checkpoint-*.pt")) - set(_listed(folder, fingerprint))):
+        target = Path(folder) / SET_ASIDE / path.name
+        target.parent.mkdir(exist_ok=True)
+        path.replace(target)
+        log.warning(
+            "%s was written with other training settings: not resumed from, moved to %s (move it back "
+            "to resume it if the settings that differ do not change the training)",
+            path.name,
+            target,
+        )
+        moved.append(target)
+    return moved
 
 
 def newest(folder: str | Path, fingerprint: str) -> dict[str, Any] | None:

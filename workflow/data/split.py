@@ -6,6 +6,11 @@ ECML PKDD 2011), as implemented by the ``iterative-stratification`` package: a p
 the union (``max``) of the positive findings over all of their images, uncertain or missing counted as
 absent. Two stratified shuffle splits (test off the whole cohort, then val off the rest) give the three
 splits; the result depends only on the set of patients, their labels and the seed, not on row order.
+
+Patients per split are the fractions' quotas rounded by the largest-remainder method, so six patients at
+70/15/15 give 4/1/1; a split is refused only when it would really receive no patient. A single finding (a
+binary label, as in most CT and MRI studies) is stratified as the two columns "positive" and "negative"; a
+dataset without findings is split by patient alone, in a seeded random order.
 """
 
 from __future__ import annotations
@@ -38,7 +43,38 @@ def _check_fractions(fractions: Mapping[str, float]) -> None:
         raise InputError(f"split.fractions must be positive and sum to 1; got {dict(fractions)}")
 
 
-def _stratified_holdout(y: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def patient_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """Patients per split: the quotas ``fraction * n`` rounded down, the patients left over going one each to
+    the largest remainders (Hamilton's method; ties in the order train, val, test).
+
+    Raises:
+        InputError: when a split would receive no patient, with the counts the fractions give.
+    """
+    quotas = {name: fractions[name] * n for name in SPLITS}
+    counts = {name: int(np.floor(q)) for name, q in quotas.items()}
+    left = n - sum(counts.values())
+    for name in sorted(SPLITS, key=lambda s: counts[s] - quotas[s])[:left]:
+        counts[name] += 1
+    empty = [name for name in SPLITS if counts[name] == 0]
+    if empty:
+        raise InputError(
+            f"only {n} patients: split.fractions {dict(fractions)} give {counts} patients (largest "
+            f"remainder), so split(s) {empty} would be empty; add patients or raise their fractions"
+        )
+    return counts
+
+
+def _indicator(per_patient: pd.DataFrame) -> np.ndarray | None:
+    """The label matrix iterative stratification takes (two or more 0/1 columns): a single finding becomes
+    "positive" and "negative"; None when there is no finding to stratify on."""
+    y = per_patient.to_numpy()
+    if y.shape[1] == 0:
+        return None
+    return np.column_stack([y, 1 - y]) if y.shape[1] == 1 else y
+
+
+def _holdout(y: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions kept and held out (``size`` of them), stratified on the label matrix ``y``."""
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=size, random_state=seed)
     keep, hold = next(splitter.split(np.zeros(len(y)), y))
     return np.sort(keep), np.sort(hold)
@@ -51,7 +87,7 @@ def assign_splits(
 
     Args:
         manifest: normalised manifest (see :mod:`workflow.common.manifest`).
-        labels: findings to stratify on (all manifest labels when empty, none if there are none).
+        labels: findings to stratify on (none: split by patient alone).
         fractions: ``{"train": .7, "val": .15, "test": .15}``; fractions of patients.
         seed: ``split.seed`` from config.
 
@@ -64,20 +100,18 @@ def assign_splits(
     _check_fractions(fractions)
     per_patient = patient_labels(manifest, labels)
     n = len(per_patient)
-    expected = {name: int(np.floor(frac * n)) for name, frac in fractions.items()}
-    if n < len(SPLITS) or min(expected["val"], expected["test"]) < 1:
-        raise InputError(
-            f"only {n} patients: split.fractions {dict(fractions)} would leave a split empty; "
-            "add data or change split.fractions"
-        )
-    y = per_patient.to_numpy() if per_patient.shape[1] else np.ones((n, 1), dtype=np.int8)
-    rest, test = _stratified_holdout(y, fractions["test"], seed)
-    val_share = fractions["val"] / (fractions["train"] + fractions["val"])
-    train_pos, val_pos = _stratified_holdout(y[rest], val_share, seed + 1)
-    names = np.empty(n, dtype=object)
+    counts = patient_counts(n, fractions)
+    y = _indicator(per_patient)
+    if y is None:
+        order = np.random.default_rng(seed).permutation(n)
+        test, val = np.sort(order[: counts["test"]]), np.sort(order[counts["test"] : n - counts["train"]])
+    else:
+        rest, test = _holdout(y, counts["test"], seed)
+        _, val_pos = _holdout(y[rest], counts["val"], seed + 1)
+        val = rest[val_pos]
+    names = np.full(n, "train", dtype=object)
     names[test] = "test"
-    names[rest[val_pos]] = "val"
-    names[rest[train_pos]] = "train"
+    names[val] = "val"
     by_patient = pd.Series(names, index=per_patient.index)
     return pd.Series(by_patient.loc[manifest["patient_id"]].to_numpy(), index=manifest.index, name="split")
 

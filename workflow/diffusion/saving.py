@@ -2,14 +2,14 @@
 
 - ``full``: a complete ``StableDiffusionPipeline`` folder (the base's VAE, text encoder, tokenizer and
   scheduler with the trained UNet; EMA weights when EMA was on), loadable with ``from_pretrained``.
-- ``lora``: ``pytorch_lora_weights.safetensors`` (peft key names), loadable with
-  ``pipe.load_lora_weights(folder)`` on the base model. The keys are not converted to the older diffusers
-  names as ``train_text_to_image_lora.py`` does: with adapters on convolutions too, that mixed state dict
-  loads only in part. The adapter config is stored in the file's
-  metadata (without it diffusers loads alpha = rank), with dropout 0: dropout is for training only, and
-  diffusers would otherwise leave the freshly loaded dropout layers in training mode at inference. The
-  adapters are saved alone: a pipeline is never ``save_pretrained`` with a peft adapter attached (its
-  attention weights would be re-initialised on load).
+- ``lora``: ``pytorch_lora_weights.safetensors`` in the Kohya (sd-scripts) format the wider ecosystem reads:
+  ``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` and, per module, an ``.alpha`` tensor holding
+  the adapter's alpha, so every loader scales the update by alpha / rank (diffusers' ``load_lora_weights``,
+  old releases such as PRISM's 0.24 included, ComfyUI, AUTOMATIC1111), convolution adapters too. Saving
+  peft's own key names with alpha only in the file's metadata (the previous format) made loaders that do not
+  read that metadata apply alpha = rank: a 4x weaker LoRA at rank 4, alpha 16. No dropout is saved:
+  dropout is for training only. The adapters are saved alone: a pipeline is never ``save_pretrained`` with a
+  peft adapter attached (its attention weights would be re-initialised on load).
 
 Both folders also hold the model card (:mod:`workflow.common.model_card`: method, base model and where it
 is, which weights), which :func:`load_trained` reads to rebuild the pipeline. Validation images during
@@ -27,7 +27,11 @@ from workflow.common.model_card import read_card, write_card
 from workflow.diffusion import base_models
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from diffusers import StableDiffusionPipeline
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 def save_trained(
@@ -35,24 +39,31 @@ def save_trained(
 ) -> None:
     """Save a trained UNet (``full``; with the EMA weights when ``ema`` is given) or its LoRA adapters
     (``lora``) on the base model at ``location``, with the folder's model card, atomically."""
-    from diffusers import StableDiffusionPipeline
-
     with atomic_output(out_dir) as tmp:
         if method == "full":
             if ema is not None:
                 ema.copy_to(unet.parameters())
             base_models.load_pipeline(location, unet=unet).save_pretrained(tmp)
         else:
-            from peft.utils import get_peft_model_state_dict
-
-            StableDiffusionPipeline.save_lora_weights(
-                tmp,
-                unet_lora_layers=get_peft_model_state_dict(unet),
-                unet_lora_adapter_metadata=unet.peft_config["default"].to_dict() | {"lora_dropout": 0.0},
-                safe_serialization=True,
-            )
+            tmp.mkdir()
+            save_kohya_lora(unet, tmp / LORA_WEIGHTS)
         card = {"method": method, "base_location": location, "ema": ema is not None}
         write_card(tmp, card | {"weights": f"fine-tuned ({method}) from {base_weights}"})
+
+
+def save_kohya_lora(unet: torch.nn.Module, path: Path) -> None:
+    """The UNet's peft LoRA adapters as a Kohya-format safetensors file with each module's alpha (module
+    docstring). diffusers' converter writes alpha = rank; the adapter's own ``lora_alpha`` replaces it."""
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = unet.peft_config["default"]
+    state = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()})
+    alpha = float(config.lora_alpha)
+    tensors = {k: torch.tensor(alpha) if k.endswith(".alpha") else v.contiguous() for k, v in state.items()}
+    metadata = {"ss_network_dim": str(config.r), "ss_network_alpha": str(config.lora_alpha)}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def load_trained(model_dir: str, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:

@@ -42,9 +42,15 @@ class LoraSettings(Settings):
     target_modules: tuple[str, ...]
 
 
+LEARNING_RATES = {"full": 1e-5, "lora": 1e-4}
+"""Default ``diffusion.train.learning_rate`` per method: PRISM's full fine-tuning and diffusers' LoRA example
+(``train_text_to_image_lora.py``)."""
+
+
 @dataclass(frozen=True)
 class TrainSettings(Settings):
-    """``diffusion.train`` plus ``diffusion.method`` and ``diffusion.lora`` (rule ``finetune_sd``)."""
+    """``diffusion.train`` plus ``diffusion.method`` and ``diffusion.lora`` (rule ``finetune_sd``); a null
+    ``learning_rate`` takes the method's default (:data:`LEARNING_RATES`)."""
 
     method: str
     seed: int
@@ -80,8 +86,10 @@ class TrainSettings(Settings):
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
         diffusion = config["diffusion"]
-        extra = {"method": diffusion["method"], "lora": diffusion["lora"]}
-        return cls.from_dict(_section(config, "train") | extra)
+        section = _section(config, "train")
+        rate = section["learning_rate"] or LEARNING_RATES[diffusion["method"]]
+        extra = {"method": diffusion["method"], "lora": diffusion["lora"], "learning_rate": rate}
+        return cls.from_dict(section | extra)
 
 
 @dataclass(frozen=True)

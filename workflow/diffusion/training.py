@@ -83,6 +83,9 @@ class TrainingState:
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
+        """Load a :meth:`snapshot` (read on the CPU) into the training objects, the EMA weights onto the
+        training device: loading them after ``ema.to(device)`` left them on the CPU, and the first EMA step
+        on a GPU failed."""
         named = dict(self.accelerator.unwrap_model(self.unet).named_parameters())
         with torch.no_grad():
             for name, value in state["trainable"].items():
@@ -91,6 +94,7 @@ class TrainingState:
         self.lr_schedule.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+            self.ema.to(self.accelerator.device)
         if self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
 
@@ -124,6 +128,49 @@ def batch_indices(
     permutation = torch.randperm(n_images, generator=order)
     start = (position * processes + rank) * settings.batch_size
     return permutation[start : start + settings.batch_size]
+
+
+TRAJECTORY_FREE = (
+    "checkpoint_steps",
+    "checkpoints_total_limit",
+    "validation_steps",
+    "validation_prompts",
+    "validation_inference_steps",
+)
+"""Training settings that do not change the weights a run reaches: how often it checkpoints or validates."""
+
+
+def trajectory_fingerprint(settings: TrainSettings, cache_id: str, location: str) -> str:
+    """What a checkpoint must share with the run resuming from it: every setting that changes the training
+    trajectory (not :data:`TRAJECTORY_FREE`), the latent cache and the base model. The process count is left
+    out: a run resumed on another number of GPUs continues with the new global batch and says so."""
+    decisive = {k: v for k, v in settings.to_dict().items() if k not in TRAJECTORY_FREE}
+    return config_hash({"settings": decisive, "cache": cache_id, "base": location})
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps: int) -> Any:
+    """diffusers' schedule ``lr_scheduler`` over ``steps`` optimizer steps (``lr_warmup_steps`` warm-up).
+
+    Arguments are passed by name: diffusers 0.42's third positional parameter is ``step_rules``, so the
+    positional call crashed for ``linear``, ``cosine``, ``cosine_with_restarts`` and ``polynomial`` and warmed
+    ``constant_with_warmup`` up over the whole run.
+    """
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        settings.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=settings.lr_warmup_steps,
+        num_training_steps=steps,
+    )
+
+
+def step_schedule(lr_schedule: Any, accelerator: Any) -> None:
+    """Advance the learning-rate schedule after an optimizer step, unless the fp16 gradient scaler skipped it
+    (inf/NaN gradients): the schedule counts the steps taken. Stepped once per optimizer step by hand, not
+    through accelerate, which steps it once per process."""
+    if not accelerator.optimizer_step_was_skipped:
+        lr_schedule.step()
 
 
 def diffusion_loss(
@@ -224,7 +271,6 @@ def write_report(
     }
     report |= {key: value for key, value in run.items() if key != "seconds"}
     report |= {
-        "images_seen": run["steps"] * per_step,
         "train_seconds_this_job": round(seconds, 3),
         "images_per_second_this_job": (
             round((run["steps"] - run["resumed_from_step"]) * per_step / seconds, 3) if seconds > 0 else None
@@ -254,7 +300,6 @@ def train(
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     accelerator = Accelerator(
@@ -271,14 +316,7 @@ def train(
     location = base_models.resolve_base(base_model)
     cache = LatentCache(cache_path)
     steps = total_steps(len(cache), settings, processes)
-    fingerprint = config_hash(
-        {
-            "settings": settings.to_dict(),
-            "cache": cache.provenance["cache_id"],
-            "base": location,
-            "n": processes,
-        }
-    )
+    fingerprint = trajectory_fingerprint(settings, cache.provenance["cache_id"], location)
 
     unet = build_unet(location, settings, weight_dtype)
     noise_scheduler = DDPMScheduler.from_pretrained(location, subfolder="scheduler")
@@ -290,8 +328,7 @@ def train(
         eps=settings.adam_epsilon,
         weight_decay=settings.weight_decay,
     )
-    # Stepped once per optimizer step by hand (not through accelerate, which steps it once per process).
-    lr_schedule = get_scheduler(settings.lr_scheduler, optimizer, settings.lr_warmup_steps, steps)
+    lr_schedule = learning_rate_schedule(optimizer, settings, steps)
     ema = EMAModel(unet.parameters(), decay=settings.ema_decay) if settings.ema else None
     unet, optimizer = accelerator.prepare(unet, optimizer)
     if ema is not None:
@@ -300,14 +337,22 @@ def train(
     work = Path(paths["checkpoints"])
     if accelerator.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
-        checkpoints.discard_foreign(work, fingerprint)
+        checkpoints.set_aside(work, fingerprint)
     accelerator.wait_for_everyone()
     training = TrainingState(accelerator, unet, optimizer, lr_schedule, ema)
     state = checkpoints.newest(work, fingerprint)
-    step, losses = 0, []
+    step, losses, images_seen, process_change = 0, [], 0, None
     if state is not None:
         training.restore(state)
-        step, losses = state["step"], list(state["losses"])
+        step, losses, images_seen = state["step"], list(state["losses"]), state["images_seen"]
+        if state["processes"] != processes:
+            process_change = {"step": step, "from": state["processes"], "to": processes}
+            log.warning(
+                "resuming at step %d with %d processes instead of %d: the global batch changes from here on",
+                step,
+                processes,
+                state["processes"],
+            )
 
     validator = None
     if rank == 0:
@@ -321,6 +366,7 @@ def train(
             device,
         )
     accumulation = settings.gradient_accumulation_steps
+    per_step = settings.batch_size * accumulation * processes
     started, first_step, running = time.perf_counter(), step, 0.0
     for micro in range(step * accumulation, steps * accumulation):
         torch.manual_seed(derive_seed(settings.seed, NOISE, micro, rank))
@@ -337,15 +383,17 @@ def train(
         running += loss.detach().item() / accumulation
         if not accelerator.sync_gradients:
             continue
-        lr_schedule.step()
+        step_schedule(lr_schedule, accelerator)
         if ema is not None:
             ema.step(accelerator.unwrap_model(unet).parameters())
         step += 1
+        images_seen += per_step
         losses.append(accelerator.reduce(torch.tensor(running, device=device), "mean").item())
         running = 0.0
         if step % settings.checkpoint_steps == 0 or step == steps:
             if accelerator.is_main_process:
                 state = training.snapshot() | {"step": step, "fingerprint": fingerprint, "losses": losses}
+                state |= {"processes": processes, "images_seen": images_seen}
                 checkpoints.save(work, state, settings.checkpoints_total_limit)
             accelerator.wait_for_everyone()
         if validator is not None and settings.validation_steps and step % settings.validation_steps == 0:
@@ -361,6 +409,7 @@ def train(
             final, ema, settings.method, location, paths["model"], cache.provenance["weights"]
         )
         run = {"processes": processes, "device": device.type, "steps": step, "resumed_from_step": first_step}
+        run |= {"images_seen": images_seen, "process_change": process_change}
         run |= {"seconds": seconds, "trainable_parameters": sum(p.numel() for p in parameters)}
         write_report(paths["report"], settings, base_model, cache.provenance, run, losses)
         loss_curve(losses, paths["loss"], f"{settings.method} fine-tuning, base {weights_label(location)}")

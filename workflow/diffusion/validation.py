@@ -66,7 +66,9 @@ class Validator:
         try:
             with (
                 torch.no_grad(),
-                torch.autocast(self.vae.device.type, enabled=self.vae.dtype != torch.float32),
+                torch.autocast(
+                    self.vae.device.type, dtype=self.vae.dtype, enabled=self.vae.dtype != torch.float32
+                ),
             ):
                 return pipe(
                     prompt_embeds=self.embeddings,

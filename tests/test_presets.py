@@ -1,0 +1,110 @@
+"""Every preset runs the whole default DAG end to end (its dataset laid out in the preset's format, tiny
+overrides), and at full size plans the jobs and GPU requests its study needs."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from configs import validated
+from dataset_layouts import LAYOUTS
+from test_workflow_data import snakemake
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "resources" / "presets").glob("*.yaml"))
+PHANTOMS = {"n_patients": 40, "image_size": 48, "seed": 11}
+# What makes a preset run in a minute on two CPU cores: tiny stand-ins for the hub models, 32 px, a few steps,
+# no GPU. Everything else (prompt strategies, method, regimes, samplers, label policies...) is the preset's.
+TINY: dict[str, Any] = {
+    "preprocess": {"resolution": 32, "shards": 1},
+    "prompts": {"mep": {"model": "tiny", "k": 2}},
+    "diffusion": {
+        "base_model": "tiny",
+        "resolution": 32,
+        "cache": {"gpus": 0},
+        "train": {
+            "gpus": 0,
+            "max_steps": 2,
+            "batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "mixed_precision": "no",
+            "checkpoint_steps": 2,
+            "validation_inference_steps": 1,
+        },
+        "sample": {
+            "gpus": 0,
+            "max_prompts": 2,
+            "images_per_prompt": 2,
+            "shards": 1,
+            "steps": 1,
+            "dtype": "float32",
+            "batch_size": 2,
+        },
+    },
+    "classifier": {
+        "gpus": 0,
+        "training": {"backbone": "small-cnn", "weights": "random", "image_size": 32, "epochs": 1},
+        "evaluation": {"bootstrap_resamples": 10},
+        "focus": {"images": 2, "overlays": 2},
+    },
+    "evaluation": {"extractor": "tiny", "gpus": 0, "min_images": 2},
+}
+GPU_RULES = {
+    "embed_images",
+    "cache_latents",
+    "finetune_sd",
+    "sample_images",
+    "train_classifier",
+    "image_metrics",
+}
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def preset_study(preset: Path, workdir: Path, data: Path, *, tiny: bool) -> dict[str, Any]:
+    """The preset with its dataset paths pointing at phantoms in its format (and the tiny overrides)."""
+    config = yaml.safe_load(preset.read_text())
+    adapter = config["dataset"]["adapter"]
+    paths = LAYOUTS[adapter](data, PHANTOMS)
+    config["dataset"][adapter] |= paths
+    config = merged(config, TINY) if tiny else config
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_runs_the_whole_study_end_to_end(preset, tmp_path):
+    preset_study(preset, tmp_path / "study", tmp_path / "data", tiny=True)
+    snakemake(tmp_path / "study")
+    assert "Nothing to be done" in snakemake(tmp_path / "study", "--dry-run").stdout
+    focus = (tmp_path / "study" / "results/classifier/real/focus.json").read_text()
+    assert '"regions_unavailable"' in focus
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_at_full_size_plans_the_expected_jobs_and_gpus(preset, tmp_path):
+    """A dry run of the preset as users run it: every stage's jobs, one preprocessing job per shard, one
+    sampling job per shard, and GPU rules asking for the GPUs the preset gives them."""
+    config = preset_study(preset, tmp_path / "study", tmp_path / "data", tiny=False)
+    plan = snakemake(tmp_path / "study", "--dry-run").stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:", 1)[1].split("total", 1)[0], re.M))
+    diffusion = validated(config)["diffusion"]
+    assert int(counts["preprocess_shard"]) == config["preprocess"]["shards"]
+    assert int(counts["sample_images"]) == diffusion["sample"]["shards"]
+    assert {"finetune_sd", "train_classifier", "image_metrics", "report_tables"} <= set(counts)
+    jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan, re.M)
+    gpus = {rule: int(m.group(1)) for rule, body in jobs if (m := re.search(r"gpu=(\d+)", body))}
+    assert set(gpus) == GPU_RULES & set(counts)
+    assert gpus["finetune_sd"] == diffusion["train"]["gpus"]
