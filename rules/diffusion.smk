@@ -1,23 +1,47 @@
 # Diffusion stage: cached latents -> fine-tuning (full UNet or LoRA, accelerate) -> sampling plan -> sharded,
 # seeded sampling -> labelled synthetic dataset, per generator (workflow/diffusion/generators.py).
 # Functions: workflow/diffusion/stage.py (one per rule); settings: workflow/diffusion/settings.py.
+import re
+import shlex
+
 from workflow.diffusion.generators import (
-    generator_names,
+    cache_file,
+    generators,
     model_dir,
+    prompt_variants,
     samples_dir,
     samples_manifest,
 )
 from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+from workflow.prompts.settings import CaptionSettings
+from workflow.prompts.variants import prompts_table
 
 DIFFUSION = config["diffusion"]
-GENERATORS = generator_names(config)
+STUDY_GENERATORS = generators(config)
+GENERATORS = list(STUDY_GENERATORS)
+STRATEGIES = config["prompts"]["strategies"]
+# made now: a rule file included later may bind the same class names (the classifier's TrainSettings)
+TRAIN_SETTINGS = {
+    name: TrainSettings.of(config, generator.method).to_json()
+    for name, generator in STUDY_GENERATORS.items()
+}
+# the demographic design captions its draws with prompts.demographics (no other design reads it)
+CAPTIONS = (
+    "--captions "
+    + shlex.quote(
+        CaptionSettings.from_dict(config["prompts"]["demographics"]).to_json()
+    )
+    if DIFFUSION["sample"]["design"]["kind"] == "demographic"
+    else ""
+)
 SAMPLE_SHARDS = range(DIFFUSION["sample"]["shards"])
 MODEL = model_dir("{generator}")
 SAMPLES = samples_dir("{generator}")
 
 
 wildcard_constraints:
-    generator="|".join(GENERATORS),
+    generator="|".join(map(re.escape, GENERATORS)),
+    variant="|".join(map(re.escape, prompt_variants(config))),
 
 
 DIFFUSION_OUTPUTS = [
@@ -33,12 +57,12 @@ DIFFUSION_OUTPUTS = [
 rule cache_latents:
     input:
         dataset=DATASET,
-        prompts=rules.build_prompts.output.train,
+        prompts=lambda wildcards: prompts_table(wildcards.variant, STRATEGIES, "train"),
         base=tiny_model_inputs(config, "sd"),
     output:
-        "results/models/cache/train.safetensors",
+        cache_file("{variant}"),
     log:
-        "logs/diffusion/cache_latents.log",
+        "logs/diffusion/cache_latents/{variant}.log",
     conda:
         "../envs/synthmed.yaml"
     resources:
@@ -54,7 +78,9 @@ rule cache_latents:
 
 rule finetune_sd:
     input:
-        cache=rules.cache_latents.output[0],
+        cache=lambda wildcards: cache_file(
+            STUDY_GENERATORS[wildcards.generator].variant
+        ),
         base=tiny_model_inputs(config, "sd"),
     output:
         model=directory(f"{MODEL}/model"),
@@ -79,7 +105,7 @@ rule finetune_sd:
         gpu=DIFFUSION["train"]["gpus"],
     params:
         base=lambda wildcards, input: input.base or DIFFUSION["base_model"],
-        settings=TrainSettings.of(config).to_json(),
+        settings=lambda wildcards: TRAIN_SETTINGS[wildcards.generator],
         processes=lambda wildcards, resources: max(resources.gpu, 1),
         mixed_precision=DIFFUSION["train"]["mixed_precision"],
         checkpoints=f"{MODEL}/checkpoints",
@@ -95,7 +121,9 @@ rule finetune_sd:
 
 rule plan_samples:
     input:
-        prompts=rules.build_prompts.output.train,
+        prompts=lambda wildcards: prompts_table(
+            STUDY_GENERATORS[wildcards.generator].variant, STRATEGIES, "train"
+        ),
         dataset=DATASET,
     output:
         f"{SAMPLES}/plan.parquet",
@@ -105,9 +133,10 @@ rule plan_samples:
         "../envs/synthmed.yaml"
     params:
         settings=SampleSettings.of(config).to_json(),
+        captions=lambda wildcards: CAPTIONS,  # a function: the template's {fields} are not wildcards
     shell:
         "python -m scripts.diffusion plan_samples --prompts {input.prompts} --dataset {input.dataset}"
-        " --settings {params.settings:q} --plan {output} 2> {log}"
+        " --settings {params.settings:q} {params.captions} --plan {output} 2> {log}"
 
 
 rule sample_images:

@@ -2,13 +2,13 @@
 # table per split -> diffusers image folder of the training set.
 # Functions: workflow/prompts/stage.py (one per rule); settings: workflow/prompts/settings.py.
 from workflow.prompts.settings import ClusterSettings, EmbedSettings, PromptSettings
+from workflow.prompts.variants import PROMPTS, SPLITS, variant_strategies
 
-PROMPTS = "results/prompts"
 MEP = config["prompts"]["mep"]
 USES_MEP = "mep" in config["prompts"]["strategies"]
 CLUSTERS = f"{PROMPTS}/clusters.parquet"
 PROMPT_OUTPUTS = [
-    *expand(f"{PROMPTS}/{{split}}.parquet", split=["train", "val", "test"]),
+    *expand(f"{PROMPTS}/{{split}}.parquet", split=SPLITS),
     f"{PROMPTS}/prompt_report.json",
     f"{PROMPTS}/train_imagefolder",
     *([f"{PROMPTS}/cluster_report.json", f"{PROMPTS}/montages"] if USES_MEP else []),
@@ -101,6 +101,31 @@ rule build_prompts:
         "python -m scripts.prompts build_prompts --dataset {input.dataset} {params.clusters}"
         " --settings {params.settings:q} --labels {params.labels:q} --train {output.train}"
         " --val {output.val} --test {output.test} --report {output.report} 2> {log}"
+
+
+rule build_prompt_variant:
+    input:
+        prompts=expand(f"{PROMPTS}/{{split}}.parquet", split=SPLITS),
+        dataset=DATASET,
+    output:
+        train=f"{PROMPTS}/variants/{{variant}}/train.parquet",
+        val=f"{PROMPTS}/variants/{{variant}}/val.parquet",
+        test=f"{PROMPTS}/variants/{{variant}}/test.parquet",
+        report=f"{PROMPTS}/variants/{{variant}}/prompt_report.json",
+    log:
+        "logs/prompts/build_prompt_variant/{variant}.log",
+    conda:
+        "../envs/synthmed.yaml"
+    params:
+        settings=lambda wildcards: PromptSettings.of(
+            config, variant_strategies(wildcards.variant)
+        ).to_json(),
+        labels=LABELS,
+    shell:
+        "python -m scripts.prompts build_prompt_variant --prompts {input.prompts}"
+        " --dataset {input.dataset} --settings {params.settings:q} --labels {params.labels:q}"
+        " --train {output.train} --val {output.val} --test {output.test} --report {output.report}"
+        " 2> {log}"
 
 
 rule export_imagefolder:

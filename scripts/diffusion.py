@@ -3,6 +3,7 @@ function of the same name in workflow.diffusion.stage. finetune_sd is started by
 
 from workflow.common.cli import Arg, command, main
 from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+from workflow.prompts.settings import CaptionSettings
 
 BASE_MODEL = Arg("--base-model", help="folder or hub id of the base model")
 GPUS = Arg("--gpus", int, "GPUs of the job (0: CPU)")
@@ -37,6 +38,12 @@ COMMANDS = [
         "--prompts",
         "--dataset",
         Arg("--settings", SampleSettings.from_json, "sample settings (JSON)"),
+        Arg(
+            "--captions",
+            CaptionSettings.from_json,
+            "prompts.demographics (demographic design)",
+            optional=True,
+        ),
         "--plan",
     ),
     command(

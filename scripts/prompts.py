@@ -43,6 +43,18 @@ COMMANDS = [
         "--report",
     ),
     command(
+        "build_prompt_variant",
+        "the study's selected images captioned with a sub-list of its strategies",
+        Arg("--prompts", help="the study's prompts tables (train, val, test)", many=True),
+        "--dataset",
+        Arg("--settings", PromptSettings.from_json, "prompts section with the variant's strategies (JSON)"),
+        LABELS,
+        "--train",
+        "--val",
+        "--test",
+        "--report",
+    ),
+    command(
         "export_imagefolder",
         "diffusers image folder of the selected training images",
         Arg("--prompts", help="the train split's prompts table"),

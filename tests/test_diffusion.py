@@ -28,7 +28,9 @@ from workflow.common import checkpoints
 from workflow.common.errors import InputError
 from workflow.common.seeding import derive_seed, text_key
 from workflow.diffusion import base_models, latent_cache, sampling, saving, stage, training, validation
+from workflow.diffusion.generators import cache_file, generators, prompt_variants
 from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+from workflow.prompts.settings import CaptionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "resources" / "config.schema.yaml")
@@ -119,6 +121,64 @@ def test_plan_labels_ids_and_shards(study):
     assert three["batch"].tolist() == one["batch"].tolist()
     assert three["shard"].is_monotonic_increasing and set(three["shard"]) == {0, 1, 2}
     assert sampling.plan(table, sample_settings(max_prompts=1))["prompt_id"].unique().tolist() == [0]
+
+
+def test_demographic_design_draws_findings_and_people_as_the_study_does():
+    settings = sample_settings(
+        design={"kind": "demographic", "images": 300, "findings": None, "sexes": ["female", "male"],
+                "races": ["white", "black", "asian"], "ages": [10, 69]},
+    )  # fmt: skip
+    labels = ["No Finding", "Cardiomegaly", "Edema"]
+    captions = CaptionSettings.from_dict(validated({})["prompts"]["demographics"])
+    items = sampling.demographic_design(labels, captions, settings)
+    assert len(items) == 300 and items["image_id"].is_unique
+    one_hot = items[[f"label_{n}" for n in labels]].to_numpy()
+    assert (one_hot.sum(axis=1) == 1).all() and (one_hot.sum(axis=0) > 70).all()  # one finding, ~uniform
+    assert items["age"].between(10, 69).all() and set(items["race"]) == {"white", "black", "asian"}
+    row = items.iloc[0]
+    finding = "no significant findings" if row["label_No Finding"] else None
+    finding = finding or next(n.lower() for n in labels[1:] if row[f"label_{n}"] == 1)
+    expected = (
+        f"Chest X-ray of a {int(row['age'])}-year-old {row['race']} {row['sex']} patient showing {finding}"
+    )
+    assert row["prompt"] == expected
+    again = sampling.demographic_design(labels, captions, settings)
+    pd.testing.assert_frame_equal(items, again)
+    other = sampling.demographic_design(labels, captions, replace(settings, seed=1))
+    assert other["prompt"].tolist() != items["prompt"].tolist()
+    only = replace(settings, design=replace(settings.design, findings=("Edema",)))
+    assert (sampling.demographic_design(labels, captions, only)["label_Edema"] == 1).all()
+    with pytest.raises(InputError, match=r"design\.findings: \['Pneumonia'\] are not in dataset\.labels"):
+        sampling.demographic_design(
+            labels, captions, replace(only, design=replace(only.design, findings=("Pneumonia",)))
+        )
+
+
+def test_generators_default_arms_and_shared_caches():
+    assert list(generators(validated({"diffusion": {"method": "full"}}))) == ["sd-full"]
+    config = validated(
+        {
+            "prompts": {"strategies": ["labels", "mep"]},
+            "diffusion": {
+                "method": "lora",
+                "generators": {
+                    "morphology": {"strategies": ["mep", "labels"]},
+                    "classes": {"strategies": ["labels"], "method": "full"},
+                    "morphology-lora": {},
+                },
+            },
+        }
+    )
+    arms = generators(config)
+    assert [(g.method, g.variant) for g in arms.values()] == [
+        ("lora", "labels+mep"), ("full", "labels"), ("lora", "labels+mep"),
+    ]  # fmt: skip
+    assert prompt_variants(config) == ["labels+mep", "labels"]  # equal strategy sets share one cache
+    assert cache_file("labels") == "results/models/cache/labels/train.safetensors"
+    assert TrainSettings.of(config, "full").learning_rate == 1e-5
+    config["diffusion"]["generators"]["classes"]["strategies"] = ["tabular"]
+    with pytest.raises(InputError, match=r"diffusion\.generators\.classes\.strategies: \['tabular'\]"):
+        generators(config)
 
 
 def test_cache_holds_both_flips_and_the_empty_prompt(study):

@@ -14,6 +14,8 @@ from configs import validated
 from dataset_layouts import LAYOUTS
 from test_workflow_data import snakemake
 
+from workflow.diffusion.generators import generator_names
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "resources" / "presets").glob("*.yaml"))
 PHANTOMS = {"n_patients": 40, "image_size": 48, "seed": 11}
@@ -21,7 +23,7 @@ PHANTOMS = {"n_patients": 40, "image_size": 48, "seed": 11}
 # no GPU. Everything else (prompt strategies, method, regimes, samplers, label policies...) is the preset's.
 TINY: dict[str, Any] = {
     "preprocess": {"resolution": 32, "shards": 1},
-    "prompts": {"mep": {"model": "tiny", "k": 2}},
+    "prompts": {"mep": {"model": "tiny", "k": 2}, "balance": {"min_prompts_per_class": 1}},
     "diffusion": {
         "base_model": "tiny",
         "resolution": 32,
@@ -43,6 +45,7 @@ TINY: dict[str, Any] = {
             "steps": 1,
             "dtype": "float32",
             "batch_size": 2,
+            "design": {"images": 4},
         },
     },
     "classifier": {
@@ -100,9 +103,11 @@ def test_preset_at_full_size_plans_the_expected_jobs_and_gpus(preset, tmp_path):
     config = preset_study(preset, tmp_path / "study", tmp_path / "data", tiny=False)
     plan = snakemake(tmp_path / "study", "--dry-run").stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:", 1)[1].split("total", 1)[0], re.M))
-    diffusion = validated(config)["diffusion"]
+    study = validated(config)
+    diffusion, arms = study["diffusion"], len(generator_names(study))
     assert int(counts["preprocess_shard"]) == config["preprocess"]["shards"]
-    assert int(counts["sample_images"]) == diffusion["sample"]["shards"]
+    assert int(counts["finetune_sd"]) == arms
+    assert int(counts["sample_images"]) == diffusion["sample"]["shards"] * arms
     assert {"finetune_sd", "train_classifier", "image_metrics", "report_tables"} <= set(counts)
     jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan, re.M)
     gpus = {rule: int(m.group(1)) for rule, body in jobs if (m := re.search(r"gpu=(\d+)", body))}

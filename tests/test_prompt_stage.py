@@ -92,6 +92,19 @@ def test_outliers_get_no_cluster_and_no_prompt(files):
     meta = read_parquet_meta(_outputs(files)["train"])
     assert meta["weights"] == "random-init tiny ViT (demo)"
 
+    # MEP-LDM's comparison arm: the same selected images, captioned without the morphology part
+    variant = {s: f"{files['dir']}/labels-{s}.parquet" for s in ("train", "val", "test")}
+    stage.build_prompt_variant(
+        list(_outputs(files).values()), files["dataset"], defaults(strategies=["labels"]), LABELS, **variant,
+        report=f"{files['dir']}/labels.json",
+    )  # fmt: skip
+    arm = pd.concat(pd.read_parquet(p) for p in variant.values()).set_index("image_id")
+    assert arm.index.tolist() == table.index.tolist()
+    assert arm["selected"].tolist() == table["selected"].tolist()
+    assert pd.isna(arm.loc["img04", "prompt"])  # an outlier of the study stays out of every arm
+    assert arm.loc["img00", "prompt"] == "Chest X-ray showing No Finding"
+    assert not arm["prompt"].str.contains("morphology").any()
+
     export = f"{files['dir']}/folder"
     stage.export_imagefolder(_outputs(files)["train"], files["dataset"], LABELS, export)
     lines = [json.loads(line) for line in Path(export, "metadata.jsonl").read_text().splitlines()]

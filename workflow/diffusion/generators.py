@@ -7,16 +7,43 @@ classifier regimes (``results/classifier/<regime>/<generator>/``) and the report
 are made for every generator this module lists, so a new kind of generator plugs into them by being listed
 here, with no new wiring downstream.
 
-Today's generators: Stable Diffusion fine-tuned with ``diffusion.method``, named ``sd-full`` or ``sd-lora``.
+Today's generators are Stable Diffusion fine-tunes. ``diffusion.generators`` names them, each with its
+fine-tuning ``method`` and the prompt ``strategies`` it is trained on (a sub-list of
+``prompts.strategies``), so one study can compare arms: MEP-LDM's class-conditional prompts against
+morphology-enriched prompts (Osorio et al. 2024), or full fine-tuning against LoRA. Left null, the study has
+one generator, ``sd-<diffusion.method>``, trained on every prompt strategy.
+
+Arms that share their prompt strategies share the cached latents (``results/models/cache/<variant>``, one
+VAE pass); an arm with other strategies is trained on the same images with its own captions
+(:mod:`workflow.prompts.variants`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from workflow.common.errors import InputError
+from workflow.prompts.variants import variant_name
 
 MODELS = "results/models"
 SAMPLES = "results/samples"
+CACHE = f"{MODELS}/cache"
+
+
+@dataclass(frozen=True)
+class Generator:
+    """One entry of ``diffusion.generators``."""
+
+    name: str
+    method: str
+    strategies: tuple[str, ...]
+
+    @property
+    def variant(self) -> str:
+        """The name of its prompt variant (:func:`workflow.prompts.variants.variant_name`)."""
+        return variant_name(self.strategies)
 
 
 def sd_generator(method: str) -> str:
@@ -24,14 +51,44 @@ def sd_generator(method: str) -> str:
     return f"sd-{method}"
 
 
+def generators(config: Mapping[str, Any]) -> dict[str, Generator]:
+    """The generators of the study ``config`` (validated), by name, in config order."""
+    diffusion, strategies = config["diffusion"], tuple(config["prompts"]["strategies"])
+    section = diffusion["generators"] or {sd_generator(diffusion["method"]): {}}
+    out = {}
+    for name, entry in section.items():
+        chosen = tuple(entry.get("strategies") or strategies)
+        unknown = [s for s in chosen if s not in strategies]
+        if unknown:
+            raise InputError(
+                f"diffusion.generators.{name}.strategies: {unknown} are not in prompts.strategies"
+                f" {list(strategies)}; a generator trains on a sub-list of the study's prompt strategies"
+            )
+        ordered = tuple(
+            s for s in strategies if s in chosen
+        )  # the study's order, so equal sets share a cache
+        out[name] = Generator(name, entry.get("method") or diffusion["method"], ordered)
+    return out
+
+
 def generator_names(config: Mapping[str, Any]) -> list[str]:
-    """The generators of the study ``config`` (validated), in a fixed order."""
-    return [sd_generator(config["diffusion"]["method"])]
+    """The generators of the study ``config`` (validated), in config order."""
+    return list(generators(config))
+
+
+def prompt_variants(config: Mapping[str, Any]) -> list[str]:
+    """The prompt variants the generators train on, each once, in config order."""
+    return list(dict.fromkeys(g.variant for g in generators(config).values()))
 
 
 def model_dir(generator: str) -> str:
     """Where the trained model of ``generator`` and its training records are."""
     return f"{MODELS}/{generator}"
+
+
+def cache_file(variant: str) -> str:
+    """The cached latents and text embeddings of the training images under prompt ``variant``."""
+    return f"{CACHE}/{variant}/train.safetensors"
 
 
 def samples_dir(generator: str) -> str:

@@ -1,14 +1,18 @@
 """Sharded, seeded sampling of a labelled synthetic dataset (rules ``plan_samples``, ``sample_images``,
 ``collect_samples``: :mod:`workflow.diffusion.stage`).
 
-**Which prompts.** The distinct prompts of ``results/prompts/train.parquet`` (all of them, or the
-``max_prompts`` carried by the most training images), ``images_per_prompt`` images each.
+**Which prompts** (``diffusion.sample.design``). ``training-prompts``: the distinct prompts of the
+generator's training table (all of them, or the ``max_prompts`` carried by the most training images),
+``images_per_prompt`` images each. ``demographic``: the LoRA-fairness study's design (its
+``synthetic_dataset_creation.py``): per image one finding, a sex, a race and an age drawn uniformly and
+independently, captioned with ``prompts.demographics`` (:func:`demographic_design`).
 
-**Labels.** A synthetic image gets the labels and demographics of the training images that carry its
-prompt: per finding, the value of those rows when they agree, the majority otherwise, and missing (NaN,
-ignored like U-Ignore) on a tie or when all are missing; per text attribute (sex, race, site, view,
-projection) the most common value, missing on a tie; age is the median. ``source_images`` says how many real
-images the prompt came from.
+**Labels.** Under ``training-prompts`` a synthetic image gets the labels and demographics of the training
+images that carry its prompt: per finding, the value of those rows when they agree, the majority otherwise,
+and missing (NaN, ignored like U-Ignore) on a tie or when all are missing; per text attribute (sex, race,
+site, view, projection) the most common value, missing on a tie; age is the median. ``source_images`` says
+how many real images the prompt came from. Under ``demographic`` the labels are the draw itself: the drawn
+finding 1, every other finding 0, and ``source_images`` 0.
 
 **Seeds.** Image ``index`` of prompt ``prompt_id`` starts from the latent noise of its own generator, seeded
 with ``SeedSequence([seed, sha256(prompt_id)[:8], index])`` (:func:`workflow.common.seeding.derive_seed`). The
@@ -40,6 +44,7 @@ from workflow.common.errors import InputError
 from workflow.common.seeding import derive_seed, text_key
 from workflow.diffusion.latent_cache import training_rows
 from workflow.diffusion.settings import SampleSettings
+from workflow.prompts.settings import CaptionSettings
 
 TEXT_ATTRIBUTES = ("sex", "race", "site", "view", "projection")
 EXTRA_COLUMNS = ["image", "prompt", "prompt_id", "seed", "split", "source_images"]
@@ -81,13 +86,59 @@ def prompt_table(prompts_path: str, dataset_path: str) -> pd.DataFrame:
 
 
 def plan(table: pd.DataFrame, settings: SampleSettings) -> pd.DataFrame:
-    """One row per synthetic image: its ids, prompt, labels, seed, batch and shard."""
+    """One row per synthetic image of the ``training-prompts`` design: its ids, prompt, labels, seed, batch
+    and shard (``table``: :func:`prompt_table`)."""
     if settings.max_prompts is not None:
         table = table.sort_values(["source_images", "prompt_id"], ascending=[False, True], kind="stable")
         table = table.head(settings.max_prompts).sort_values("prompt_id", kind="stable")
     index = np.tile(np.arange(settings.images_per_prompt), len(table))
     items = table.loc[table.index.repeat(settings.images_per_prompt)].reset_index(drop=True)
     items["index"] = index
+    return assign_seeds(items, settings)
+
+
+def demographic_design(
+    labels: Sequence[str], captions: CaptionSettings, settings: SampleSettings
+) -> pd.DataFrame:
+    """One row per synthetic image of the ``demographic`` design, with its ids, seed, batch and shard.
+
+    Finding, sex, race and age are drawn uniformly and independently with a generator seeded by
+    ``diffusion.sample.seed``; the prompt is ``prompts.demographics`` rendered on the draw (the study's
+    template "Chest X-ray of a {age}-year-old {race} {sex} patient showing {findings}").
+    """
+    from workflow.prompts.strategies import captions as render_captions
+    from workflow.prompts.strategies import prompt_ids
+
+    design = settings.design
+    findings = list(design.findings or labels)
+    unknown = [f for f in findings if f not in labels]
+    if unknown:
+        raise InputError(
+            f"diffusion.sample.design.findings: {unknown} are not in dataset.labels {list(labels)}"
+        )
+    rng = np.random.default_rng(derive_seed(settings.seed, text_key("demographic design")))
+    n = design.images
+    drawn = rng.integers(len(findings), size=n)
+    items = pd.DataFrame(
+        {
+            "sex": rng.choice(np.asarray(design.sexes, dtype=object), size=n),
+            "race": rng.choice(np.asarray(design.races, dtype=object), size=n),
+            "age": rng.integers(design.ages[0], design.ages[1] + 1, size=n).astype(float),
+        }
+    )
+    for name in labels:
+        items[manifest.label_column(name)] = [float(findings[k] == name) for k in drawn]
+    items["prompt"] = render_captions(items, labels, captions, "prompts.demographics")
+    items["prompt_id"] = prompt_ids(items["prompt"])
+    items["source_images"] = 0
+    items = items.sort_values("prompt_id", kind="stable").reset_index(drop=True)
+    items["index"] = items.groupby("prompt_id").cumcount()
+    return assign_seeds(items, settings)
+
+
+def assign_seeds(items: pd.DataFrame, settings: SampleSettings) -> pd.DataFrame:
+    """Ids, per-image seed, batch and shard of planned images, in (prompt id, index) order (see above)."""
+    index = items["index"]
     items["image_id"] = [f"synthetic/{p}/{i}" for p, i in zip(items["prompt_id"], index, strict=True)]
     items["patient_id"] = items["image_id"]
     items["seed"] = [

@@ -84,12 +84,32 @@ class TrainSettings(Settings):
             raise InputError("diffusion.train.ema: EMA is for method 'full' only (LoRA trains no full UNet)")
 
     @classmethod
-    def of(cls, config: Mapping[str, Any]) -> Self:
+    def of(cls, config: Mapping[str, Any], method: str | None = None) -> Self:
+        """The settings of a generator fine-tuned with ``method`` (default ``diffusion.method``)."""
         diffusion = config["diffusion"]
+        method = method or diffusion["method"]
         section = _section(config, "train")
-        rate = section["learning_rate"] or LEARNING_RATES[diffusion["method"]]
-        extra = {"method": diffusion["method"], "lora": diffusion["lora"], "learning_rate": rate}
+        rate = section["learning_rate"] or LEARNING_RATES[method]
+        extra = {"method": method, "lora": diffusion["lora"], "learning_rate": rate}
         return cls.from_dict(section | extra)
+
+
+@dataclass(frozen=True)
+class DesignSettings(Settings):
+    """``diffusion.sample.design``: which images the synthetic dataset holds (rule ``plan_samples``).
+
+    ``training-prompts``: the distinct training prompts, ``images_per_prompt`` each (PRISM, MEP-LDM).
+    ``demographic``: ``images`` draws of one finding, sex, race and age, uniformly and independently, as
+    the LoRA-fairness study's synthetic_dataset_creation.py does (seeds_spec 5.3), captioned with
+    ``prompts.demographics``.
+    """
+
+    kind: str
+    images: int
+    findings: tuple[str, ...] | None
+    sexes: tuple[str, ...]
+    races: tuple[str, ...]
+    ages: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,7 @@ class SampleSettings(Settings):
     guidance_scale: float
     dtype: str
     grayscale: bool
+    design: DesignSettings
     resolution: int
 
     @classmethod

@@ -4,8 +4,8 @@ seeded sampling -> the generator's labelled synthetic dataset.
 One function per rule of ``rules/diffusion.smk``, named after it. Files written (atomically, with
 provenance), per generator (:mod:`workflow.diffusion.generators`):
 
-- ``results/models/cache/train.safetensors``: VAE posteriors and text embeddings of the training images
-  (:func:`cache_latents`, :mod:`workflow.diffusion.latent_cache`);
+- ``results/models/cache/<variant>/train.safetensors``: VAE posteriors and text embeddings of the training
+  images under a prompt variant (:func:`cache_latents`, :mod:`workflow.diffusion.latent_cache`);
 - ``results/models/<generator>/``: ``model/`` (a diffusers pipeline folder, or LoRA weights),
   ``train_report.json``, ``loss.png``, ``validation.png`` (:func:`finetune_sd`,
   :mod:`workflow.diffusion.training`);
@@ -33,6 +33,7 @@ from workflow.common.provenance import config_hash, provenance
 from workflow.diffusion import sampling
 from workflow.diffusion.latent_cache import training_rows
 from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+from workflow.prompts.settings import CaptionSettings
 
 
 def cache_latents(
@@ -91,10 +92,32 @@ def finetune_sd(
     )
 
 
-def plan_samples(prompts: str, dataset: str, settings: SampleSettings, plan: str) -> None:
-    """Which images to generate: every planned image's prompt, labels, seed, batch and shard."""
-    items = sampling.plan(sampling.prompt_table(prompts, dataset), settings)
-    meta = provenance(settings, seeds={"sample": settings.seed}, inputs={"prompts": prompts})
+def plan_samples(
+    prompts: str, dataset: str, settings: SampleSettings, captions: CaptionSettings | None, plan: str
+) -> None:
+    """Which images to generate: every planned image's prompt, labels, seed, batch and shard, under
+    ``diffusion.sample.design`` (:mod:`workflow.diffusion.sampling`).
+
+    Args:
+        prompts: the generator's training prompts table (design ``training-prompts``).
+        dataset: ``results/data/dataset.parquet`` (its label columns name the findings).
+        captions: ``prompts.demographics`` (design ``demographic`` only).
+    """
+    if settings.design.kind == "demographic":
+        if captions is None:
+            raise InputError(
+                "diffusion.sample.design.kind 'demographic' needs --captions (prompts.demographics)"
+            )
+        labels = manifest.label_names(pd.read_parquet(dataset))
+        items = sampling.demographic_design(labels, captions, settings)
+    else:
+        items = sampling.plan(sampling.prompt_table(prompts, dataset), settings)
+    extra = {"captions": captions.to_dict()} if captions is not None else {}
+    meta = provenance(
+        settings.to_dict() | extra,
+        seeds={"sample": settings.seed},
+        inputs={"prompts": prompts, "dataset": dataset},
+    )
     write_parquet(plan, items, meta | {"images": len(items)})
 
 

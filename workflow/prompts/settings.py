@@ -8,7 +8,7 @@ changing k re-clusters without re-embedding, and no key reruns a step it does no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -146,6 +146,7 @@ class PromptSettings(Settings):
     mep: MepTemplate
 
     @classmethod
-    def of(cls, config: Mapping[str, Any]) -> Self:
-        prompts = config["prompts"]
-        return cls.from_dict(dict(prompts) | {"mep": {"template": prompts["mep"]["template"]}})
+    def of(cls, config: Mapping[str, Any], strategies: Sequence[str] | None = None) -> Self:
+        """The section, or its prompt variant with ``strategies`` (:mod:`workflow.prompts.variants`)."""
+        prompts = dict(config["prompts"]) | {"mep": {"template": config["prompts"]["mep"]["template"]}}
+        return cls.from_dict(prompts | ({"strategies": list(strategies)} if strategies else {}))

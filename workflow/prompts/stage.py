@@ -13,6 +13,8 @@ provenance; the embedding and clustering steps only when ``prompts.strategies`` 
   centroid (:func:`cluster_embeddings`);
 - ``results/prompts/{split}.parquet`` and ``results/prompts/prompt_report.json`` (every distinct prompt
   with its id and counts, the balancing design) (:func:`build_prompts`);
+- ``results/prompts/variants/{variant}/`` the same for a generator trained on a sub-list of the strategies:
+  the same selected images, other captions (:func:`build_prompt_variant`, :mod:`workflow.prompts.variants`);
 - ``results/prompts/train_imagefolder/``: the selected training images (hard links, or copies across file
   systems) with ``metadata.jsonl`` rows ``{"file_name", "text", "image_id", "prompt_id", ...,
   "label_<name>"}``, ``file_name`` first and ``text`` second, which is what diffusers'
@@ -250,7 +252,48 @@ def build_prompts(
     weights = read_parquet_meta(clusters)["weights"] if clusters else "none"
     seeds = {"balance": settings.seed} if balance.enabled else {}
     meta = provenance(settings, seeds=seeds, inputs=inputs, weights=weights)
-    outputs = {"train": train, "val": val, "test": test}
+    _write_tables(table, meta, {"train": train, "val": val, "test": test}, report, design)
+
+
+def build_prompt_variant(
+    prompts: Sequence[str],
+    dataset: str,
+    settings: PromptSettings,
+    labels: Sequence[str],
+    train: str,
+    val: str,
+    test: str,
+    report: str,
+) -> None:
+    """The selected images of the study's prompts tables re-captioned with ``settings.strategies`` (a
+    sub-list of the study's), one table per split and a prompt report (:mod:`workflow.prompts.variants`).
+
+    Args:
+        prompts: the study's ``results/prompts/{train,val,test}.parquet``, which decide the selection.
+        dataset: ``results/data/dataset.parquet``.
+        settings: the ``prompts`` section with the variant's ``strategies``.
+    """
+    study = pd.concat([pd.read_parquet(path) for path in prompts], ignore_index=True)
+    rows = pd.read_parquet(dataset).drop(columns=["split", "image"], errors="ignore")
+    frame = study.merge(rows, on="image_id", how="left", validate="one_to_one")
+    text = strategies.build(frame, labels, settings)
+    frame["prompt"] = text.where(study["prompt"].notna())  # MEP outliers have no caption in any variant
+    frame["prompt_id"] = strategies.prompt_ids(frame["prompt"])
+    frame["selected"] = study["selected"] & frame["prompt"].notna()
+    table = frame[list(PROMPT_COLUMNS)].astype(PROMPT_COLUMNS)
+    meta = provenance(
+        settings, inputs={"dataset": dataset} | {f"prompts_{i}": p for i, p in enumerate(prompts)}
+    )
+    _write_tables(table, meta, {"train": train, "val": val, "test": test}, report, None)
+
+
+def _write_tables(
+    table: pd.DataFrame,
+    meta: dict[str, Any],
+    outputs: dict[str, str],
+    report: str,
+    design: balancing.Balance | None,
+) -> None:
     for split, path in outputs.items():
         write_parquet(path, table[table["split"] == split].reset_index(drop=True), meta)
     write_json(report, {"provenance": meta} | prompt_report(table, design, list(outputs)))
