@@ -27,6 +27,7 @@ TINY: dict[str, Any] = {
     "diffusion": {
         "base_model": "tiny",
         "resolution": 32,
+        "tiny_vae": {"gpus": 0, "steps": 2},
         "cache": {"gpus": 0},
         "train": {
             "gpus": 0,
