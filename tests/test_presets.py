@@ -75,11 +75,13 @@ def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def preset_study(preset: Path, workdir: Path, data: Path, *, tiny: bool) -> dict[str, Any]:
-    """The preset with its dataset paths pointing at phantoms in its format (and the tiny overrides)."""
+    """The preset with its dataset paths pointing at phantoms in its format (and the tiny overrides); a file
+    the preset does not name (e.g. CheXpert's demographics file) is not added to it."""
     config = yaml.safe_load(preset.read_text())
     adapter = config["dataset"]["adapter"]
     paths = LAYOUTS[adapter](data, PHANTOMS)
-    config["dataset"][adapter] |= paths
+    section = config["dataset"][adapter]
+    section |= {key: path for key, path in paths.items() if key in section}  # the files the preset reads
     config = merged(config, TINY) if tiny else config
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
