@@ -110,8 +110,9 @@ rule finetune_sd:
         mixed_precision=DIFFUSION["train"]["mixed_precision"],
         checkpoints=f"{MODEL}/checkpoints",
         validation=f"{MODEL}/grids",
+    # trap: the shell and accelerate wait while training saves a checkpoint on SIGTERM (Slurm's time limit)
     shell:
-        "accelerate launch --num_processes {params.processes} --num_machines 1"
+        "trap '' TERM; accelerate launch --num_processes {params.processes} --num_machines 1"
         " --mixed_precision {params.mixed_precision} --dynamo_backend no"
         " -m scripts.diffusion finetune_sd --cache {input.cache} --base-model {params.base:q}"
         " --settings {params.settings:q} --gpus {resources.gpu} --model {output.model}"

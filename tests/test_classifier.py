@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +14,7 @@ from classifier_data import LABELS, fabricate, training_settings
 from workflow.classifier import networks, regimes, training
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
+from workflow.common.interruption import Stopped
 from workflow.common.manifest import label_column
 
 
@@ -52,8 +56,13 @@ def test_labels_without_positives_are_skipped_with_a_reason(dataset):
         training.trainable_labels(train, ["C"])
 
 
-def test_same_seed_same_model_and_resume_reaches_the_same_result(dataset, tmp_path, monkeypatch):
-    whole = _fit(dataset, tmp_path / "whole", epochs=3, patience=1)
+@pytest.fixture(scope="module")
+def whole(dataset, tmp_path_factory) -> training.FitResult:
+    """An uninterrupted run, 3 epochs."""
+    return _fit(dataset, tmp_path_factory.mktemp("whole"), epochs=3, patience=1)
+
+
+def test_same_seed_same_model_and_resume_reaches_the_same_result(dataset, whole, tmp_path, monkeypatch):
     again = _fit(dataset, tmp_path / "again", epochs=3, patience=1)
     assert _same_weights(whole.model, again.model)
     assert whole.history == again.history
@@ -75,6 +84,33 @@ def test_same_seed_same_model_and_resume_reaches_the_same_result(dataset, tmp_pa
     assert _same_weights(whole.model, resumed.model)
     assert resumed.history == whole.history
     assert resumed.best_epoch == whole.best_epoch
+
+
+def test_sigterm_mid_epoch_saves_the_epoch_so_far_and_the_rerun_continues_it(
+    dataset, whole, tmp_path, monkeypatch
+):
+    """Slurm's time limit sends SIGTERM: the batch in progress finishes, the epoch so far is saved and the
+    process exits with 143; the rerun continues that epoch and ends where an uninterrupted run ends."""
+    real_augment, calls = training.augment, []
+
+    def augment_then_signal(*args):
+        calls.append(1)
+        if len(calls) == 5:  # 3 batches an epoch: the second batch of the second epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_augment(*args)
+
+    monkeypatch.setattr(training, "augment", augment_then_signal)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as stopped:
+        _fit(dataset, tmp_path, epochs=3, patience=1)
+    assert stopped.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) == handler
+    saved = checkpoints.newest(tmp_path, "fingerprint")
+    assert saved["step"] == 1 and saved["epoch_progress"]["batches"] == 2 and len(saved["history"]) == 1
+    resumed = _fit(dataset, tmp_path, epochs=3, patience=1)
+    assert len(calls) == 3 * len(whole.history)  # no batch trained twice
+    assert _same_weights(whole.model, resumed.model) and resumed.history == whole.history
+    assert resumed.stops == [{"step": 1, "signal": "SIGTERM", "slurm_job_id": None}]
 
 
 def test_checkpoints_of_other_settings_are_not_resumed(dataset, tmp_path):
