@@ -4,10 +4,15 @@ Training follows the LoRA-fairness recipe (seeds spec 5.4) made reproducible: Ad
 annealing over ``epochs``, one logit per finding and binary cross-entropy. Labels missing after the dataset's
 uncertain-label policy (NaN: U-Ignore, or a column a synthetic manifest lacks) are masked out of the loss.
 
-**Model selection** on the real validation split: after every epoch the macro AUROC over the findings that
-have positives and negatives in ``val`` (the negative validation loss when none has); the best epoch's
-weights are kept, and training stops once ``patience`` epochs passed without improvement (not before
-``min_epochs``).
+**Model selection** on the real validation split (``selection``), after every epoch:
+
+- ``val_auroc``: the highest macro AUROC over the findings that have positives and negatives in ``val`` (the
+  lowest validation loss when none has);
+- ``val_loss``: the lowest validation loss (the masked BCE of training), as the LoRA-fairness study keeps
+  ``classification_best_model.pth`` (seeds spec 5.4).
+
+The best epoch's weights are kept, and training stops once ``patience`` epochs passed without a better score
+on the same criterion, but not before ``min_epochs`` (the study: patience 10 after epoch 50).
 
 **Determinism.** Same seed, same weights: torch runs in deterministic mode, the model is initialised after
 ``torch.manual_seed(seed)``, and epoch ``e`` draws its data order and augmentation from
@@ -205,17 +210,28 @@ def _train_epoch(
         yield EpochProgress(done, rng.bit_generator.state, total, seen)
 
 
-def _selection_score(table: ImageTable, val_logits: torch.Tensor) -> tuple[float, str, float, float | None]:
-    """(score to maximise, its name, validation loss, validation macro AUROC or None)."""
+def validate(
+    model: networks.Classifier, table: ImageTable, settings: TrainSettings, where: torch.device
+) -> tuple[float, float | None]:
+    """Validation loss (masked BCE) and macro AUROC over the findings with positives and negatives in
+    ``table`` (None when none has)."""
+    val_logits = logits(model, table, settings.batch_size, where, settings.loader_workers)
     loss = float(masked_bce(val_logits, table.targets))
     scores = torch.sigmoid(val_logits).numpy()
     truth = table.targets.numpy()
     aurocs = [metrics.auroc(truth[:, j], scores[:, j]) for j in range(truth.shape[1])]
     defined = [a for a in aurocs if a is not None]
-    if defined:
-        macro = float(np.mean(defined))
-        return macro, "val macro AUROC", loss, macro
-    return -loss, "negative val loss (no finding has positives and negatives in val)", loss, None
+    return loss, float(np.mean(defined)) if defined else None
+
+
+def selection_score(criterion: str, val_loss: float, val_auroc: float | None) -> tuple[float, str]:
+    """The score model selection maximises under ``criterion`` (``classifier.training.selection``), and
+    its name."""
+    if criterion == "val_auroc" and val_auroc is not None:
+        return val_auroc, "val macro AUROC"
+    if criterion == "val_auroc":
+        return -val_loss, "lowest val loss (no finding has positives and negatives in val)"
+    return -val_loss, "lowest val loss"
 
 
 def fit(
@@ -265,8 +281,8 @@ def fit(
             train_loss = progress.total / progress.seen
             learning_rate = scheduler.get_last_lr()[0]
             scheduler.step()
-            val_logits = logits(model, val_table, settings.batch_size, where, settings.loader_workers)
-            score, selection, val_loss, val_auroc = _selection_score(val_table, val_logits)
+            val_loss, val_auroc = validate(model, val_table, settings, where)
+            score, selection = selection_score(settings.selection, val_loss, val_auroc)
             if state["best_score"] is None or score > state["best_score"]:
                 best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 state |= {"best_score": score, "best_epoch": epoch + 1, "since_best": 0, "best_state": best}
