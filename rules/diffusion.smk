@@ -34,6 +34,10 @@ CAPTIONS = (
     if DIFFUSION["sample"]["design"]["kind"] == "demographic"
     else ""
 )
+SAMPLE_SETTINGS = {
+    name: SampleSettings.of(config, generator.images_per_prompt).to_json()
+    for name, generator in STUDY_GENERATORS.items()
+}
 SAMPLE_SHARDS = range(DIFFUSION["sample"]["shards"])
 MODEL = model_dir("{generator}")
 SAMPLES = samples_dir("{generator}")
@@ -133,7 +137,7 @@ rule plan_samples:
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=SampleSettings.of(config).to_json(),
+        settings=lambda wildcards: SAMPLE_SETTINGS[wildcards.generator],
         captions=lambda wildcards: CAPTIONS,  # a function: the template's {fields} are not wildcards
     shell:
         "python -m scripts.diffusion plan_samples --prompts {input.prompts} --dataset {input.dataset}"
@@ -157,7 +161,7 @@ rule sample_images:
     resources:
         gpu=DIFFUSION["sample"]["gpus"],
     params:
-        settings=SampleSettings.of(config).to_json(),
+        settings=lambda wildcards: SAMPLE_SETTINGS[wildcards.generator],
     shell:
         "python -m scripts.diffusion sample_images --plan {input.plan} --model {input.model}"
         " --settings {params.settings:q} --shard {wildcards.shard} --gpus {resources.gpu}"

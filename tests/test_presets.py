@@ -23,7 +23,11 @@ PHANTOMS = {"n_patients": 40, "image_size": 48, "seed": 11}
 # no GPU. Everything else (prompt strategies, method, regimes, samplers, label policies...) is the preset's.
 TINY: dict[str, Any] = {
     "preprocess": {"resolution": 32, "shards": 1},
-    "prompts": {"mep": {"model": "tiny", "k": 2}, "balance": {"min_prompts_per_class": 1}},
+    # phantoms are not H&E tissue: MEP's histology outlier rule would remove every one of them
+    "prompts": {
+        "mep": {"model": "tiny", "k": 2, "outliers": {"enabled": False}},
+        "balance": {"min_prompts_per_class": 1},
+    },
     "diffusion": {
         "base_model": "tiny",
         "resolution": 32,
@@ -54,7 +58,7 @@ TINY: dict[str, Any] = {
         "evaluation": {"bootstrap_resamples": 10},
         "focus": {"images": 2, "overlays": 2},
     },
-    "evaluation": {"extractor": "tiny", "gpus": 0, "min_images": 2},
+    "evaluation": {"extractor": "tiny", "also": [], "gpus": 0, "min_images": 2},
 }
 GPU_RULES = {
     "embed_images",
@@ -82,7 +86,10 @@ def preset_study(preset: Path, workdir: Path, data: Path, *, tiny: bool) -> dict
     paths = LAYOUTS[adapter](data, PHANTOMS)
     section = config["dataset"][adapter]
     section |= {key: path for key, path in paths.items() if key in section}  # the files the preset reads
-    config = merged(config, TINY) if tiny else config
+    if tiny:
+        config = merged(config, TINY)
+        for arm in (config["diffusion"].get("generators") or {}).values():
+            arm.pop("images_per_prompt", None)  # the tiny sample size of TINY for every arm
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return config
