@@ -4,10 +4,12 @@ overrides), and at full size plans the jobs and GPU requests its study needs."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 from configs import validated
@@ -103,6 +105,35 @@ def test_preset_runs_the_whole_study_end_to_end(preset, tmp_path):
     assert "Nothing to be done" in snakemake(tmp_path / "study", "--dry-run").stdout
     focus = (tmp_path / "study" / "results/classifier/real/focus.json").read_text()
     assert '"regions_unavailable"' in focus
+    PAPER_CHECKS.get(preset.stem, lambda results: None)(tmp_path / "study" / "results")
+
+
+def lora_fairness_study(results: Path) -> None:
+    """Race joined from CheXpert's demographics file; the demographic design: one drawn finding per image,
+    captioned with the drawn person."""
+    assert pd.read_parquet(results / "data/dataset.parquet")["race"].notna().any()
+    samples = pd.read_parquet(results / "samples/sd-lora/manifest.parquet")
+    labels = samples[[c for c in samples if c.startswith("label_")]]
+    assert (labels.sum(axis=1) == 1).all() and samples["prompt"].str.startswith("Chest X-ray of a").all()
+    assert set(json.loads((results / "fid.json").read_text())["generators"]) == {"sd-lora"}
+
+
+def mep_ldm_study(results: Path) -> None:
+    """Both arms of the comparison, trained on the same images; only the morphology arm's captions have a
+    morphology type."""
+    assert set(json.loads((results / "fid.json").read_text())["generators"]) == {"sd-morphology", "sd-class"}
+    arms = {
+        g: pd.read_parquet(results / f"samples/{g}/manifest.parquet") for g in ("sd-morphology", "sd-class")
+    }
+    assert arms["sd-morphology"]["prompt"].str.contains("morphology type").all()
+    assert not arms["sd-class"]["prompt"].str.contains("morphology").any()
+    study = pd.read_parquet(results / "prompts/train.parquet")
+    variant = pd.read_parquet(results / "prompts/variants/labels/train.parquet")
+    assert variant["selected"].tolist() == study["selected"].tolist()
+
+
+PAPER_CHECKS = {"lora-fairness": lora_fairness_study, "mep-ldm": mep_ldm_study}
+"""Preset -> what its end-to-end run must show of the paper's design, beyond every output being built."""
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
