@@ -82,12 +82,18 @@ def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def preset_study(preset: Path, workdir: Path, data: Path, *, tiny: bool) -> dict[str, Any]:
     """The preset with its dataset paths pointing at phantoms in its format (and the tiny overrides); a file
-    the preset does not name (e.g. CheXpert's demographics file) is not added to it."""
+    the preset does not name (e.g. CheXpert's demographics file) is not added to it. A classifier checkpoint
+    the preset names becomes an empty stand-in file (a dry run only checks that it exists)."""
     config = yaml.safe_load(preset.read_text())
     adapter = config["dataset"]["adapter"]
     paths = LAYOUTS[adapter](data, PHANTOMS)
     section = config["dataset"][adapter]
     section |= {key: path for key, path in paths.items() if key in section}  # the files the preset reads
+    training = config.get("classifier", {}).get("training", {})
+    if training.get("weights") not in (None, "random", "imagenet"):  # the user's checkpoint file
+        stand_in = data / Path(training["weights"]).name
+        stand_in.touch()
+        training["weights"] = str(stand_in)
     if tiny:
         config = merged(config, TINY)
         for arm in (config["diffusion"].get("generators") or {}).values():
