@@ -41,6 +41,10 @@ CAPTIONS = (
     if DIFFUSION["sample"]["design"]["kind"] == "demographic"
     else ""
 )
+SAMPLE_SETTINGS = {
+    name: SampleSettings.of(config, generator.images_per_prompt).to_json()
+    for name, generator in STUDY_GENERATORS.items()
+}
 SAMPLE_SHARDS = range(DIFFUSION["sample"]["shards"])
 MODEL = model_dir("{generator}")
 SAMPLES = samples_dir("{generator}")
@@ -139,8 +143,9 @@ rule finetune_sd:
         mixed_precision=DIFFUSION["train"]["mixed_precision"],
         checkpoints=f"{MODEL}/checkpoints",
         validation=f"{MODEL}/grids",
+    # trap: the shell and accelerate wait while training saves a checkpoint on SIGTERM (Slurm's time limit)
     shell:
-        "accelerate launch --num_processes {params.processes} --num_machines 1"
+        "trap '' TERM; accelerate launch --num_processes {params.processes} --num_machines 1"
         " --mixed_precision {params.mixed_precision} --dynamo_backend no"
         " -m scripts.diffusion finetune_sd --cache {input.cache} --base-model {params.base:q}"
         " --settings {params.settings:q} --gpus {resources.gpu} --model {output.model}"
@@ -161,7 +166,7 @@ rule plan_samples:
     conda:
         "../envs/synthmed.yaml"
     params:
-        settings=SampleSettings.of(config).to_json(),
+        settings=lambda wildcards: SAMPLE_SETTINGS[wildcards.generator],
         captions=lambda wildcards: CAPTIONS,  # a function: the template's {fields} are not wildcards
     shell:
         "python -m scripts.diffusion plan_samples --prompts {input.prompts} --dataset {input.dataset}"
@@ -186,7 +191,7 @@ rule sample_images:
     resources:
         gpu=DIFFUSION["sample"]["gpus"],
     params:
-        settings=SampleSettings.of(config).to_json(),
+        settings=lambda wildcards: SAMPLE_SETTINGS[wildcards.generator],
     shell:
         "python -m scripts.diffusion sample_images --plan {input.plan} --model {input.model}"
         " --settings {params.settings:q} --shard {wildcards.shard} --gpus {resources.gpu}"

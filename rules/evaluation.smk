@@ -1,6 +1,6 @@
 # Evaluation stage, image quality: FID, KID and precision/recall of every generator's synthetic set against
-# a real split, overall, per finding, per prompt and (volumes) per slice position; results/fid.json has a
-# section per generator.
+# a real split, overall, per finding, per prompt and (volumes) per slice position, in one or more feature
+# spaces (evaluation.extractor, evaluation.also); results/fid.json has a section per generator.
 # Functions: workflow/evaluation/stage.py (one per rule); settings: workflow/evaluation/settings.py.
 from workflow.evaluation.settings import EvaluationSettings, extractor_inputs
 
@@ -8,7 +8,7 @@ EVALUATION = config["evaluation"]
 QUALITY = "results/evaluation/{generator}"
 
 
-EXTRACTOR = extractor_inputs(config)
+EXTRACTORS = extractor_inputs(config)
 EVALUATION_OUTPUTS = ["results/fid.json", "results/fid_per_class.csv"]
 
 
@@ -17,7 +17,7 @@ rule image_metrics:
         dataset=DATASET,
         samples=samples_manifest("{generator}"),
         prompts=f"{PROMPTS}/{EVALUATION['reference_split']}.parquet",
-        extractor=EXTRACTOR,
+        extractors=list(EXTRACTORS.values()),
     output:
         report=f"{QUALITY}/image_metrics.json",
         table=f"{QUALITY}/per_group.csv",
@@ -29,10 +29,10 @@ rule image_metrics:
         gpu=EVALUATION["gpus"],
     params:
         settings=EvaluationSettings.of(config).to_json(),
-        extractor=f"--extractor {EXTRACTOR[0]}" if EXTRACTOR else "",
+        extractors=json.dumps(EXTRACTORS),
     shell:
         "python -m scripts.evaluation image_metrics --dataset {input.dataset} --samples {input.samples}"
-        " --prompts {input.prompts} --settings {params.settings:q} {params.extractor}"
+        " --prompts {input.prompts} --settings {params.settings:q} --extractors {params.extractors:q}"
         " --report {output.report} --table {output.table} 2> {log}"
 
 

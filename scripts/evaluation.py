@@ -1,6 +1,8 @@
 """Entry points of the evaluation stage (rules/evaluation.smk): one subcommand per rule, each calling the
 function of the same name in workflow.evaluation.stage."""
 
+import json
+
 from workflow.common.cli import Arg, command, main
 from workflow.evaluation.settings import EvaluationSettings
 
@@ -12,7 +14,11 @@ COMMANDS = [
         Arg("--samples", help="the generator's manifest"),
         Arg("--prompts", help="prompts table of the reference split"),
         Arg("--settings", EvaluationSettings.from_json, "evaluation section (JSON)"),
-        Arg("--extractor", help="the extractor's local model folder or weights file", optional=True),
+        Arg(
+            "--extractors",
+            json.loads,
+            "JSON: extractor kind -> its local model folder or weights file (those the workflow tracks)",
+        ),
         "--report",
         "--table",
     ),

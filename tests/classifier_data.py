@@ -75,6 +75,7 @@ def training_settings(**changes: Any) -> TrainSettings:
         "epochs": 2,
         "min_epochs": 0,
         "patience": 5,
+        "selection": "val_auroc",
         "batch_size": 16,
         "learning_rate": 0.003,
         "weight_decay": 0.0001,

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytest
 from snakemake.utils import validate
 
@@ -16,6 +17,7 @@ from workflow.data.settings import DatasetSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "resources" / "config.schema.yaml")
+TABLES = (".csv", ".csv.gz", ".jsonl", ".xlsx", ".txt")
 
 
 def validated(config: dict[str, Any]) -> dict[str, Any]:
@@ -34,17 +36,23 @@ def dataset_settings(section: dict[str, Any]) -> DatasetSettings:
 
 
 def tables_opened(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> set[str]:
-    """The table files (CSV, gzipped CSV, JSON lines) ``action`` opens."""
+    """The table files (CSV, gzipped CSV, JSON lines, Excel, text lists, HDF5) ``action`` opens."""
     opened: set[str] = set()
     real_open = builtins.open
+    real_h5 = h5py.File
 
     def spy(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(file, str | Path) and str(file).endswith((".csv", ".csv.gz", ".jsonl")):
+        if isinstance(file, str | Path) and str(file).endswith(TABLES):
             opened.add(str(Path(file)))
         return real_open(file, *args, **kwargs)
+
+    def spy_h5(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.add(str(Path(file)))
+        return real_h5(file, *args, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(builtins, "open", spy)
         patch.setattr(io, "open", spy)
+        patch.setattr(h5py, "File", spy_h5)
         action()
     return opened

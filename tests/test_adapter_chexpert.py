@@ -1,5 +1,7 @@
 from dataclasses import replace
+from pathlib import Path
 
+import dataset_layouts
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,8 @@ from PIL import Image
 
 from workflow.common.errors import InputError
 from workflow.data.adapters import build_manifest, table_files
+from workflow.data.adapters.base import group_values
+from workflow.data.adapters.chexpert import RACE_GROUPS, RACE_OTHER, RACE_UNKNOWN
 from workflow.data.labels import CHEXPERT_LABELS
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS, "Site"]
@@ -152,3 +156,129 @@ def test_reads_exactly_the_tables_the_rules_track(chexpert, monkeypatch):
     dataset = replace(dataset, chexpert=dataset.chexpert | {"csv": [str(csv), str(valid)]})
     opened = tables_opened(monkeypatch, lambda: build_manifest(dataset))
     assert opened == set(table_files("chexpert", dataset.chexpert)) == {str(csv), str(valid)}
+
+
+# --- race and ethnicity from CheXpert's demographics file (LoRA-fairness) ----------------------------------
+
+
+def _demographics(root, rows, name="demo.csv"):
+    table = pd.DataFrame(rows, columns=["PATIENT", "GENDER", "AGE_AT_CXR", "PRIMARY_RACE", "ETHNICITY"])
+    path = root / name
+    table.to_excel(path, index=False) if name.endswith(".xlsx") else table.to_csv(path, index=False)
+    return path
+
+
+def _with_demographics(csv, root, path, **extra):
+    dataset = _dataset(csv, root, **extra)
+    return replace(dataset, chexpert=dataset.chexpert | {"demographics_csv": str(path)} | extra)
+
+
+@pytest.mark.parametrize("name", ["demo.csv", "CHEXPERT DEMO.xlsx"])
+def test_race_is_joined_by_patient_grouped_and_missing_rows_are_kept_and_counted(chexpert, name):
+    csv, root = chexpert
+    path = _demographics(
+        root,
+        [
+            ("patient00001", "Female", 68, "White, non-Hispanic", "Non-Hispanic/Non-Latino"),
+            ("patient00001", "Female", 68, "White, non-Hispanic", "Non-Hispanic/Non-Latino"),  # repeated
+            ("patient00099", "Male", 30, "Black or African American", "Hispanic/Latino"),
+        ],
+        name,
+    )
+    result = build_manifest(_with_demographics(csv, root, path))
+    table = result.manifest.set_index("patient_id")
+    assert table.loc["patient00001", "race"].tolist() == ["white", "white"]
+    assert table.loc["patient00001", "ethnicity"].tolist() == ["Non-Hispanic/Non-Latino"] * 2
+    assert pd.isna(table.loc["patient00002", "race"]) and pd.isna(table.loc["patient00002", "ethnicity"])
+    assert len(result.manifest) == 3  # patient00002 has no demographics row and is kept
+    summary = result.summary["demographics"]
+    assert summary["images_without_demographics_row"] == 1
+    assert summary["patients_without_demographics_row"] == 1
+    assert summary["images_per_race_group"] == {"(missing)": 1, "white": 2}
+    assert summary["race_group_of_value"] == {
+        "Black or African American": "black",
+        "White, non-Hispanic": "white",
+    }
+
+
+def test_race_groups_are_configurable():
+    values = pd.Series(
+        [
+            "White or Caucasian",
+            "Asian - Historical Conv",
+            "Native Hawaiian or Other Pacific Islander",
+            "Race and Ethnicity Unknown",
+            "Patient Refused",
+            None,
+            "Black, Hispanic",
+        ]
+    )
+    default = group_values(values, RACE_GROUPS, other=RACE_OTHER, unknown=RACE_UNKNOWN)
+    assert default.tolist() == ["white", "asian", "other", pd.NA, pd.NA, pd.NA, "black"]
+    custom = group_values(
+        values, {"pacific": ["pacific"], "white": ["white"]}, other=None, unknown=["refused"]
+    )
+    assert custom.tolist() == ["white", pd.NA, "pacific", pd.NA, pd.NA, pd.NA, pd.NA]
+
+
+def test_frontal_only_with_race_from_the_demographics_file_as_lora_fairness_uses_it(tmp_path):
+    """The LoRA-fairness data: CheXpert phantoms with CHEXPERT DEMO.xlsx, frontal views only."""
+    paths = dataset_layouts.chexpert(tmp_path, {"n_patients": 14, "image_size": 32, "seed": 2})
+    table = pd.read_csv(paths["csv"])
+    lateral = table.iloc[[0]].assign(
+        **{
+            "Path": table["Path"].iloc[0].replace("view1_frontal", "view2_lateral"),
+            "Frontal/Lateral": "Lateral",
+        }
+    )
+    Image.open(Path(paths["image_root"]) / table["Path"].iloc[0]).save(
+        Path(paths["image_root"]) / lateral["Path"].iloc[0]
+    )
+    pd.concat([table, lateral]).to_csv(paths["csv"], index=False)
+    settings = dataset_settings(
+        {
+            "adapter": "chexpert",
+            "labels": list(CHEXPERT_LABELS),
+            "uncertain_policy": "zeros",
+            "blank_policy": "zeros",
+            "chexpert": paths | {"frontal_only": True},
+        }
+    )
+    result = build_manifest(settings)
+    assert (result.manifest["view"] == "frontal").all() and len(result.manifest) == len(table)
+    assert result.rejected["reason"].tolist() == ["lateral view excluded by dataset.chexpert.frontal_only"]
+    assert set(result.manifest["race"].dropna()) <= {"white", "black", "asian", "other"}
+    missing = result.manifest["patient_id"].isin(["patient00007", "patient00014"])
+    assert result.manifest.loc[missing, "race"].isna().all()
+    assert result.manifest.loc[~missing, "ethnicity"].notna().all()
+
+
+@pytest.mark.parametrize(
+    ("rows", "extra", "message"),
+    [
+        ([("patient00001", "F", 1, "White", "")], {"extra_columns": {"race": "Site"}}, r"both give race"),
+        (
+            [("patient00001", "F", 1, "White", ""), ("patient00001", "F", 1, "Asian", "")],
+            {},
+            r"different values for PATIENT patient00001; dataset.chexpert.demographics_csv needs one row",
+        ),
+        (
+            [("P1", "F", 1, "White", "")],
+            {},
+            r"no PATIENT matches a patient id of the CSVs \(e.g. 'patient00001'",
+        ),
+    ],
+)
+def test_demographics_errors_name_the_file_and_key(chexpert, rows, extra, message):
+    csv, root = chexpert
+    with pytest.raises(InputError, match=message):
+        build_manifest(_with_demographics(csv, root, _demographics(root, rows), **extra))
+
+
+def test_demographics_file_is_a_table_the_rules_track(chexpert, monkeypatch):
+    csv, root = chexpert
+    dataset = _with_demographics(
+        csv, root, _demographics(root, [("patient00001", "F", 1, "White", "")], "d.xlsx")
+    )
+    opened = tables_opened(monkeypatch, lambda: build_manifest(dataset))
+    assert opened == set(table_files("chexpert", dataset.chexpert)) == {str(csv), str(root / "d.xlsx")}

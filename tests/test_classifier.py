@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +14,7 @@ from classifier_data import LABELS, fabricate, training_settings
 from workflow.classifier import networks, regimes, training
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
+from workflow.common.interruption import Stopped
 from workflow.common.manifest import label_column
 
 
@@ -52,8 +56,13 @@ def test_labels_without_positives_are_skipped_with_a_reason(dataset):
         training.trainable_labels(train, ["C"])
 
 
-def test_same_seed_same_model_and_resume_reaches_the_same_result(dataset, tmp_path, monkeypatch):
-    whole = _fit(dataset, tmp_path / "whole", epochs=3, patience=1)
+@pytest.fixture(scope="module")
+def whole(dataset, tmp_path_factory) -> training.FitResult:
+    """An uninterrupted run, 3 epochs."""
+    return _fit(dataset, tmp_path_factory.mktemp("whole"), epochs=3, patience=1)
+
+
+def test_same_seed_same_model_and_resume_reaches_the_same_result(dataset, whole, tmp_path, monkeypatch):
     again = _fit(dataset, tmp_path / "again", epochs=3, patience=1)
     assert _same_weights(whole.model, again.model)
     assert whole.history == again.history
@@ -75,6 +84,33 @@ def test_same_seed_same_model_and_resume_reaches_the_same_result(dataset, tmp_pa
     assert _same_weights(whole.model, resumed.model)
     assert resumed.history == whole.history
     assert resumed.best_epoch == whole.best_epoch
+
+
+def test_sigterm_mid_epoch_saves_the_epoch_so_far_and_the_rerun_continues_it(
+    dataset, whole, tmp_path, monkeypatch
+):
+    """Slurm's time limit sends SIGTERM: the batch in progress finishes, the epoch so far is saved and the
+    process exits with 143; the rerun continues that epoch and ends where an uninterrupted run ends."""
+    real_augment, calls = training.augment, []
+
+    def augment_then_signal(*args):
+        calls.append(1)
+        if len(calls) == 5:  # 3 batches an epoch: the second batch of the second epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_augment(*args)
+
+    monkeypatch.setattr(training, "augment", augment_then_signal)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as stopped:
+        _fit(dataset, tmp_path, epochs=3, patience=1)
+    assert stopped.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) == handler
+    saved = checkpoints.newest(tmp_path, "fingerprint")
+    assert saved["step"] == 1 and saved["epoch_progress"]["batches"] == 2 and len(saved["history"]) == 1
+    resumed = _fit(dataset, tmp_path, epochs=3, patience=1)
+    assert len(calls) == 3 * len(whole.history)  # no batch trained twice
+    assert _same_weights(whole.model, resumed.model) and resumed.history == whole.history
+    assert resumed.stops == [{"step": 1, "signal": "SIGTERM", "slurm_job_id": None}]
 
 
 def test_checkpoints_of_other_settings_are_not_resumed(dataset, tmp_path):
@@ -106,6 +142,43 @@ def test_training_learns_the_fabricated_findings(dataset, tmp_path):
     assert scores.to_numpy().min() >= 0 and scores.to_numpy().max() <= 1
 
 
+# Scripted validation results per epoch: the lowest loss (epoch 2) and the highest AUROC (epoch 3) differ.
+VAL_LOSS = [0.9, 0.5, 0.7, 0.8, 0.6, 0.95, 0.99]
+VAL_AUROC = [0.6, 0.7, 0.9, 0.65, 0.66, 0.5, 0.4]
+
+
+@pytest.mark.parametrize(
+    ("selection", "min_epochs", "best", "stopped_after"),
+    [("val_loss", 0, 2, 4), ("val_auroc", 0, 3, 5), ("val_loss", 6, 2, 6)],
+)
+def test_selection_keeps_the_best_epoch_of_its_criterion_and_stops_on_it(
+    dataset, tmp_path, monkeypatch, selection, min_epochs, best, stopped_after
+):
+    """val_loss (the LoRA-fairness study) keeps the lowest-loss epoch, val_auroc the highest-AUROC one; early
+    stopping counts epochs without improvement of the same criterion, and never before min_epochs."""
+    weights = []
+
+    def scripted(model, table, settings, where):
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        return VAL_LOSS[len(weights) - 1], VAL_AUROC[len(weights) - 1]
+
+    monkeypatch.setattr(training, "validate", scripted)
+    result = _fit(dataset, tmp_path, epochs=7, patience=2, min_epochs=min_epochs, selection=selection)
+    assert result.best_epoch == best and result.stopped_early
+    assert len(result.history) == stopped_after
+    assert [row["val_loss"] for row in result.history] == VAL_LOSS[:stopped_after]
+    assert result.selection == {"val_loss": "lowest val loss", "val_auroc": "val macro AUROC"}[selection]
+    kept = result.model.state_dict()
+    assert all(torch.equal(kept[k], weights[best - 1][k]) for k in kept)
+
+
+def test_selection_score_without_a_defined_auroc_falls_back_to_the_loss():
+    assert training.selection_score("val_loss", 0.4, 0.9) == (-0.4, "lowest val loss")
+    assert training.selection_score("val_auroc", 0.4, 0.9) == (0.9, "val macro AUROC")
+    score, name = training.selection_score("val_auroc", 0.4, None)
+    assert score == -0.4 and name.startswith("lowest val loss (no finding has positives and negatives")
+
+
 def test_augmentation_and_batches_are_seeded():
     images = torch.rand(5, 1, 16, 16)
     first = training.augment(images, np.random.default_rng([1, 0]), 0.1, 0.2)
@@ -127,6 +200,18 @@ def test_torchvision_backbones_take_gray_images(backbone, channels):
     first_conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_conv.in_channels == (3 if channels == "repeat" else 1)
     assert networks.cam_layer(model) is not None
+
+
+def test_resnet50_at_the_studys_320_px():
+    """The LoRA-fairness classifier input (Resize 320 x 320): image_size is all it takes; Grad-CAM reads a
+    10 x 10 map."""
+    torch.manual_seed(0)
+    model = networks.build(networks.ModelSpec("resnet50", "repeat", ("A", "B"), 320)).eval()
+    maps = []
+    networks.cam_layer(model).register_forward_hook(lambda module, args, out: maps.append(out.shape))
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 320, 320)).shape == (1, 2)
+    assert maps == [(1, 2048, 10, 10)]
 
 
 def test_weights_from_a_file_and_their_errors(tmp_path):

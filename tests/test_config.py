@@ -27,7 +27,7 @@ def test_default_config_is_valid_and_gets_defaults():
 def test_empty_config_gets_every_section():
     config = {"dataset": {"chexpert": {"csv": "x.csv", "image_root": "."}}}
     validate(config, SCHEMA)
-    assert config["preprocess"] == {"resolution": 64, "fit": "crop", "shards": 2}
+    assert config["preprocess"] == {"resolution": 64, "fit": "crop", "shards": 2, "color": "grayscale"}
     assert config["dataset"]["uncertain_policy"] == "zeros"
 
 

@@ -26,6 +26,7 @@ from snakemake.utils import validate
 
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
+from workflow.common.interruption import Stopped
 from workflow.common.seeding import derive_seed, text_key
 from workflow.diffusion import base_models, latent_cache, sampling, saving, stage, training, validation
 from workflow.diffusion.generators import cache_file, generators, prompt_variants
@@ -349,6 +350,44 @@ def test_killed_training_resumes_to_the_same_weights(tiny, study, tmp_path):
     )
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert not list((tmp_path / "killed" / "checkpoints").glob("checkpoint-*.pt"))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_next_attempt_resumes_from_it(
+    tiny, study, tmp_path, monkeypatch, capsys
+):
+    """Slurm's time limit sends SIGTERM: training finishes the step, saves it although no checkpoint is due
+    and exits with 143; the next attempt resumes there, says so in its report, and its log starts with the
+    earlier attempt's (Snakemake deletes a job's log before each attempt)."""
+    settings = train_settings(max_steps=5, checkpoint_steps=100, validation_prompts=1)
+    paths = {name: str(tmp_path / name) for name in ("model", "checkpoints", "validation")}
+    paths |= {"report": str(tmp_path / "report.json"), "loss": str(tmp_path / "loss.png")}
+    paths["grid"] = str(tmp_path / "grid.png")
+    real_loss, calls = training.diffusion_loss, []
+
+    def loss_then_signal(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args)
+
+    monkeypatch.setattr(training, "diffusion_loss", loss_then_signal)
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    handler = signal.getsignal(signal.SIGTERM)
+    cache = str(study / "cache.safetensors")
+    with pytest.raises(Stopped) as stopped:
+        training.train(cache, str(tiny), settings, 0, paths)
+    assert stopped.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) == handler
+    folder = tmp_path / "checkpoints"
+    assert [p.name[:19] for p in folder.glob("checkpoint-*.pt")] == ["checkpoint-00000003"]
+    assert "SIGTERM received: stopped after step 3" in (folder / "attempts.log").read_text()
+    capsys.readouterr()
+    training.train(cache, str(tiny), settings, 0, paths)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["resumed_from_step"] == 3 and report["steps"] == 5 and len(calls) == 5
+    assert report["stopped_by_signal"] == [{"step": 3, "signal": "SIGTERM", "slurm_job_id": "41"}]
+    log = capsys.readouterr().err
+    assert "earlier attempts" in log and "SIGTERM received: stopped after step 3" in log
+    assert not list(folder.iterdir())  # checkpoints and the attempts' log are gone once the model is saved
 
 
 SCHEDULES = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["diffusion"]["properties"]["train"][

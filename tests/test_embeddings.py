@@ -26,15 +26,18 @@ def tiny(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    """A dataset table of 7 grayscale PNGs of different brightness (ids deliberately unsorted)."""
+    """A dataset table of 7 grayscale PNGs of different brightness (ids deliberately unsorted); image 3's
+    source is a patch inside an HDF5 file (``slice_index`` set), which embedding must never open."""
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     rows = []
     for i in (4, 0, 6, 2, 5, 1, 3):
         path = root / f"img{i}.png"
         Image.fromarray(rng.integers(0, 30 * (i + 1), size=(48, 48), dtype=np.uint8)).save(path)
-        rows.append({"image_id": f"p{i}/view", "image": str(path), "path": str(path)})
-    pd.DataFrame(rows).to_parquet(root / "dataset.parquet")
+        source, index = (root / "patches.h5", 3) if i == 3 else (path, None)
+        rows.append({"image_id": f"p{i}/view", "image": str(path), "path": str(source), "slice_index": index})
+    frame = pd.DataFrame(rows).astype({"slice_index": "Int64"})
+    frame.to_parquet(root / "dataset.parquet")
     return str(root / "dataset.parquet")
 
 

@@ -21,6 +21,7 @@ from configs import validated
 from PIL import Image
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from workflow.common.errors import InputError
 from workflow.common.manifest import label_column
@@ -28,7 +29,8 @@ from workflow.common.model_card import read_card
 from workflow.data import phantoms
 from workflow.evaluation import extractors, fidelity, stage
 from workflow.evaluation.features import FeatureCache, ImagePolicy, check_features, resolve_policy
-from workflow.evaluation.settings import EvaluationSettings
+from workflow.evaluation.settings import EvaluationSettings, extractor_inputs
+from workflow.prompts.embeddings import IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 # The same patients imaged at two sites that differ in noise and contrast.
@@ -76,9 +78,29 @@ def sets(tmp_path_factory) -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def features(tiny, sets, tmp_path_factory) -> dict[str, torch.Tensor]:
-    spec = extractors.resolve(evaluation_settings(Path()), tiny)
+    spec = extractors.resolve(evaluation_settings(Path()), "tiny", tiny)
     cache = FeatureCache(tmp_path_factory.mktemp("cache"), spec, ImagePolicy(48, "grayscale"), False, 64)
     return {site: cache.features(frame["image"].tolist(), site)[0] for site, frame in sets.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_inception(tmp_path_factory) -> str:
+    """The random-init torchvision Inception-v3 stand-in (a folder with its weights file and card)."""
+    out = tmp_path_factory.mktemp("tiny") / "inception"
+    extractors.build_tiny_inception(out, seed=0)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def inception_cache(tiny_inception, sets, tmp_path_factory) -> tuple[Path, pd.DataFrame, torch.Tensor]:
+    """torchvision-Inception features of four images (about a second each on a shared CPU, and every 2048-d
+    FID a minute of scipy's sqrtm) in a feature cache that the stage test reuses (same images, extractor and
+    policy: the same content keys), so each image goes through the network once."""
+    root = tmp_path_factory.mktemp("inception_cache")
+    four = sets["site_a"].iloc[:4].reset_index(drop=True)
+    spec = extractors.resolve(metric_settings(), extractors.TORCHVISION_KIND, tiny_inception)
+    cache = FeatureCache(root, spec, ImagePolicy(48, "grayscale"), False, 8)
+    return root, four, cache.features(four["image"].tolist(), "four")[0]
 
 
 def write_inputs(folder: Path, real: pd.DataFrame, fake: pd.DataFrame) -> None:
@@ -153,9 +175,77 @@ def test_kid_subset_is_clamped_and_small_sets_are_flagged(features):
     assert few["reason"] == "fewer than evaluation.min_images = 10 images (synthetic 5, real 62)"
 
 
+def test_kid_takes_the_studys_100_subsets_of_100():
+    """LoRA-fairness KID: 100 subsets of 100 images (evaluation.kid_subset_size, kid_subsets),
+    torch-fidelity's unbiased estimator with the cubic polynomial kernel."""
+    generator = torch.Generator().manual_seed(0)
+    fake, real = torch.randn(150, 16, generator=generator), torch.randn(130, 16, generator=generator) + 0.3
+    row = fidelity.compare(fake, real, metric_settings(kid_subset_size=100, kid_subsets=100))
+    assert row["kid_subset_size"] == 100 and row["warnings"] == []
+    direct = kid_features_to_metric(
+        fake, real, kid_subsets=100, kid_subset_size=100, rng_seed=2020, verbose=False
+    )
+    assert (row["kid_mean"], row["kid_std"]) == (direct[KEY_METRIC_KID_MEAN], direct[KEY_METRIC_KID_STD])
+    fewer = fidelity.compare(fake, real, metric_settings(kid_subset_size=100, kid_subsets=10))
+    assert fewer["kid_std"] != row["kid_std"]
+
+
+def test_torchvision_inception_is_the_studys_fid_evaluator(tiny_inception, inception_cache):
+    """Through torch-fidelity's registry, 2048-d features equal to the LoRA-fairness FIDEvaluator's on the
+    same images (grayscale -> RGB, transforms.Resize(299), ImageNet normalisation, fc = Identity)."""
+    from torchvision import transforms
+    from torchvision.models import inception_v3
+
+    _, four, features = inception_cache
+    assert features.shape == (4, 2048) and bool(torch.isfinite(features).all())
+    assert float(features.std(dim=0).max()) > 1e-3
+    spec = extractors.resolve(metric_settings(), extractors.TORCHVISION_KIND, tiny_inception)
+    assert (spec.fidelity_name, spec.feature) == (extractors.TORCHVISION, "2048")
+    assert spec.weights() == extractors.TINY_INCEPTION_WEIGHTS
+
+    paper = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
+    paper.load_state_dict(torch.load(Path(tiny_inception) / extractors.TORCHVISION_FILE))
+    paper.fc = torch.nn.Identity()
+    preprocess = transforms.Compose(
+        [transforms.Resize(299), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    images = [Image.open(path).convert("L").convert("RGB") for path in four["image"][:2]]
+    with torch.no_grad():
+        expected = paper.eval()(torch.stack([preprocess(image) for image in images]))
+    # PIL's and torchvision's antialiased bilinear resize differ by at most 2 grey levels at some pixels
+    torch.testing.assert_close(features[:2], expected, rtol=0, atol=2e-3 * float(expected.abs().max()))
+
+
+def test_torchvision_weights_that_are_no_inception_name_the_key(tmp_path):
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    for path, problem in [
+        (tmp_path / "other.pth", "not a torchvision Inception-v3"),
+        (tmp_path, "does not exist"),
+    ]:
+        with pytest.raises(InputError, match=f"evaluation.torchvision_weights: .*{problem}"):
+            extractors.ExtractorSpec(extractors.TORCHVISION_KIND, str(path), None).create(cuda=False)
+
+
+def test_extractor_inputs_per_feature_space():
+    both = {"extractor": "tiny", "also": ["torchvision-inception"], "torchvision_weights": "tiny"}
+    assert extractor_inputs(validated({"evaluation": both})) == {
+        "tiny": "results/models/tiny/dinov2",
+        "torchvision-inception": "results/models/tiny/inception",
+    }
+    study = {"also": ["torchvision-inception"], "torchvision_weights": "/w/inception_v3_google-0cc3c7bd.pth"}
+    assert extractor_inputs(validated({"evaluation": study})) == {
+        "torchvision-inception": "/w/inception_v3_google-0cc3c7bd.pth"
+    }
+    assert extractor_inputs(validated({"evaluation": {"torchvision_weights": "tiny"}})) == {}
+    with pytest.raises(
+        InputError, match=r"evaluation\.also: 'transformers' is evaluation\.extractor already"
+    ):
+        extractor_inputs(validated({"evaluation": {"extractor": "transformers", "also": ["transformers"]}}))
+
+
 def test_cache_is_keyed_by_image_content(tiny, sets, tmp_path, monkeypatch):
     paths = [shutil.copy(source, tmp_path) for source in sets["site_a"]["image"][:12]]
-    spec = extractors.resolve(evaluation_settings(tmp_path), tiny)
+    spec = extractors.resolve(evaluation_settings(tmp_path), "tiny", tiny)
     policy = ImagePolicy(48, "grayscale")
     first, key = FeatureCache(tmp_path / "cache", spec, policy, False, 8).features(paths, "set")
     entry = json.loads((tmp_path / "cache" / key / "entry.json").read_text())
@@ -228,7 +318,7 @@ def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path
     inputs = [f"--{name}={tmp_path / name}.parquet" for name in ("dataset", "samples", "prompts")]
     outputs = [f"--report={tmp_path / 'quality.json'}", f"--table={tmp_path / 'per_group.csv'}"]
     command = [sys.executable, "-m", "scripts.evaluation", "image_metrics", *inputs, *outputs]
-    command += ["--settings", settings.to_json(), "--extractor", tiny]
+    command += ["--settings", settings.to_json(), "--extractors", json.dumps({"tiny": tiny})]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
@@ -274,6 +364,59 @@ def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path
     assert both.columns[0] == "generator"
 
 
+def test_feature_spaces_side_by_side_in_fid_json(tiny, tiny_inception, inception_cache, tmp_path):
+    """extractor tiny plus also torchvision-inception, a set against itself: the top level stays that of
+    evaluation.extractor, feature_spaces and fid.json's overall table label every extractor's metrics (FID of
+    a set with itself is 0 in both), the table has an extractor column. The Inception features come from the
+    cache (same content key)."""
+    cache_dir, four, features = inception_cache
+    write_inputs(tmp_path, four.assign(split="train"), four)
+    settings = evaluation_settings(
+        cache_dir, also=("torchvision-inception",), torchvision_weights="tiny", min_images=4
+    )
+    args = [str(tmp_path / f"{n}.parquet") for n in ("dataset", "samples", "prompts")]
+    local = {"tiny": tiny, "torchvision-inception": tiny_inception}
+    report, table = tmp_path / "image_metrics.json", tmp_path / "per_group.csv"
+    stage.image_metrics(*args, settings, local, str(report), str(table))
+    quality = json.loads(report.read_text())
+    spaces = quality["feature_spaces"]
+    assert list(spaces) == ["tiny", "torchvision-inception"]
+    assert (
+        quality["metrics"] == spaces["tiny"]["metrics"]
+        and quality["extractor"] == spaces["tiny"]["extractor"]
+    )
+    inception = spaces["torchvision-inception"]
+    assert inception["extractor"]["feature_dim"] == 2048 and spaces["tiny"]["extractor"]["feature_dim"] == 32
+    assert inception["extractor"]["weights"] == extractors.TINY_INCEPTION_WEIGHTS
+    assert inception["feature_cache"]["real"] == inception["feature_cache"]["synthetic"]
+    assert (cache_dir / inception["feature_cache"]["real"] / "features.pt").is_file()
+    scale = float(torch.cov(features.double().T).trace())
+    assert abs(inception["metrics"]["fid"]) < 1e-5 * scale and abs(spaces["tiny"]["metrics"]["fid"]) < 1e-6
+    assert "evaluation.extractor (tiny)" in quality["comparability"]
+    seeds = {"kid": 2020, "tiny_extractor": 0, "tiny_extractor:torchvision-inception": 0}
+    assert quality["provenance"]["seeds"] == seeds
+    weights = quality["provenance"]["weights"]
+    assert (
+        weights
+        == f"tiny: {extractors.TINY_WEIGHTS}; torchvision-inception: {extractors.TINY_INCEPTION_WEIGHTS}"
+    )
+    assert any(w.startswith(extractors.TINY_INCEPTION_WEIGHTS) for w in inception["warnings"])
+
+    rows = pd.read_csv(table)
+    assert rows.iloc[0][["extractor", "group", "name"]].tolist() == ["tiny", "overall", "all"]
+    half = len(rows) // 2
+    assert rows["extractor"].tolist() == ["tiny"] * half + ["torchvision-inception"] * half
+    overall = rows[rows["group"] == "overall"].set_index("extractor")["fid"]
+    assert overall["torchvision-inception"] == pytest.approx(inception["metrics"]["fid"])
+
+    fid, fid_table = tmp_path / "fid.json", tmp_path / "fid_per_class.csv"
+    stage.collect_image_metrics(["sd-lora"], [str(report)], [str(table)], str(fid), str(fid_table))
+    collected = json.loads(fid.read_text())
+    assert collected["overall"] == {"sd-lora": {kind: spaces[kind]["metrics"] for kind in spaces}}
+    assert collected["generators"]["sd-lora"] == quality
+    assert list(pd.read_csv(fid_table).columns[:2]) == ["generator", "extractor"]
+
+
 def test_missing_image_and_empty_split_name_the_file(tiny, sets, tmp_path):
     real = sets["site_a"].assign(split="train")
     fake = sets["site_c"].copy()
@@ -282,9 +425,13 @@ def test_missing_image_and_empty_split_name_the_file(tiny, sets, tmp_path):
     args = [str(tmp_path / f"{n}.parquet") for n in ("dataset", "samples", "prompts")]
     settings = evaluation_settings(tmp_path / "cache")
     with pytest.raises(InputError, match=r"samples.parquet row 2: cannot read image '.*gone.png'"):
-        stage.image_metrics(*args, settings, tiny, str(tmp_path / "a.json"), str(tmp_path / "a.csv"))
+        stage.image_metrics(
+            *args, settings, {"tiny": tiny}, str(tmp_path / "a.json"), str(tmp_path / "a.csv")
+        )
     with pytest.raises(InputError, match="no images to evaluate in split 'val'"):
-        stage.image_metrics(*args, replace(settings, reference_split="val"), tiny, "a.json", "a.csv")
+        stage.image_metrics(
+            *args, replace(settings, reference_split="val"), {"tiny": tiny}, "a.json", "a.csv"
+        )
 
 
 def test_config_defaults_and_demo_config():

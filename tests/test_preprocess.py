@@ -4,7 +4,14 @@ import pytest
 from PIL import Image
 
 from workflow.common.manifest import normalise
-from workflow.data.preprocess import fit_geometry, preprocess_rows, resize_to_square, shard_of, to_grayscale
+from workflow.data.preprocess import (
+    fit_geometry,
+    preprocess_rows,
+    resize_to_square,
+    shard_of,
+    to_color,
+    to_grayscale,
+)
 from workflow.data.settings import PreprocessSettings
 
 
@@ -40,6 +47,15 @@ def test_sixteen_bit_images_keep_top_bits():
     array = np.array([[0, 65535], [256, 32768]], dtype=np.uint16)
     out = np.asarray(to_grayscale(Image.fromarray(array)))
     assert out.tolist() == [[0, 255], [1, 128]]
+
+
+def test_rgb_keeps_colour_and_repeats_gray():
+    """preprocess.color: rgb (histology) keeps colour; gray and 16-bit images get three equal channels."""
+    colour = Image.fromarray(np.array([[[200, 30, 90]]], dtype=np.uint8))
+    assert np.asarray(to_color(colour, "rgb")).tolist() == [[[200, 30, 90]]]
+    assert to_color(colour, "grayscale").mode == "L"
+    wide = to_color(Image.fromarray(np.array([[65535, 256]], dtype=np.uint16)), "rgb")
+    assert wide.mode == "RGB" and np.asarray(wide).tolist() == [[[255] * 3, [1] * 3]]
 
 
 def test_shards_are_stable_and_patient_grouped():

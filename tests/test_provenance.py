@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+from configs import validated
 
 from workflow.common.files import atomic_output, read_parquet_meta, write_json, write_parquet
 from workflow.common.provenance import config_hash, frame_hash, provenance
@@ -16,7 +17,8 @@ def test_config_hash_ignores_key_order_but_not_values():
 
 
 def test_config_hash_of_settings_equals_that_of_their_section():
-    section = {"seed": 3, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}
+    """The hash a result records is that of its config section as the rules see it (defaults filled in)."""
+    section = validated({"split": {"seed": 3}})["split"]
     assert config_hash(SplitSettings.from_dict(section)) == config_hash(section)
 
 

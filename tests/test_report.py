@@ -122,6 +122,54 @@ def test_image_quality_table_names_prompts_by_their_text():
     assert list(table.columns) == ["n_fake", "n_real", "fid"]
 
 
+def test_image_quality_table_labels_each_feature_space():
+    per_class = pd.DataFrame(
+        {
+            "generator": ["sd-lora"] * 2,
+            "extractor": ["inception-v3-compat", "torchvision-inception"],
+            "group": ["overall"] * 2,
+            "name": ["all"] * 2,
+            "prompt": [None, None],
+            "fid": [12.5, 3.1],
+        }
+    )
+    table = stage.image_quality_table(per_class)
+    assert list(table.index) == [
+        ("sd-lora", "inception-v3-compat", "overall", "all"),
+        ("sd-lora", "torchvision-inception", "overall", "all"),
+    ]
+    assert table.index.names == ["generator", "extractor", "group", "name / prompt"]
+
+
+def test_image_quality_page_names_every_extractor(tmp_path):
+    entry = {"patients": 2, "images": 3, "image_fraction": 0.5, "labels": {}}
+    split = {"train": entry, "val": entry, "test": entry, "provenance": {"seeds": {"split": 1}}}
+    spaces = {
+        kind: {"extractor": {"kind": kind, "weights": weights}}
+        for kind, weights in [
+            ("inception-v3-compat", "TF-FID"),
+            ("torchvision-inception", "torchvision IMAGENET1K_V1"),
+        ]
+    }
+    quality = {"reference": {"split": "train"}, "resize_policy": {"resize": "none"}, "seed": 2020}
+    fid = {"generators": {"sd-lora": quality | {"feature_spaces": spaces}}}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    (tmp_path / "fid.json").write_text(json.dumps(fid))
+    rows = {"generator": ["sd-lora"] * 2, "extractor": list(spaces), "group": ["overall"] * 2}
+    pd.DataFrame(rows | {"name": ["all"] * 2, "prompt": [None] * 2, "fid": [12.5, 3.1]}).to_csv(
+        tmp_path / "fid.csv"
+    )
+    pd.DataFrame({"run": ["real"], "macro_auroc": [0.7]}).to_csv(tmp_path / "comparison.csv", index=False)
+    pages = [str(tmp_path / f"{name}.html") for name in ("split", "quality", "regimes")]
+    stage.report_tables(
+        *(str(tmp_path / n) for n in ("split.json", "fid.json", "fid.csv", "comparison.csv")), *pages
+    )
+    page = (tmp_path / "quality.html").read_text()
+    assert "inception-v3-compat (TF-FID); torchvision-inception (torchvision IMAGENET1K_V1)" in page
+    assert "Values of different extractors are not comparable." in page
+    assert "<th>torchvision-inception</th>" in page
+
+
 def write_images(folder: Path, count: int, labels: dict[str, list[float]], split: str | None) -> pd.DataFrame:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

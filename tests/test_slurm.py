@@ -378,6 +378,38 @@ def cancel_training_and_rerun(
     return cancelled, rerun.finish()
 
 
+TIME_LIMITED_TRAINING_S = 150  # fine-tuning at the demo's speed: well beyond the first job's time limit
+FIRST_LIMIT, LATER_LIMIT = 1, 10  # minutes: Slurm's shortest time limit, then enough to finish
+
+
+def start_time_limited_training(cluster: LocalSlurm, demo: Path, workdir: Path) -> ProfileRun:
+    """Long training on a short time limit: in ``workdir``, a copy of the finished demo's working directory,
+    fine-tuning is made about TIME_LIMITED_TRAINING_S long (at the speed the demo's fine-tuning reached, so on
+    any machine) without periodic checkpoints, and its first job gets Slurm's shortest time limit, one minute
+    (later attempts get LATER_LIMIT: the runtime is a resource expression of Snakemake's `attempt`). The job
+    that times out must save a checkpoint on Slurm's SIGTERM, so that the retry resumes from it.
+
+    A `--set-resources` option replaces the profile's set-resources as a whole: finetune_sd's entry is
+    given in full, as the profile has it, but for the runtime."""
+    shutil.copytree(demo, workdir, symlinks=True)
+    config_file = workdir / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    done = json.loads((demo / TRAINING / "train_report.json").read_text())
+    per_step = done["train_seconds_this_job"] / (done["steps"] - done["resumed_from_step"])
+    steps = max(600, round(TIME_LIMITED_TRAINING_S / per_step))
+    config["diffusion"]["train"] |= {"max_steps": steps, "checkpoint_steps": 10 * steps}
+    config_file.write_text(yaml.safe_dump(config))
+    entry = PROFILE["set-resources"]["finetune_sd"]
+    resources = [
+        f"finetune_sd:{key}={Template(value).substitute(USER_ENV) if isinstance(value, str) else value!r}"
+        for key, value in entry.items()
+        if key != "runtime"
+    ]
+    resources.append(f"finetune_sd:runtime={FIRST_LIMIT} if attempt == 1 else {LATER_LIMIT}")
+    args = ["--snakefile", ROOT / "Snakefile", "--configfile", config_file, "--set-resources", *resources]
+    return ProfileRun(cluster, workdir, *args).start(f"{TRAINING}/train_report.json")
+
+
 @pytest.fixture(scope="module")
 def runs(slurm: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run | tuple[Run, Run]]:
     """The runs through the profile.
@@ -385,7 +417,8 @@ def runs(slurm: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     demo: the whole default DAG on the small phantom study, every `gpus` setting of the config at 1, so
     that every GPU rule asks Slurm for an A100 (the node's A100s are fake: the jobs compute on the CPU);
     probe (side by side with the demo): tests/slurm/Snakefile, the profile's GPU entries and a rule that
-    fails `retries` times; resume: cancel_training_and_rerun on a copy of the demo's working directory.
+    fails `retries` times; then, side by side, on copies of the demo's working directory, resume:
+    cancel_training_and_rerun, and timeout: start_time_limited_training.
     """
     started: list[ProfileRun] = []
     try:
@@ -399,8 +432,13 @@ def runs(slurm: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         started.append(probe)
         finished = {"demo": demo.finish(), "probe": probe.finish()}
         if finished["demo"].returncode == 0:
+            timed = start_time_limited_training(
+                slurm, workdir, tmp_path_factory.mktemp("slurm-timeout") / "work"
+            )
+            started.append(timed)
             resume = tmp_path_factory.mktemp("slurm-resume") / "work"
             finished["resume"] = cancel_training_and_rerun(slurm, workdir, resume, started)
+            finished["timeout"] = timed.finish()
         return finished
     finally:  # no Snakemake outlives this fixture
         for process in (run.process for run in started):
@@ -499,6 +537,32 @@ def test_cancelled_training_resumes_from_its_checkpoint(runs: dict, slurm: Local
     assert report["steps"] == 400
     assert 10 <= report["resumed_from_step"] < 400
     assert not list((rerun.workdir / TRAINING / "checkpoints").glob("checkpoint-*.pt"))
+
+
+@pytest.mark.slurm
+def test_training_cut_by_the_time_limit_is_resubmitted_and_resumes(runs: dict, slurm: LocalSlurm) -> None:
+    """Fine-tuning longer than its job's time limit: Slurm ends the first job (TIMEOUT), whose training saved
+    a checkpoint on Slurm's SIGTERM (no periodic one was due); Snakemake submits the job again (the profile's
+    preemptible-retries), the new attempt resumes from that checkpoint and finishes training, and its log
+    holds the first attempt's too."""
+    run = runs["timeout"]
+    assert run.returncode == 0, run.log
+    (job,) = run.submitted()
+    records = slurm.records(run.workdir)
+    assert_submitted_by_this_run(run, records)
+    states = [records[slurm_id]["State"] for slurm_id in job.slurm_ids]
+    assert states == ["TIMEOUT", "COMPLETED"], run.log
+    limits = [minutes(records[slurm_id]["Timelimit"]) for slurm_id in job.slurm_ids]
+    assert limits == [FIRST_LIMIT, LATER_LIMIT]  # the runtime is evaluated again for each attempt
+    assert "SLURM status is: 'TIMEOUT'" in run.log and "Trying to restart job" in run.log
+    report = json.loads((run.workdir / TRAINING / "train_report.json").read_text())
+    steps = yaml.safe_load((run.workdir / "config.yaml").read_text())["diffusion"]["train"]["max_steps"]
+    assert 0 < report["resumed_from_step"] < report["steps"] == steps
+    stop = {"step": report["resumed_from_step"], "signal": "SIGTERM", "slurm_job_id": job.slurm_ids[0]}
+    assert report["stopped_by_signal"] == [stop]
+    log = (run.workdir / "logs/diffusion/finetune_sd/sd-full.log").read_text()
+    assert "earlier attempts" in log and f"SIGTERM received: stopped after step {stop['step']}" in log
+    assert not list((run.workdir / TRAINING / "checkpoints").iterdir())
 
 
 @pytest.mark.slurm

@@ -1,3 +1,4 @@
+import json
 import re
 
 import numpy as np
@@ -6,8 +7,16 @@ import pytest
 from conftest import LABELS, make_manifest
 
 from workflow.common.errors import InputError
-from workflow.common.manifest import label_column
-from workflow.data.split import assign_splits, check_no_leakage, patient_labels, split_report
+from workflow.common.manifest import empty_rejected, label_column
+from workflow.data.settings import RejectionSettings, SplitSettings
+from workflow.data.split import (
+    assign_splits,
+    check_no_leakage,
+    patient_labels,
+    predefined_splits,
+    split_report,
+)
+from workflow.data.stage import split_dataset
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -140,3 +149,92 @@ def test_report_counts_and_prevalence(manifest):
     assert report["train"]["labels"]["B"]["prevalence"] == pytest.approx(train[label_column("B")].mean())
     missing = sum(report[s]["labels"]["A"]["missing"] for s in FRACTIONS)
     assert missing == 1
+
+
+# --- the dataset's own split (split.predefined) ---------------------------------------------------------
+
+
+def _official(n_patients: int, seed: int = 0) -> pd.DataFrame:
+    """A manifest whose patients have an official split: every 5th test, the rest train_val."""
+    frame = make_manifest(n_patients, seed=seed)
+    number = frame["patient_id"].str[-5:].astype(int)
+    return frame.assign(official_split=np.where(number % 5 == 0, "test", "train_val"))
+
+
+def test_predefined_keeps_train_val_test_as_given():
+    frame = make_manifest(30).assign(official_split=lambda f: np.array(["train", "val", "test"])[f.index % 3])
+    frame["patient_id"] = frame["image_id"]  # PCam: every image its own patient
+    splits, report = predefined_splits(frame, LABELS, FRACTIONS, seed=0)
+    assert (splits == frame["official_split"]).all()
+    assert "train_val_divided" not in report
+
+
+def test_predefined_divides_train_val_by_patient_with_renormalised_fractions():
+    """ChestX-ray14: test stays test; train_val's patients go to val at 0.15 / 0.85, stratified, seeded."""
+    frame = _official(400)
+    splits, report = predefined_splits(frame, LABELS, FRACTIONS, seed=3)
+    assert (splits[frame["official_split"] == "test"] == "test").all()
+    assert set(splits[frame["official_split"] == "train_val"]) == {"train", "val"}
+    pool = frame.loc[frame["official_split"] == "train_val", "patient_id"].nunique()  # 320
+    per_split = _patients_per_split(frame, splits)
+    assert per_split == {"train": 264, "val": 56, "test": 80}  # 320 * 0.15 / 0.85 = 56.5 -> 56
+    assert per_split["val"] + per_split["train"] == pool
+    assert report["train_val_divided"]["patients"] == {"train": 264, "val": 56}
+    assert report["train_val_divided"]["fractions"]["val"] == pytest.approx(0.15 / 0.85)
+    assert report["official_patients"] == {"test": 80, "train_val": 320}
+    assert (splits.groupby(frame["patient_id"]).nunique() == 1).all()
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    assert (predefined_splits(shuffled, LABELS, FRACTIONS, seed=3)[0].loc[frame.index] == splits).all()
+    assert (predefined_splits(frame, LABELS, FRACTIONS, seed=4)[0] != splits).any()
+    per_patient = patient_labels(frame, LABELS)
+    split_of = splits.groupby(frame["patient_id"]).first()
+    pooled = per_patient[split_of != "test"]
+    val = per_patient[split_of == "val"]
+    assert np.all(np.abs(val.mean() - pooled.mean()) < 0.03)  # stratified on the findings
+
+
+def test_predefined_refuses_a_patient_in_two_official_splits_by_name():
+    frame = _official(20)
+    row = frame.index[frame["patient_id"] == "patient00003"][0]
+    frame.loc[row, "official_split"] = "test"
+    image = frame.loc[row, "image_id"]
+    with pytest.raises(InputError, match=r"patient 'patient00003' is in more than one official split") as err:
+        predefined_splits(frame, LABELS, FRACTIONS, seed=0)
+    assert f"'{image}' in test" in str(err.value) and "1 patient(s) would leak" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("official", "message"),
+    [
+        (None, r"split.predefined is true but the manifest has no official split"),
+        ("some", r"1 image\(s\) have no official split \(e.g. 'patient00000/study1/view1'\)"),
+        ("odd", r"official_split has value\(s\) \['holdout'\]"),
+    ],
+)
+def test_predefined_without_an_official_split_is_refused(official, message):
+    frame = _official(20)
+    if official is None:
+        frame = frame.drop(columns="official_split")
+    else:
+        frame.loc[0, "official_split"] = None if official == "some" else "holdout"
+    with pytest.raises(InputError, match=message):
+        predefined_splits(frame, LABELS, FRACTIONS, seed=0)
+
+
+def test_split_report_says_which_mode(tmp_path):
+    frame = _official(40)
+    frame.to_parquet(tmp_path / "manifest.parquet")
+    empty_rejected().to_parquet(tmp_path / "rejected.parquet")
+    checks = RejectionSettings(LABELS, 0.01)
+    for predefined in (False, True):
+        settings = SplitSettings(FRACTIONS, seed=1, predefined=predefined)
+        report = tmp_path / f"{predefined}.json"
+        split_dataset(
+            str(tmp_path / "manifest.parquet"), str(tmp_path / "rejected.parquet"), settings, checks,
+            str(tmp_path / f"{predefined}.parquet"), str(report),
+        )  # fmt: skip
+        written = json.loads(report.read_text())
+        assert written["mode"] == ("predefined" if predefined else "stratified")
+        assert ("predefined" in written) == predefined
+        test = pd.read_parquet(tmp_path / f"{predefined}.parquet").query("split == 'test'")
+        assert (test["official_split"] == "test").all() == predefined

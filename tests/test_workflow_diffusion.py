@@ -17,6 +17,8 @@ from test_workflow_data import snakemake, write_config
 
 from workflow.common import manifest
 from workflow.common.files import read_parquet_meta
+from workflow.diffusion.generators import cache_file
+from workflow.prompts.variants import variant_name
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +161,7 @@ def test_unknown_base_model_stops_with_the_key(lora, tmp_path):
     workdir = tmp_path / "bad"
     shutil.copytree(lora, workdir, symlinks=True)
     configure(workdir, method="lora", base_model="/nonexistent/stable-diffusion")
-    done = snakemake(workdir, "results/models/cache/labels/train.safetensors", check=False)
+    done = snakemake(workdir, cache_file(variant_name(LABELS_ONLY["strategies"])), check=False)
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "diffusion.base_model: '/nonexistent/stable-diffusion' is neither an existing" in output

@@ -25,6 +25,7 @@ class TrainSettings(Settings):
     epochs: int
     min_epochs: int
     patience: int
+    selection: str
     batch_size: int
     learning_rate: float
     weight_decay: float

@@ -30,6 +30,7 @@ from workflow.classifier.settings import EvaluationSettings, FairnessSettings, F
 from workflow.common.devices import pick_device
 from workflow.common.figures import image_grid
 from workflow.common.files import write_csv, write_json, write_parquet
+from workflow.common.interruption import attempt_log
 from workflow.common.manifest import label_column
 from workflow.common.provenance import config_hash, provenance
 
@@ -52,7 +53,8 @@ def train_classifier(
     work_dir: str,
     threads: int,
 ) -> None:
-    """Train the classifier of ``run``; checkpoints go to ``work_dir`` and are removed at the end.
+    """Train the classifier of ``run``; checkpoints (and the log of every attempt of a job stopped and
+    resubmitted, :func:`workflow.common.interruption.attempt_log`) go to ``work_dir``, removed at the end.
 
     Args:
         run: ``<regime>`` or ``<regime>/<source>`` (:func:`workflow.classifier.regimes.runs`).
@@ -78,7 +80,8 @@ def train_classifier(
     )
     fingerprint = config_hash({k: meta[k] for k in ("config_hash", "inputs", "weights")})
     where = pick_device()
-    result = training.fit(data, spec, settings, work_dir, fingerprint, where)
+    with attempt_log(work_dir):
+        result = training.fit(data, spec, settings, work_dir, fingerprint, where)
     networks.save(model, result.model, spec, meta)
     write_json(
         report,
@@ -96,6 +99,7 @@ def train_classifier(
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
             "history": result.history,
+            "stopped_by_signal": result.stops,
         },
     )
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -4,10 +4,15 @@ Training follows the LoRA-fairness recipe (seeds spec 5.4) made reproducible: Ad
 annealing over ``epochs``, one logit per finding and binary cross-entropy. Labels missing after the dataset's
 uncertain-label policy (NaN: U-Ignore, or a column a synthetic manifest lacks) are masked out of the loss.
 
-**Model selection** on the real validation split: after every epoch the macro AUROC over the findings that
-have positives and negatives in ``val`` (the negative validation loss when none has); the best epoch's
-weights are kept, and training stops once ``patience`` epochs passed without improvement (not before
-``min_epochs``).
+**Model selection** on the real validation split (``selection``), after every epoch:
+
+- ``val_auroc``: the highest macro AUROC over the findings that have positives and negatives in ``val`` (the
+  lowest validation loss when none has);
+- ``val_loss``: the lowest validation loss (the masked BCE of training), as the LoRA-fairness study keeps
+  ``classification_best_model.pth`` (seeds spec 5.4).
+
+The best epoch's weights are kept, and training stops once ``patience`` epochs passed without a better score
+on the same criterion, but not before ``min_epochs`` (the study: patience 10 after epoch 50).
 
 **Determinism.** Same seed, same weights: torch runs in deterministic mode, the model is initialised after
 ``torch.manual_seed(seed)``, and epoch ``e`` draws its data order and augmentation from
@@ -17,14 +22,17 @@ weights are kept, and training stops once ``patience`` epochs passed without imp
 early-stopping counter) is written atomically with :mod:`workflow.common.checkpoints`. A restarted job
 resumes from the newest checkpoint that has the same fingerprint (settings + input hashes) and ends with the
 same result as an uninterrupted run; checkpoints of other settings are moved aside, never deleted.
+On SIGTERM (Slurm's time limit, :mod:`workflow.common.interruption`) the batch in progress is finished and
+the epoch so far is saved too (batches done, the epoch generator's state, the running loss), so the next
+attempt continues the epoch where this one stopped, to the same result.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +47,7 @@ from workflow.classifier.settings import TrainSettings
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
 from workflow.common.figures import load_gray
+from workflow.common.interruption import stop_on_signal
 from workflow.common.manifest import label_column
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,8 @@ class FitResult:
     best_epoch: int
     stopped_early: bool
     selection: str
+    stops: list[dict[str, Any]] = field(default_factory=list)
+    """Where earlier attempts stopped on a signal (``workflow.common.interruption.StopRequest.record``)."""
 
 
 class ImageTable(Dataset):
@@ -160,6 +171,16 @@ def predict(
     )
 
 
+@dataclass
+class EpochProgress:
+    """An epoch so far: batches done, the state of the epoch's generator after them, summed loss, images."""
+
+    batches: int = 0
+    rng: dict[str, Any] | None = None
+    total: float = 0.0
+    seen: int = 0
+
+
 def _train_epoch(
     model: networks.Classifier,
     table: ImageTable,
@@ -167,13 +188,18 @@ def _train_epoch(
     settings: TrainSettings,
     epoch: int,
     where: torch.device,
-) -> float:
+    progress: EpochProgress,
+) -> Iterator[EpochProgress]:
+    """Train epoch ``epoch`` from ``progress`` on (its batches done are skipped, its generator state taken
+    over), yielding the progress after each batch."""
     rng = np.random.default_rng([settings.seed, epoch])
     batches = epoch_batches(len(table), settings.batch_size, rng)
-    loader = DataLoader(table, batch_sampler=batches, num_workers=settings.loader_workers)
+    if progress.rng is not None:
+        rng.bit_generator.state = progress.rng
+    loader = DataLoader(table, batch_sampler=batches[progress.batches :], num_workers=settings.loader_workers)
     model.train()
-    total, seen = 0.0, 0
-    for images, targets in loader:
+    total, seen = progress.total, progress.seen
+    for done, (images, targets) in enumerate(loader, start=progress.batches + 1):
         images = augment(images, rng, settings.augment_shift, settings.augment_intensity)
         loss = masked_bce(model(images.to(where)), targets.to(where))
         optimizer.zero_grad(set_to_none=True)
@@ -181,20 +207,31 @@ def _train_epoch(
         optimizer.step()
         total += loss.item() * len(images)
         seen += len(images)
-    return total / seen
+        yield EpochProgress(done, rng.bit_generator.state, total, seen)
 
 
-def _selection_score(table: ImageTable, val_logits: torch.Tensor) -> tuple[float, str, float, float | None]:
-    """(score to maximise, its name, validation loss, validation macro AUROC or None)."""
+def validate(
+    model: networks.Classifier, table: ImageTable, settings: TrainSettings, where: torch.device
+) -> tuple[float, float | None]:
+    """Validation loss (masked BCE) and macro AUROC over the findings with positives and negatives in
+    ``table`` (None when none has)."""
+    val_logits = logits(model, table, settings.batch_size, where, settings.loader_workers)
     loss = float(masked_bce(val_logits, table.targets))
     scores = torch.sigmoid(val_logits).numpy()
     truth = table.targets.numpy()
     aurocs = [metrics.auroc(truth[:, j], scores[:, j]) for j in range(truth.shape[1])]
     defined = [a for a in aurocs if a is not None]
-    if defined:
-        macro = float(np.mean(defined))
-        return macro, "val macro AUROC", loss, macro
-    return -loss, "negative val loss (no finding has positives and negatives in val)", loss, None
+    return loss, float(np.mean(defined)) if defined else None
+
+
+def selection_score(criterion: str, val_loss: float, val_auroc: float | None) -> tuple[float, str]:
+    """The score model selection maximises under ``criterion`` (``classifier.training.selection``), and
+    its name."""
+    if criterion == "val_auroc" and val_auroc is not None:
+        return val_auroc, "val macro AUROC"
+    if criterion == "val_auroc":
+        return -val_loss, "lowest val loss (no finding has positives and negatives in val)"
+    return -val_loss, "lowest val loss"
 
 
 def fit(
@@ -231,26 +268,47 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     selection = state["history"][-1]["selection"] if state["history"] else ""
-    while not state["stopped"] and state["step"] < settings.epochs:
-        epoch = state["step"]
-        train_loss = _train_epoch(model, train_table, optimizer, settings, epoch, where)
-        learning_rate = scheduler.get_last_lr()[0]
-        scheduler.step()
-        val_logits = logits(model, val_table, settings.batch_size, where, settings.loader_workers)
-        score, selection, val_loss, val_auroc = _selection_score(val_table, val_logits)
-        if state["best_score"] is None or score > state["best_score"]:
-            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            state |= {"best_score": score, "best_epoch": epoch + 1, "since_best": 0, "best_state": best}
-        else:
-            state["since_best"] += 1
-        record = {"epoch": epoch + 1, "learning_rate": learning_rate, "train_loss": train_loss}
-        state["history"].append(
-            record | {"val_loss": val_loss, "val_macro_auroc": val_auroc, "selection": selection}
-        )
-        log.info("epoch %d: %s", epoch + 1, state["history"][-1])
-        state["stopped"] = epoch + 1 >= settings.min_epochs and state["since_best"] >= settings.patience
-        state |= {"step": epoch + 1, "fingerprint": fingerprint, "model": model.state_dict()}
-        state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        checkpoints.save(work_dir, state, keep=1)
+    with stop_on_signal() as stop:
+        while not state["stopped"] and state["step"] < settings.epochs:
+            epoch = state["step"]
+            progress = so_far = EpochProgress(**(state.get("epoch_progress") or {}))
+            for progress in _train_epoch(model, train_table, optimizer, settings, epoch, where, so_far):
+                if stop:  # save the epoch so far; the checkpoint keeps the completed-epoch count as its step
+                    state |= _training_state(model, optimizer, scheduler, fingerprint)
+                    state |= {"epoch_progress": asdict(progress)}
+                    state["stops"] = [*state.get("stops", []), stop.record(epoch)]
+                    stop.stop(epoch, checkpoints.save(work_dir, state, keep=1))
+            train_loss = progress.total / progress.seen
+            learning_rate = scheduler.get_last_lr()[0]
+            scheduler.step()
+            val_loss, val_auroc = validate(model, val_table, settings, where)
+            score, selection = selection_score(settings.selection, val_loss, val_auroc)
+            if state["best_score"] is None or score > state["best_score"]:
+                best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                state |= {"best_score": score, "best_epoch": epoch + 1, "since_best": 0, "best_state": best}
+            else:
+                state["since_best"] += 1
+            record = {"epoch": epoch + 1, "learning_rate": learning_rate, "train_loss": train_loss}
+            state["history"].append(
+                record | {"val_loss": val_loss, "val_macro_auroc": val_auroc, "selection": selection}
+            )
+            log.info("epoch %d: %s", epoch + 1, state["history"][-1])
+            state["stopped"] = epoch + 1 >= settings.min_epochs and state["since_best"] >= settings.patience
+            state |= _training_state(model, optimizer, scheduler, fingerprint) | {"step": epoch + 1}
+            state["epoch_progress"] = None
+            checkpoints.save(work_dir, state, keep=1)
     model.load_state_dict(state["best_state"])
-    return FitResult(model.eval(), state["history"], state["best_epoch"], state["stopped"], selection)
+    stops = state.get("stops", [])
+    return FitResult(model.eval(), state["history"], state["best_epoch"], state["stopped"], selection, stops)
+
+
+def _training_state(
+    model: networks.Classifier, optimizer: torch.optim.Optimizer, scheduler: Any, fingerprint: str
+) -> dict[str, Any]:
+    """The parts of a checkpoint that the model, optimizer and schedule hold."""
+    return {
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }

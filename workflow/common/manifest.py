@@ -12,21 +12,26 @@ column             dtype     meaning
 image_id           string    unique, stable id of the image or slice (e.g. ``patient00042/study1/view1``)
 patient_id         string    patient the image belongs to; splits never separate a patient's images
 study_id           string    study (visit) within the patient
-path               string    source file: a 2D image, a NIfTI volume or a DICOM series folder
+path               string    source file: a 2D image, a NIfTI volume, a DICOM series folder, or an HDF5
+                             stack of 2D images (``.h5``: dataset ``x``, N x H x W [x 3] uint8, PCam's layout)
 mask_path          string    integer segmentation mask (2D image or label volume), optional
 view               string    ``frontal`` / ``lateral`` (chest X-ray), optional
 projection         string    ``AP`` / ``PA`` / ``LL`` ... (chest X-ray), optional
 sex                string    ``female`` / ``male``, optional
 age                float64   age in years, optional
-race               string    race / ethnicity as given by the dataset, optional
+race               string    race as given by the dataset, or its group (``race_groups``), optional
+ethnicity          string    ethnicity as given by the dataset (e.g. CheXpert's ``ETHNICITY``), optional
 site               string    acquisition site or scanner, optional
 volume_id          string    volume the slice comes from (volumes only)
-slice_index        Int64     index of the slice along ``slice_axis`` (volumes only)
-slice_axis         Int64     array axis the slice was taken along (volumes only)
+slice_index        Int64     index of the slice along ``slice_axis`` (volumes), or of the image in an HDF5
+                             stack (axis 0)
+slice_axis         Int64     array axis the slice was taken along (volumes; 0 for an HDF5 stack)
 affine             string    JSON 4x4 voxel-to-world affine of the volume (volumes only)
 volume_shape       string    JSON shape of the canonical volume, to reassemble slices (volumes only)
 window_low         float64   intensity mapped to 0 when the slice is rendered (volumes only)
 window_high        float64   intensity mapped to 255 when the slice is rendered (volumes only)
+official_split     string    the dataset's own split: ``train``, ``val``, ``test`` or ``train_val`` (to be
+                             divided into train and val), optional; kept by ``split.predefined``
 label_<name>       float64   finding ``<name>`` after the uncertain-label policy: 1, 0 or NaN (ignored)
 tab_<field>        object    tabular clinical field ``<field>`` (number or text), optional
 =================  ========  ==========================================================================
@@ -57,6 +62,7 @@ CORE_COLUMNS: dict[str, str] = {
     "sex": "string",
     "age": "float64",
     "race": "string",
+    "ethnicity": "string",
     "site": "string",
     "volume_id": "string",
     "slice_index": "Int64",
@@ -65,6 +71,7 @@ CORE_COLUMNS: dict[str, str] = {
     "volume_shape": "string",
     "window_low": "float64",
     "window_high": "float64",
+    "official_split": "string",
 }
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "path")

@@ -63,6 +63,12 @@ TINY_MODELS: dict[str, TinyModel] = {
         ("evaluation", "tiny_seed"),
         "workflow.evaluation.extractors:build_tiny",
     ),
+    "inception": TinyModel(
+        "torchvision's ImageNet Inception-v3 of the LoRA-fairness FID (extractor torchvision-inception)",
+        ("evaluation", "torchvision_weights"),
+        ("evaluation", "tiny_seed"),
+        "workflow.evaluation.extractors:build_tiny_inception",
+    ),
 }
 
 

@@ -1,4 +1,10 @@
-"""Preprocessing: every image (or volume slice) to one grayscale PNG at the configured resolution.
+"""Preprocessing: every image (or volume slice) to one PNG at the configured resolution, in 8-bit grayscale
+or, with ``preprocess.color: rgb``, in colour (histology).
+
+This is the one place where source images are read: image files with PIL, volume slices through
+:mod:`workflow.data.slicing`, and images inside an HDF5 stack (PCam: the manifest's ``path`` is the ``.h5``
+file, ``slice_index`` the position in its dataset ``x``; :mod:`workflow.data.adapters.pcam`) with h5py, one
+image at a time. Every later stage reads the PNGs written here.
 
 Geometry is aspect-preserving: ``crop`` scales the short side to the resolution and centre-crops,
 ``pad`` scales the long side to the resolution and pads with black. Images are resampled with Lanczos
@@ -12,7 +18,8 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -22,7 +29,15 @@ from workflow.common.manifest import empty_rejected, rejected
 from workflow.data import slicing
 from workflow.data.settings import PreprocessSettings
 
+if TYPE_CHECKING:
+    import h5py
+
 Fit = Literal["crop", "pad"]
+Color = Literal["grayscale", "rgb"]
+HDF5_SUFFIXES = (".h5", ".hdf5")
+HDF5_IMAGES = "x"
+"""An HDF5 stack of images: a ``.h5``/``.hdf5`` file whose dataset ``x`` is N x H x W (x 3) uint8 (PCam's)."""
+_WIDE = ("I;16", "I;16B", "I;16L", "I")
 
 
 def shard_of(patient_ids: pd.Series, shards: int) -> np.ndarray:
@@ -54,22 +69,61 @@ def resize_to_square(
 
 def to_grayscale(image: Image.Image) -> Image.Image:
     """8-bit grayscale: 16-bit images keep their top 8 bits, colour images use ITU-R 601 luma."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in _WIDE:
         array = np.asarray(image, dtype=np.uint32)
         return Image.fromarray((array >> 8 if array.max() > 255 else array).astype(np.uint8))
     return image.convert("L")
 
 
+def to_color(image: Image.Image, color: Color) -> Image.Image:
+    """The image as ``preprocess.color`` asks: 8-bit grayscale (:func:`to_grayscale`), or RGB with the colour
+    kept (grayscale and 16-bit images, after :func:`to_grayscale`, repeated on three channels)."""
+    if color == "grayscale" or image.mode in _WIDE:
+        image = to_grayscale(image)
+    return image if color == "grayscale" else image.convert("RGB")
+
+
+def is_hdf5(path: str) -> bool:
+    """True if ``path`` names an HDF5 stack of images (by its suffix, any case)."""
+    return str(path).lower().endswith(HDF5_SUFFIXES)
+
+
 class _Reader:
-    """Reads manifest rows as 2D arrays.
+    """Reads manifest rows as images in ``preprocess.color``; a context manager (closes HDF5 files).
 
     Keeps the two most recent volumes (an image volume and its label volume) so that each is loaded once
-    per shard: a volume's slices are consecutive rows and all of a patient's rows are in one shard.
+    per shard: a volume's slices are consecutive rows and all of a patient's rows are in one shard. HDF5
+    stacks stay open and are read one image at a time (PCam's train file holds 7 GB of patches).
     """
 
-    def __init__(self, volume_reader: str) -> None:
+    def __init__(self, volume_reader: str, color: Color = "grayscale") -> None:
         self._volume_reader = volume_reader
+        self._color = color
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._stacks: dict[str, h5py.File] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        for handle in self._stacks.values():
+            handle.close()
+        self._stacks.clear()
+
+    def _stacked(self, path: str, index: int) -> Image.Image:
+        """Image ``index`` of the HDF5 stack at ``path``."""
+        import h5py
+
+        if path not in self._stacks:
+            self._stacks[path] = h5py.File(path, "r")
+        stack = self._stacks[path].get(HDF5_IMAGES)
+        if not isinstance(stack, h5py.Dataset):
+            raise ValueError(f"{path} has no dataset '{HDF5_IMAGES}' of images")
+        if not 0 <= index < stack.shape[0]:
+            raise ValueError(f"image {index} is outside the {stack.shape[0]} images of {path}")
+        return Image.fromarray(np.asarray(stack[index], dtype=np.uint8))
 
     def _volume(self, path: str) -> np.ndarray:
         if path not in self._cache:
@@ -81,7 +135,9 @@ class _Reader:
     def image(self, row: pd.Series) -> Image.Image:
         if pd.isna(row["slice_index"]):
             with Image.open(row["path"]) as source:
-                return to_grayscale(source)
+                return to_color(source, self._color)
+        if is_hdf5(row["path"]):
+            return to_color(self._stacked(str(row["path"]), int(row["slice_index"])), self._color)
         array = slicing.render_slice(
             self._volume(row["path"]),
             int(row["slice_index"]),
@@ -89,7 +145,7 @@ class _Reader:
             float(row["window_low"]),
             float(row["window_high"]),
         )
-        return Image.fromarray(array)
+        return to_color(Image.fromarray(array), self._color)
 
     def mask(self, row: pd.Series) -> Image.Image:
         if pd.isna(row["slice_index"]):
@@ -122,21 +178,21 @@ def preprocess_rows(
     rejection list.
     """
     out = Path(out_dir)
-    reader = _Reader(settings.volume_reader)
     images: list[str | None] = []
     masks: list[str | None] = []
     failures: list[tuple[int, str, str]] = []
     allowed = set(range(settings.mask_classes))
-    for pos, (_, row) in enumerate(frame.iterrows()):
-        try:
-            image_path, mask_path = _process_one(row, reader, settings, out, allowed)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            failures.append((pos, str(row["image_id"]), _reason(err)))
-            images.append(None)
-            masks.append(None)
-            continue
-        images.append(image_path)
-        masks.append(mask_path)
+    with _Reader(settings.volume_reader, settings.color) as reader:
+        for pos, (_, row) in enumerate(frame.iterrows()):
+            try:
+                image_path, mask_path = _process_one(row, reader, settings, out, allowed)
+            except (OSError, UnidentifiedImageError, ValueError) as err:
+                failures.append((pos, str(row["image_id"]), _reason(err)))
+                images.append(None)
+                masks.append(None)
+                continue
+            images.append(image_path)
+            masks.append(mask_path)
     processed = frame.assign(image=images, mask=masks)
     processed["image"] = processed["image"].astype("string")
     processed["mask"] = processed["mask"].astype("string")

@@ -33,6 +33,8 @@ class DatasetSettings(Settings):
     csv: dict[str, Any] | None = None
     imagefolder: dict[str, Any] | None = None
     volumes: dict[str, Any] | None = None
+    chestxray14: dict[str, Any] | None = None
+    pcam: dict[str, Any] | None = None
 
     def adapter_settings(self) -> Mapping[str, Any]:
         """The section of the selected adapter, ``dataset.<adapter>`` (empty when not given)."""
@@ -41,12 +43,14 @@ class DatasetSettings(Settings):
 
 @dataclass(frozen=True)
 class SplitSettings(Settings):
-    """``split``: patient fractions per split and the seed of the stratified split."""
+    """``split``: patient fractions per split and the seed of the stratified split, or the dataset's own
+    split (``predefined``; :func:`workflow.data.split.predefined_splits`)."""
 
     SECTION = ("split",)
 
     fractions: dict[str, float]
     seed: int
+    predefined: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class PreprocessSettings(Settings):
     resolution: int
     fit: str
     shards: int
+    color: str = "grayscale"
     mask_classes: int = 0
     volume_reader: str = "auto"
 
@@ -85,5 +90,10 @@ class PreprocessSettings(Settings):
         reader = dataset["volumes"]["reader"] if dataset["adapter"] == "volumes" else "auto"
         section = config["preprocess"]
         return cls(
-            section["resolution"], section["fit"], section["shards"], len(dataset["mask_classes"]), reader
+            section["resolution"],
+            section["fit"],
+            section["shards"],
+            section["color"],
+            len(dataset["mask_classes"]),
+            reader,
         )

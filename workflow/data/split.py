@@ -11,6 +11,13 @@ Patients per split are the fractions' quotas rounded by the largest-remainder me
 70/15/15 give 4/1/1; a split is refused only when it would really receive no patient. A single finding (a
 binary label, as in most CT and MRI studies) is stratified as the two columns "positive" and "negative"; a
 dataset without findings is split by patient alone, in a seeded random order.
+
+With ``split.predefined`` the dataset's own split (the manifest's ``official_split``, set by adapters that
+know one: ChestX-ray14's lists, PCam's files) is kept instead (:func:`predefined_splits`). A patient in two
+official splits is refused by name. Images whose official split is ``train_val`` (ChestX-ray14 publishes
+train_val and test only) are divided into train and val by patient, with the stratification above, seeded
+by ``split.seed``, and the fractions re-normalised: ``val / (train + val)`` of the train_val patients (at
+70/15/15, 15/85 = 17.6 %) go to val, rounded by largest remainder.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from workflow.common.errors import InputError
 from workflow.common.manifest import label_column
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+TRAIN_VAL = "train_val"
+"""An ``official_split`` value: train or val, divided here (:func:`predefined_splits`)."""
 
 
 def patient_labels(manifest: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
@@ -43,22 +52,28 @@ def _check_fractions(fractions: Mapping[str, float]) -> None:
         raise InputError(f"split.fractions must be positive and sum to 1; got {dict(fractions)}")
 
 
-def patient_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
+def patient_counts(n: int, fractions: Mapping[str, float], of: str = "") -> dict[str, int]:
     """Patients per split: the quotas ``fraction * n`` rounded down, the patients left over going one each to
     the largest remainders (Hamilton's method; ties in the order train, val, test).
+
+    Args:
+        n: patients to divide.
+        fractions: split -> fraction (summing to 1) for all three splits (``split.fractions``) or some.
+        of: what the patients are, for the message (e.g. " of official split train_val").
 
     Raises:
         InputError: when a split would receive no patient, with the counts the fractions give.
     """
-    quotas = {name: fractions[name] * n for name in SPLITS}
+    names = [name for name in SPLITS if name in fractions]
+    quotas = {name: fractions[name] * n for name in names}
     counts = {name: int(np.floor(q)) for name, q in quotas.items()}
     left = n - sum(counts.values())
-    for name in sorted(SPLITS, key=lambda s: counts[s] - quotas[s])[:left]:
+    for name in sorted(names, key=lambda s: counts[s] - quotas[s])[:left]:
         counts[name] += 1
-    empty = [name for name in SPLITS if counts[name] == 0]
+    empty = [name for name in names if counts[name] == 0]
     if empty:
         raise InputError(
-            f"only {n} patients: split.fractions {dict(fractions)} give {counts} patients (largest "
+            f"only {n} patients{of}: split.fractions {dict(fractions)} give {counts} patients (largest "
             f"remainder), so split(s) {empty} would be empty; add patients or raise their fractions"
         )
     return counts
@@ -114,6 +129,84 @@ def assign_splits(
     names[val] = "val"
     by_patient = pd.Series(names, index=per_patient.index)
     return pd.Series(by_patient.loc[manifest["patient_id"]].to_numpy(), index=manifest.index, name="split")
+
+
+def _drawn(per_patient: pd.DataFrame, size: int, seed: int) -> np.ndarray:
+    """Positions of ``size`` patients drawn from ``per_patient``: stratified on their findings, or in a seeded
+    random order when there are none."""
+    y = _indicator(per_patient)
+    if y is None:
+        return np.sort(np.random.default_rng(seed).permutation(len(per_patient))[:size])
+    return _holdout(y, size, seed)[1]
+
+
+def predefined_splits(
+    manifest: pd.DataFrame, labels: Sequence[str], fractions: Mapping[str, float], seed: int
+) -> tuple[pd.Series, dict[str, Any]]:
+    """The dataset's own split (``official_split``), with ``train_val`` divided into train and val by patient.
+
+    Args:
+        manifest: normalised manifest with ``official_split`` (train, val, test or train_val).
+        labels: findings to stratify the train_val division on.
+        fractions: ``split.fractions``; train and val re-normalised divide train_val.
+        seed: ``split.seed``, seeds the division.
+
+    Returns:
+        The split name per row (aligned with ``manifest.index``) and what was done, for the split report.
+
+    Raises:
+        InputError: no or some rows lack an official split, a value is unknown, or a patient is in two
+            official splits (named, with an image of each).
+    """
+    _check_fractions(fractions)
+    official = (
+        manifest["official_split"] if "official_split" in manifest else pd.Series(pd.NA, manifest.index)
+    )
+    if official.isna().all():
+        raise InputError(
+            "split.predefined is true but the manifest has no official split (column official_split): this "
+            "dataset.adapter gives none (chestxray14 needs train_val_list and test_list); set "
+            "split.predefined: false for a patient-level stratified split"
+        )
+    if official.isna().any():
+        first = manifest.loc[official.isna(), "image_id"].iloc[0]
+        raise InputError(
+            f"split.predefined: {int(official.isna().sum())} image(s) have no official split (e.g. '{first}')"
+        )
+    unknown = sorted(set(official) - {*SPLITS, TRAIN_VAL})
+    if unknown:
+        raise InputError(f"official_split has value(s) {unknown}; allowed: {[*SPLITS, TRAIN_VAL]}")
+    per_patient = pd.DataFrame(
+        {"patient_id": manifest["patient_id"], "split": official, "image": manifest["image_id"]}
+    )
+    spread = per_patient.groupby("patient_id")["split"].nunique()
+    if (spread > 1).any():
+        patient = spread.index[spread > 1][0]
+        images = per_patient[per_patient["patient_id"] == patient].drop_duplicates("split")
+        shown = ", ".join(f"'{r.image}' in {r.split}" for r in images.itertuples())
+        raise InputError(
+            f"split.predefined: patient '{patient}' is in more than one official split ({shown}); "
+            f"{int((spread > 1).sum())} patient(s) would leak across splits. Fix the official lists or set "
+            "split.predefined: false for a patient-level split"
+        )
+    names = official.astype(object).copy()
+    report: dict[str, Any] = {
+        "official_patients": per_patient.drop_duplicates("patient_id")["split"]
+        .value_counts()
+        .sort_index()
+        .to_dict()
+    }
+    pool = (official == TRAIN_VAL).to_numpy()
+    if pool.any():
+        within = {"train": fractions["train"], "val": fractions["val"]}
+        within = {name: value / sum(within.values()) for name, value in within.items()}
+        patients = patient_labels(manifest.loc[pool], labels)
+        of = f" of official split {TRAIN_VAL}"
+        counts = patient_counts(len(patients), within, of)
+        val = patients.index[_drawn(patients, counts["val"], seed)]
+        names[pool] = np.where(manifest.loc[pool, "patient_id"].isin(val), "val", "train")
+        report["train_val_divided"] = {"fractions": within, "patients": counts, "seed": seed}
+    return pd.Series(names.to_numpy(), index=manifest.index, name="split"), report
 
 
 def check_no_leakage(frame: pd.DataFrame, source: str) -> None:

@@ -5,7 +5,8 @@ arguments). Files written (all atomically, each with provenance):
 
 - ``results/phantoms/CheXpert-v1.0-phantom/`` the demo dataset (:func:`make_phantoms`);
 - ``results/data/manifest.parquet`` and ``results/data/rejected_adapter.parquet`` (:func:`build_manifest`);
-- ``results/data/split.parquet`` (manifest + ``split``) and ``results/data/split_report.json``
+- ``results/data/split.parquet`` (manifest + ``split``) and ``results/data/split_report.json``, which says
+  whether the split was drawn here (``stratified``) or is the dataset's own (``predefined``)
   (:func:`split_dataset`);
 - ``results/data/shards/{k}.parquet`` (+ ``{k}.rejected.parquet``) and the PNGs under
   ``results/data/images/`` (:func:`preprocess_shard`);
@@ -32,6 +33,8 @@ from workflow.data import split as splitting
 from workflow.data.settings import DatasetSettings, PreprocessSettings, RejectionSettings, SplitSettings
 
 INVALID_STAGES = ("adapter", "preprocess")
+DEMOGRAPHICS = ("sex", "age", "race", "ethnicity")
+"""Manifest fields whose missing values ``data_report.json`` counts (``missing_demographics``)."""
 
 
 def make_phantoms(settings: phantoms.PhantomSettings, out: str) -> None:
@@ -45,6 +48,7 @@ def build_manifest(dataset: DatasetSettings, manifest: str, rejected: str) -> No
     meta = provenance(dataset) | {
         "rows": len(result.manifest),
         "manifest_sha256_16": frame_hash(result.manifest),
+        "adapter_summary": result.summary,
     }
     write_parquet(manifest, result.manifest, meta)
     write_parquet(rejected, result.rejected, provenance(dataset))
@@ -73,16 +77,25 @@ def enforce_rejection_bound(rejections: pd.DataFrame, n_kept: int, bound: float,
 def split_dataset(
     manifest: str, rejected: str, settings: SplitSettings, checks: RejectionSettings, split: str, report: str
 ) -> None:
-    """Assign patient-level splits; refuse to go on if the adapter rejected too much or a patient leaks."""
+    """Assign patient-level splits (drawn here, or the dataset's own with ``split.predefined``); refuse to go
+    on if the adapter rejected too much or a patient leaks."""
     frame = pd.read_parquet(manifest)
     enforce_rejection_bound(pd.read_parquet(rejected), len(frame), checks.max_rejected_fraction, rejected)
-    frame["split"] = splitting.assign_splits(frame, checks.labels, settings.fractions, settings.seed)
+    if settings.predefined:
+        frame["split"], how = splitting.predefined_splits(
+            frame, checks.labels, settings.fractions, settings.seed
+        )
+        mode = {"mode": "predefined", "predefined": how}
+    else:
+        frame["split"] = splitting.assign_splits(frame, checks.labels, settings.fractions, settings.seed)
+        mode = {"mode": "stratified"}
     splitting.check_no_leakage(frame, split)
     meta = provenance(settings, seeds={"split": settings.seed}, inputs={"manifest": manifest})
     write_parquet(split, frame, meta)
     write_json(
         report,
         {"provenance": meta, "fractions": dict(settings.fractions)}
+        | mode
         | splitting.split_report(frame, checks.labels),
     )
 
@@ -135,6 +148,9 @@ def finalize_dataset(
                 "filtered": int((rejections["stage"] == "filter").sum()),
                 "fraction": rejected_fraction(rejections, len(frame)),
                 "by_reason": rejections.groupby("reason").size().to_dict(),
+            },
+            "missing_demographics": {
+                field: int(frame[field].isna().sum()) for field in DEMOGRAPHICS if field in frame
             },
             "splits": splitting.split_report(frame, checks.labels),
         },

@@ -11,7 +11,9 @@ Today's generators are Stable Diffusion fine-tunes. ``diffusion.generators`` nam
 fine-tuning ``method`` and the prompt ``strategies`` it is trained on (a sub-list of
 ``prompts.strategies``), so one study can compare arms: MEP-LDM's class-conditional prompts against
 morphology-enriched prompts (Osorio et al. 2024), or full fine-tuning against LoRA. Left null, the study has
-one generator, ``sd-<diffusion.method>``, trained on every prompt strategy.
+one generator, ``sd-<diffusion.method>``, trained on every prompt strategy. An arm may sample its own
+``images_per_prompt`` (arms with fewer prompts need more images each for sets of equal size: FID is biased
+in the number of images).
 
 Arms that share their prompt strategies share the cached latents (``results/models/cache/<variant>``, one
 VAE pass); an arm with other strategies is trained on the same images with its own captions
@@ -39,6 +41,7 @@ class Generator:
     name: str
     method: str
     strategies: tuple[str, ...]
+    images_per_prompt: int | None = None
 
     @property
     def variant(self) -> str:
@@ -67,7 +70,8 @@ def generators(config: Mapping[str, Any]) -> dict[str, Generator]:
         ordered = tuple(
             s for s in strategies if s in chosen
         )  # the study's order, so equal sets share a cache
-        out[name] = Generator(name, entry.get("method") or diffusion["method"], ordered)
+        method = entry.get("method") or diffusion["method"]
+        out[name] = Generator(name, method, ordered, entry.get("images_per_prompt"))
     return out
 
 

@@ -44,6 +44,7 @@ from workflow.common.errors import InputError
 from workflow.common.seeding import derive_seed, text_key
 from workflow.diffusion.latent_cache import training_rows
 from workflow.diffusion.settings import SampleSettings
+from workflow.prompts import strategies
 from workflow.prompts.settings import CaptionSettings
 
 TEXT_ATTRIBUTES = ("sex", "race", "site", "view", "projection")
@@ -106,9 +107,6 @@ def demographic_design(
     ``diffusion.sample.seed``; the prompt is ``prompts.demographics`` rendered on the draw (the study's
     template "Chest X-ray of a {age}-year-old {race} {sex} patient showing {findings}").
     """
-    from workflow.prompts.strategies import captions as render_captions
-    from workflow.prompts.strategies import prompt_ids
-
     design = settings.design
     findings = list(design.findings or labels)
     unknown = [f for f in findings if f not in labels]
@@ -128,8 +126,8 @@ def demographic_design(
     )
     for name in labels:
         items[manifest.label_column(name)] = [float(findings[k] == name) for k in drawn]
-    items["prompt"] = render_captions(items, labels, captions, "prompts.demographics")
-    items["prompt_id"] = prompt_ids(items["prompt"])
+    items["prompt"] = strategies.captions(items, labels, captions, "prompts.demographics")
+    items["prompt_id"] = strategies.prompt_ids(items["prompt"])
     items["source_images"] = 0
     items = items.sort_values("prompt_id", kind="stable").reset_index(drop=True)
     items["index"] = items.groupby("prompt_id").cumcount()

@@ -150,5 +150,7 @@ class SampleSettings(Settings):
     resolution: int
 
     @classmethod
-    def of(cls, config: Mapping[str, Any]) -> Self:
-        return cls.from_dict(_section(config, "sample") | {"resolution": config["diffusion"]["resolution"]})
+    def of(cls, config: Mapping[str, Any], images_per_prompt: int | None = None) -> Self:
+        """The section, with a generator's own ``images_per_prompt`` when it sets one."""
+        values = _section(config, "sample") | {"resolution": config["diffusion"]["resolution"]}
+        return cls.from_dict(values | ({"images_per_prompt": images_per_prompt} if images_per_prompt else {}))

@@ -24,6 +24,10 @@ latents, caption dropout, noise, timesteps and LoRA dropout (:func:`workflow.com
 The random state is therefore a function of the step, and a run resumed from a checkpoint draws exactly
 what an uninterrupted run draws.
 
+**Stopped by the batch system.** On SIGTERM (Slurm's time limit, ``scancel``;
+:mod:`workflow.common.interruption`) the step in progress is finished, every process agrees to stop at the
+same step, a checkpoint is saved and the job exits with status 143; the next attempt resumes from it.
+
 **Data parallel.** With ``n`` processes, every optimizer step consumes ``n * batch_size * accumulation``
 images: process ``r`` takes the ``r``-th slice of each global batch; gradients are averaged by DDP.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,7 @@ from workflow.common.devices import pick_device
 from workflow.common.errors import InputError
 from workflow.common.figures import loss_curve
 from workflow.common.files import write_json
+from workflow.common.interruption import attempt_log, stop_on_signal
 from workflow.common.model_card import weights_label
 from workflow.common.provenance import config_hash, provenance
 from workflow.common.seeding import derive_seed
@@ -289,24 +295,35 @@ def train(
     gpus: int,
     paths: Mapping[str, str],
 ) -> None:
-    """Fine-tune, checkpointing every ``checkpoint_steps`` and resuming from the newest checkpoint.
+    """Fine-tune, checkpointing every ``checkpoint_steps`` and on SIGTERM; resume from the newest checkpoint.
 
     Args:
         cache_path: the latent cache (:mod:`workflow.diffusion.latent_cache`).
         base_model: folder or hub id of the base model (the tiny stand-in's folder for ``tiny``).
         gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
         paths: ``model`` (output folder), ``report`` (JSON), ``loss`` and ``grid`` (PNGs), ``checkpoints``
-            and ``validation`` (working folders, kept across a killed job).
+            and ``validation`` (working folders, kept across a killed job; the main process keeps the log of
+            every attempt in ``checkpoints``, :func:`workflow.common.interruption.attempt_log`).
     """
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel
 
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         cpu=pick_device(gpus).type == "cpu",
     )
+    with attempt_log(paths["checkpoints"]) if accelerator.is_main_process else nullcontext():
+        _train(accelerator, cache_path, base_model, settings, paths)
+    accelerator.end_training()
+
+
+def _train(
+    accelerator: Any, cache_path: str, base_model: str, settings: TrainSettings, paths: Mapping[str, str]
+) -> None:
+    """:func:`train` on this process of the run."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
     device, processes, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     if settings.mixed_precision == "fp16" and device.type == "cpu":
         raise InputError("diffusion.train.mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU")
@@ -341,10 +358,11 @@ def train(
     accelerator.wait_for_everyone()
     training = TrainingState(accelerator, unet, optimizer, lr_schedule, ema)
     state = checkpoints.newest(work, fingerprint)
-    step, losses, images_seen, process_change = 0, [], 0, None
+    step, losses, images_seen, process_change, stops = 0, [], 0, None, []
     if state is not None:
         training.restore(state)
         step, losses, images_seen = state["step"], list(state["losses"]), state["images_seen"]
+        stops = list(state.get("stops", []))
         if state["processes"] != processes:
             process_change = {"step": step, "from": state["processes"], "to": processes}
             log.warning(
@@ -368,38 +386,46 @@ def train(
     accumulation = settings.gradient_accumulation_steps
     per_step = settings.batch_size * accumulation * processes
     started, first_step, running = time.perf_counter(), step, 0.0
-    for micro in range(step * accumulation, steps * accumulation):
-        torch.manual_seed(derive_seed(settings.seed, NOISE, micro, rank))
-        latents, text = batch_inputs(
-            cache, batch_indices(len(cache), settings, processes, rank, micro), settings, device
-        )
-        with accelerator.accumulate(unet), accelerator.autocast():
-            loss = diffusion_loss(unet, latents, text.to(weight_dtype), noise_scheduler, settings)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        running += loss.detach().item() / accumulation
-        if not accelerator.sync_gradients:
-            continue
-        step_schedule(lr_schedule, accelerator)
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(unet).parameters())
-        step += 1
-        images_seen += per_step
-        losses.append(accelerator.reduce(torch.tensor(running, device=device), "mean").item())
-        running = 0.0
-        if step % settings.checkpoint_steps == 0 or step == steps:
-            if accelerator.is_main_process:
-                state = training.snapshot() | {"step": step, "fingerprint": fingerprint, "losses": losses}
-                state |= {"processes": processes, "images_seen": images_seen}
-                checkpoints.save(work, state, settings.checkpoints_total_limit)
-            accelerator.wait_for_everyone()
-        if validator is not None and settings.validation_steps and step % settings.validation_steps == 0:
-            validator.grid(
-                accelerator.unwrap_model(unet), ema, Path(paths["validation"]) / f"step-{step:08d}.png"
+    with stop_on_signal() as stop:
+        for micro in range(step * accumulation, steps * accumulation):
+            torch.manual_seed(derive_seed(settings.seed, NOISE, micro, rank))
+            latents, text = batch_inputs(
+                cache, batch_indices(len(cache), settings, processes, rank, micro), settings, device
             )
+            with accelerator.accumulate(unet), accelerator.autocast():
+                loss = diffusion_loss(unet, latents, text.to(weight_dtype), noise_scheduler, settings)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += loss.detach().item() / accumulation
+            if not accelerator.sync_gradients:
+                continue
+            step_schedule(lr_schedule, accelerator)
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            step += 1
+            images_seen += per_step
+            losses.append(accelerator.reduce(torch.tensor(running, device=device), "mean").item())
+            running = 0.0
+            if stop:
+                accelerator.set_trigger()
+            stopping = accelerator.check_trigger()  # a signal to any process stops all after this step
+            saved = None
+            if step % settings.checkpoint_steps == 0 or step == steps or stopping:
+                if accelerator.is_main_process:
+                    state = training.snapshot() | {"step": step, "fingerprint": fingerprint, "losses": losses}
+                    state |= {"processes": processes, "images_seen": images_seen}
+                    state["stops"] = [*stops, stop.record(step)] if stopping else stops
+                    saved = checkpoints.save(work, state, settings.checkpoints_total_limit)
+                accelerator.wait_for_everyone()
+            if stopping:
+                stop.stop(step, saved)
+            if validator is not None and settings.validation_steps and step % settings.validation_steps == 0:
+                validator.grid(
+                    accelerator.unwrap_model(unet), ema, Path(paths["validation"]) / f"step-{step:08d}.png"
+                )
     seconds = time.perf_counter() - started
 
     if accelerator.is_main_process:
@@ -409,11 +435,10 @@ def train(
             final, ema, settings.method, location, paths["model"], cache.provenance["weights"]
         )
         run = {"processes": processes, "device": device.type, "steps": step, "resumed_from_step": first_step}
-        run |= {"images_seen": images_seen, "process_change": process_change}
+        run |= {"images_seen": images_seen, "process_change": process_change, "stopped_by_signal": stops}
         run |= {"seconds": seconds, "trainable_parameters": sum(p.numel() for p in parameters)}
         write_report(paths["report"], settings, base_model, cache.provenance, run, losses)
         loss_curve(losses, paths["loss"], f"{settings.method} fine-tuning, base {weights_label(location)}")
         for path in work.glob("checkpoint-*.pt"):
             path.unlink()
     accelerator.wait_for_everyone()
-    accelerator.end_training()

@@ -1,10 +1,17 @@
 """Feature extractors for the image-quality metrics, as torch-fidelity feature extractors.
 
-``evaluation.extractor`` picks one (:func:`resolve`):
+``evaluation.extractor`` picks one, ``evaluation.also`` more, computed beside it (:func:`resolve`):
 
 - ``inception-v3-compat``: torch-fidelity's port of the TF-FID Inception-v3 (pool3, 2048-d; Heusel et al.
   2017), from ``evaluation.weights`` (a ``.pth`` file) or downloaded by torch-fidelity into ``$TORCH_HOME``
   (on an offline cluster node, download it beforehand or give the file);
+- ``torchvision-inception``: torchvision's ImageNet Inception-v3 as the LoRA-fairness study's
+  ``FIDEvaluator`` uses it (seeds spec 5.5): 2048-d pool features (``fc`` replaced by the identity),
+  registered with torch-fidelity as :data:`TORCHVISION` (:class:`TorchvisionInception`). Not the TF-FID
+  network: its FIDs are not comparable with standard FIDs. Weights from ``evaluation.torchvision_weights``
+  (torchvision's ``inception_v3_google-0cc3c7bd.pth``; null: torchvision downloads it into ``$TORCH_HOME``;
+  ``tiny``: the random-init stand-in ``inception`` of :mod:`workflow.common.tiny_models`,
+  :func:`build_tiny_inception`);
 - ``transformers``: any transformers vision model (``evaluation.model``, a hub id or a local folder), by
   default DINOv2 ViT-B/14 (``facebook/dinov2-base``): FD_DINOv2 of Stein et al., "Exposing flaws of generative
   model evaluation metrics", NeurIPS 2023. It is registered with torch-fidelity as :data:`TRANSFORMERS`
@@ -20,6 +27,7 @@ are found without loading the model.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +39,22 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from workflow.common.errors import InputError
-from workflow.common.model_card import weights_label, write_card
+from workflow.common.model_card import read_card, weights_label, write_card
 from workflow.common.provenance import file_hash
 from workflow.evaluation.settings import EvaluationSettings
 from workflow.prompts.embeddings import IMAGENET_MEAN, IMAGENET_STD, image_processor
 
 INCEPTION = "inception-v3-compat"
+TORCHVISION_KIND = "torchvision-inception"
+TORCHVISION = "synthmed-torchvision-inception"
 TRANSFORMERS = "synthmed-transformers"
 TINY = "tiny"
+INCEPTIONS = (INCEPTION, TORCHVISION_KIND)
+FIDELITY_NAMES = {INCEPTION: INCEPTION, TORCHVISION_KIND: TORCHVISION}
+TORCHVISION_FILE = "inception_v3.pth"
+TORCHVISION_DOWNLOAD = "pretrained torchvision Inception-v3 (IMAGENET1K_V1, downloaded by torchvision)"
+TINY_INCEPTION_WEIGHTS = "random-init torchvision Inception-v3 (demo)"
+TINY_INCEPTION_CALIBRATION = 128
 DEFAULT_MODEL = "facebook/dinov2-base"
 TINY_WEIGHTS = "random-init tiny DINOv2 (demo)"
 INCEPTION_DOWNLOAD = (
@@ -126,10 +142,99 @@ class TransformersExtractor(torch_fidelity.FeatureExtractorBase):
         return torch.zeros((1, 3, 8, 8), dtype=torch.uint8)
 
 
+class TorchvisionInception(torch_fidelity.FeatureExtractorBase):
+    """torchvision's Inception-v3 as a torch-fidelity feature extractor (feature ``"2048"``), exactly as the
+    LoRA-fairness study's ``FIDEvaluator`` (seeds spec 5.5): ImageNet weights with torchvision's
+    ``transform_input``, ``fc = Identity``, so the output is the 2048-d average pool; the gray images,
+    replicated to RGB by the resize policy, are resized to 299 x 299 (bilinear with antialiasing, as
+    ``transforms.Resize(299)`` of a square PIL image), scaled to [0, 1] and normalised with the ImageNet mean
+    and std.
+
+    Args:
+        name: registry name (:data:`TORCHVISION`).
+        features_list: ``["2048"]``.
+        feature_extractor_weights_path: a torchvision Inception-v3 state dict (``.pth``; with the
+            ``AuxLogits`` keys, as torchvision's file has them), or a folder holding one as
+            :data:`TORCHVISION_FILE` (the tiny stand-in); None downloads torchvision's ``IMAGENET1K_V1``.
+    """
+
+    SIDE = 299
+
+    def __init__(
+        self,
+        name: str,
+        features_list: list[str],
+        feature_extractor_weights_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, features_list)
+        from torchvision.models import Inception_V3_Weights, inception_v3
+
+        if feature_extractor_weights_path is None:
+            try:
+                self.model = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1)
+            except (OSError, RuntimeError) as err:
+                raise InputError(
+                    f"evaluation.torchvision_weights: cannot download torchvision's Inception-v3 ({err}); on "
+                    f"an offline machine give the file ({Inception_V3_Weights.IMAGENET1K_V1.url})"
+                ) from None
+        else:
+            self.model = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
+            load_torchvision_state(self.model, feature_extractor_weights_path)
+        self.model.fc = torch.nn.Identity()
+        self.model.eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from torchvision.transforms.v2.functional import resize
+
+        vassert(x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3, "expecting uint8 B x 3 x H x W")
+        x = resize(x, [self.SIDE, self.SIDE], antialias=True)
+        return (self.model((x.float() / 255 - self.mean) / self.std).float(),)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return ("2048",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "2048"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros((1, 3, 299, 299), dtype=torch.uint8)
+
+
+def load_torchvision_state(model: torch.nn.Module, location: str) -> None:
+    """Load a torchvision Inception-v3 state dict file, or :data:`TORCHVISION_FILE` in a folder, into
+    ``model``.
+
+    Raises:
+        InputError: naming ``evaluation.torchvision_weights`` when there is no such file, or it is not a
+            torchvision Inception-v3 state dict (with the ``AuxLogits`` keys torchvision's file has).
+    """
+    path = Path(location) / TORCHVISION_FILE if Path(location).is_dir() else Path(location)
+    problem = f"evaluation.torchvision_weights: '{path}'"
+    if not path.is_file():
+        raise InputError(f"{problem} does not exist; give torchvision's inception_v3_google-0cc3c7bd.pth")
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, AttributeError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0][:300]
+        raise InputError(f"{problem} is not a torchvision Inception-v3 state dict ({reason})") from None
+
+
 def register() -> None:
-    """Register :class:`TransformersExtractor` with torch-fidelity as :data:`TRANSFORMERS` (once)."""
-    if TRANSFORMERS not in FEATURE_EXTRACTORS_REGISTRY:
-        torch_fidelity.register_feature_extractor(TRANSFORMERS, TransformersExtractor)
+    """Register :class:`TransformersExtractor` and :class:`TorchvisionInception` with torch-fidelity as
+    :data:`TRANSFORMERS` and :data:`TORCHVISION` (once)."""
+    for name, extractor in ((TRANSFORMERS, TransformersExtractor), (TORCHVISION, TorchvisionInception)):
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            torch_fidelity.register_feature_extractor(name, extractor)
 
 
 def processor_side(processor: Any) -> int:
@@ -143,8 +248,9 @@ class ExtractorSpec:
     """Which extractor, from where: everything that decides the features, without loading anything.
 
     Attributes:
-        kind: ``evaluation.extractor``.
-        location: weights file (Inception; None downloads), or hub id / model folder (transformers, tiny).
+        kind: ``evaluation.extractor`` or one of ``evaluation.also``.
+        location: weights file (inceptions; None downloads; the tiny torchvision Inception's folder), or hub
+            id / model folder (transformers, tiny).
         resolution: ``evaluation.resolution`` (transformers and tiny; None: the image processor's size).
     """
 
@@ -155,17 +261,22 @@ class ExtractorSpec:
     @property
     def fidelity_name(self) -> str:
         """The extractor's name in torch-fidelity's registry."""
-        return INCEPTION if self.kind == INCEPTION else TRANSFORMERS
+        return FIDELITY_NAMES.get(self.kind, TRANSFORMERS)
 
     @property
     def feature(self) -> str:
         """The torch-fidelity feature (layer) the metrics use."""
-        return "2048" if self.kind == INCEPTION else "pooled"
+        return "2048" if self.kind in INCEPTIONS else "pooled"
 
     def weights(self) -> str:
         """Plain words for provenance: which weights extract the features."""
         if self.kind == INCEPTION:
             return f"Inception-v3 weights file {self.location}" if self.location else INCEPTION_DOWNLOAD
+        if self.kind == TORCHVISION_KIND:
+            if self.location is None:
+                return TORCHVISION_DOWNLOAD
+            card = read_card(self.location)
+            return str(card.get("weights", f"torchvision Inception-v3 weights file {self.location}"))
         return weights_label(str(self.location))
 
     def weights_hash(self) -> str | None:
@@ -194,24 +305,30 @@ class ExtractorSpec:
 
         register()
         options: dict[str, Any] = {"feature_extractor_weights_path": self.location, "verbose": False}
-        if self.kind != INCEPTION:
+        if self.kind not in INCEPTIONS:
             options["input_resolution"] = self.resolution
         return create_feature_extractor(self.fidelity_name, [self.feature], cuda=cuda, **options)
 
 
-def resolve(settings: EvaluationSettings, extractor_path: str | None) -> ExtractorSpec:
-    """The extractor ``evaluation.*`` asks for; ``extractor_path`` is its local file or folder when the
-    workflow tracks one (the tiny model, an Inception weights file, a local transformers folder).
+def resolve(settings: EvaluationSettings, kind: str, local: str | None) -> ExtractorSpec:
+    """The extractor ``kind`` (``evaluation.extractor`` or one of ``evaluation.also``) as ``evaluation.*``
+    configures it; ``local`` is its local file or folder when the workflow tracks one (the tiny models, an
+    Inception weights file, a local transformers folder).
 
     Raises:
-        InputError: naming ``evaluation.extractor`` when ``tiny`` comes without its folder.
+        InputError: naming the config key when a tiny stand-in comes without its folder.
     """
-    kind = settings.extractor
-    if kind == TINY and not extractor_path:
+    if kind == TINY and not local:
         raise InputError("evaluation.extractor = tiny needs the folder built by rule build_tiny_model")
-    default = settings.weights if kind == INCEPTION else settings.model
-    resolution = None if kind == INCEPTION else settings.resolution
-    return ExtractorSpec(kind=kind, location=extractor_path or default, resolution=resolution)
+    if kind == TORCHVISION_KIND and settings.torchvision_weights == TINY and not local:
+        raise InputError(
+            "evaluation.torchvision_weights = tiny needs the folder built by rule build_tiny_model"
+        )
+    default = {INCEPTION: settings.weights, TORCHVISION_KIND: settings.torchvision_weights}.get(
+        kind, settings.model
+    )
+    resolution = None if kind in INCEPTIONS else settings.resolution
+    return ExtractorSpec(kind=kind, location=local or default, resolution=resolution)
 
 
 def build_tiny(out_dir: str | Path, seed: int) -> None:
@@ -234,4 +351,48 @@ def build_tiny(out_dir: str | Path, seed: int) -> None:
     model.save_pretrained(out_dir)
     image_processor(TINY_DINOV2["image_size"]).save_pretrained(out_dir)
     card = {"weights": TINY_WEIGHTS, "seed": seed, "architecture": "Dinov2Model", "config": TINY_DINOV2}
+    write_card(out_dir, card)
+
+
+def build_tiny_inception(out_dir: str | Path, seed: int) -> None:
+    """Save a random-init torchvision Inception-v3 (seeded) as :data:`TORCHVISION_FILE` and a model card
+    saying so into ``out_dir``: the stand-in for torchvision's ImageNet weights (demo and tests).
+
+    torchvision's initialisation leaves BatchNorm's running statistics at mean 0, variance 1, and the
+    features grow to about 1e10 through the network; one pass over four seeded noise images with the
+    BatchNorm layers in training mode (cumulative statistics; at :data:`TINY_INCEPTION_CALIBRATION` px, a
+    fifth of the cost at 299 px) sets them to what the layers produce: features of order 1 to 1000.
+
+    Raises:
+        RuntimeError: when the features of different images are (nearly) the same.
+    """
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(seed)
+    model = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=True)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    side = TINY_INCEPTION_CALIBRATION
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    ramps = torch.linspace(0, 1, side).expand(4, 1, side, -1) * torch.tensor([0.2, 0.5, 1.0, 0.8]).view(
+        4, 1, 1, 1
+    )
+    model.eval()  # the auxiliary classifier (unused) needs 299 px; only the BatchNorm layers train
+    with torch.no_grad():
+        for norm in norms:
+            norm.train().momentum = None
+        model((torch.rand(4, 1, side, side).expand(-1, 3, -1, -1) - mean) / std)
+        for norm in norms:
+            norm.eval().momentum = 0.1
+        spread = model((ramps.expand(-1, 3, -1, -1) - mean) / std).std(dim=0).max().item()
+    if spread < 1e-3:
+        raise RuntimeError(f"tiny Inception (seed {seed}) gives degenerate features (spread {spread:.1e})")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), Path(out_dir) / TORCHVISION_FILE)
+    card = {
+        "weights": TINY_INCEPTION_WEIGHTS,
+        "seed": seed,
+        "architecture": "torchvision inception_v3 (aux_logits, transform_input)",
+        "batchnorm": f"running statistics of one pass over 4 seeded noise images of {side} px",
+    }
     write_card(out_dir, card)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from workflow.common.errors import InputError
 from workflow.common.settings import RESOURCE_KEYS, Settings
 from workflow.common.tiny_models import tiny_model_inputs
 
@@ -21,7 +22,9 @@ class EvaluationSettings(Settings):
 
     reference_split: str
     extractor: str
+    also: tuple[str, ...]
     weights: str | None
+    torchvision_weights: str | None
     model: str
     resolution: int | None
     image_size: int | None
@@ -40,13 +43,34 @@ class EvaluationSettings(Settings):
         skip = {*RESOURCE_KEYS, "tiny_seed"}
         return cls.from_dict({k: v for k, v in config["evaluation"].items() if k not in skip})
 
+    def feature_spaces(self) -> tuple[str, ...]:
+        """Every extractor the metrics are computed with: ``extractor`` first, then ``also``.
 
-def extractor_inputs(config: Mapping[str, Any]) -> list[str]:
-    """The feature extractor's local file or folder, which rule ``image_metrics`` tracks as an input: the
-    tiny stand-in, an Inception weights file, or a local transformers folder (none for hub downloads)."""
+        Raises:
+            InputError: when ``also`` repeats ``extractor``.
+        """
+        if self.extractor in self.also:
+            raise InputError(
+                f"evaluation.also: '{self.extractor}' is evaluation.extractor already; list other extractors"
+            )
+        return (self.extractor, *self.also)
+
+
+def extractor_inputs(config: Mapping[str, Any]) -> dict[str, str]:
+    """Extractor kind -> its local file or folder, for every feature space whose weights the workflow tracks
+    (rule ``image_metrics`` takes them as inputs): the tiny stand-ins, Inception weights files, a local
+    transformers folder (none for downloads and hub ids).
+
+    Raises:
+        InputError: when ``evaluation.also`` repeats ``evaluation.extractor``.
+    """
     evaluation = config["evaluation"]
-    if evaluation["extractor"] == "inception-v3-compat":
-        return [evaluation["weights"]] if evaluation["weights"] else []
-    if evaluation["extractor"] == "transformers":
-        return [evaluation["model"]] if Path(evaluation["model"]).is_dir() else []
-    return tiny_model_inputs(config, "dinov2")
+    local = {
+        "inception-v3-compat": [evaluation["weights"]] if evaluation["weights"] else [],
+        "torchvision-inception": tiny_model_inputs(config, "inception")
+        or ([evaluation["torchvision_weights"]] if evaluation["torchvision_weights"] else []),
+        "transformers": [evaluation["model"]] if Path(evaluation["model"]).is_dir() else [],
+        "tiny": tiny_model_inputs(config, "dinov2"),
+    }
+    kinds = EvaluationSettings.of(config).feature_spaces()
+    return {kind: local[kind][0] for kind in kinds if local[kind]}

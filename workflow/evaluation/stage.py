@@ -4,19 +4,22 @@ One function per rule of ``rules/evaluation.smk``, named after it:
 
 - :func:`image_metrics` (one job per generator): ``results/evaluation/<generator>/image_metrics.json``
   (provenance, extractor and its weights, resize policy, counts, seed, overall and per-group FID, KID and
-  precision/recall, warnings, feature-cache keys: :mod:`workflow.evaluation.fidelity`) and ``per_group.csv``
-  (one row per group, the first the overall one);
-- :func:`collect_image_metrics`: ``results/fid.json``, one section per generator, and
-  ``results/fid_per_class.csv``, every generator's rows with a ``generator`` column. ``snakemake
-  results/fid.json`` builds exactly what these need.
+  precision/recall, warnings, feature-cache keys: :mod:`workflow.evaluation.fidelity`), for
+  ``evaluation.extractor`` at the top level and for every extractor (``evaluation.also`` too) under
+  ``feature_spaces``, and ``per_group.csv`` (one row per extractor and group, an ``extractor`` column, the
+  first row the overall one of ``evaluation.extractor``);
+- :func:`collect_image_metrics`: ``results/fid.json``, one section per generator and ``overall``, the overall
+  metrics per generator and extractor, and ``results/fid_per_class.csv``, every generator's rows with a
+  ``generator`` column. ``snakemake results/fid.json`` builds exactly what these need.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -26,7 +29,15 @@ from workflow.common.provenance import provenance
 from workflow.evaluation import fidelity
 from workflow.evaluation.settings import EvaluationSettings
 
+if TYPE_CHECKING:
+    from workflow.evaluation.features import ImagePolicy
+
 log = logging.getLogger(__name__)
+COMPARABILITY = (
+    "FID, KID and precision/recall depend on the feature space: compare values only within one extractor "
+    "(kind and weights). The top-level extractor and metrics are those of evaluation.extractor "
+    "({extractor}); feature_spaces has every extractor's."
+)
 
 
 def image_metrics(
@@ -34,35 +45,102 @@ def image_metrics(
     samples: str,
     prompts: str,
     settings: EvaluationSettings,
-    extractor: str | None,
+    extractors: Mapping[str, str],
     report: str,
     table: str,
 ) -> None:
-    """A generator's synthetic set against the reference split, overall and per group.
+    """A generator's synthetic set against the reference split, overall and per group, in every feature
+    space (``evaluation.extractor``, then ``evaluation.also``).
+
+    The top level of ``report`` is as with one extractor (that of ``evaluation.extractor``);
+    ``feature_spaces`` holds every extractor's section (its extractor, metrics, groups, warnings and cache
+    keys). ``table`` has one row per feature space and group, with an ``extractor`` column, those of
+    ``evaluation.extractor`` first.
 
     Args:
         dataset: ``results/data/dataset.parquet``.
         samples: the generator's manifest, ``results/samples/<generator>/manifest.parquet``.
         prompts: the prompts table of the reference split (prompt ids of the real images).
-        extractor: the extractor's local folder or weights file when the workflow tracks one, else None.
+        extractors: extractor kind -> its local folder or weights file, for those the workflow tracks
+            (:func:`workflow.evaluation.settings.extractor_inputs`).
 
     Raises:
-        InputError: for an empty reference split or synthetic set, or a missing image.
+        InputError: for an empty reference split or synthetic set, a missing image, or ``evaluation.also``
+            repeating ``evaluation.extractor``.
     """
     import torch
+
+    from workflow.evaluation.features import resolve_policy
+
+    split = settings.reference_split
+    kinds = settings.feature_spaces()
+    real, fake = fidelity.read_sets(dataset, samples, prompts, split)
+    policy = resolve_policy(settings, real["image"].tolist(), fake["image"].tolist())
+    cuda = torch.cuda.is_available()
+    sources = {"fake": samples, "real": f"{dataset} split {split}"}
+    spaces, frames, seeds = {}, [], {"kid": settings.seed}
+    for kind in kinds:
+        local = extractors.get(kind)
+        space, frame, seed = _feature_space(kind, local, settings, real, fake, policy, sources, cuda)
+        spaces[kind] = space
+        frames.append(frame)
+        if seed is not None:
+            seeds["tiny_extractor" if kind == kinds[0] else f"tiny_extractor:{kind}"] = seed
+    primary = spaces[kinds[0]]
+    weights = primary["extractor"]["weights"]
+    if len(kinds) > 1:
+        weights = "; ".join(f"{kind}: {space['extractor']['weights']}" for kind, space in spaces.items())
+    inputs = {"dataset": dataset, "samples": samples, "prompts": prompts}
+    slicewise = {"volumes": fidelity.has_volumes(real), "definition": fidelity.SLICEWISE}
+    write_json(
+        report,
+        {
+            "provenance": provenance(settings, seeds=seeds, inputs=inputs, weights=weights),
+            "extractor": primary["extractor"],
+            "resize_policy": policy.describe(),
+            "seed": settings.seed,
+            "reference": {"split": split, "images": len(real), "volumes": fidelity.volume_count(real)},
+            "synthetic": {
+                "images": len(fake),
+                "prompts": fake["prompt_id"].nunique(),
+                "volumes": fidelity.volume_count(fake),
+            },
+            "metrics": primary["metrics"],
+            "slicewise": slicewise | {"bins": settings.slice_bins},
+            **{f"per_{group}": primary[f"per_{group}"] for group in fidelity.GROUP_KINDS},
+            "warnings": primary["warnings"],
+            "feature_cache": primary["feature_cache"],
+            "feature_spaces": spaces,
+            "comparability": COMPARABILITY.format(extractor=kinds[0]),
+        },
+    )
+    frame = pd.concat(frames, ignore_index=True)
+    frame["kid_subset_size"] = frame["kid_subset_size"].astype("Int64")
+    frame["warnings"] = frame["warnings"].map("; ".join)
+    write_csv(table, frame)
+
+
+def _feature_space(
+    kind: str,
+    local: str | None,
+    settings: EvaluationSettings,
+    real: pd.DataFrame,
+    fake: pd.DataFrame,
+    policy: ImagePolicy,
+    sources: Mapping[str, str],
+    cuda: bool,
+) -> tuple[dict[str, Any], pd.DataFrame, int | None]:
+    """One extractor's results: its ``feature_spaces`` section, its table rows (overall first) and the seed
+    of its random weights (tiny stand-ins; else None)."""
     import torch_fidelity
 
     from workflow.evaluation import extractors
-    from workflow.evaluation.features import FeatureCache, resolve_policy
+    from workflow.evaluation.features import FeatureCache
 
-    split = settings.reference_split
-    real, fake = fidelity.read_sets(dataset, samples, prompts, split)
-    spec = extractors.resolve(settings, extractor)
-    policy = resolve_policy(settings, real["image"].tolist(), fake["image"].tolist())
-    cuda = torch.cuda.is_available()
+    spec = extractors.resolve(settings, kind, local)
     cache = FeatureCache(settings.cache_dir, spec, policy, cuda, settings.batch_size)
-    fake_features, fake_key = cache.features(fake["image"].tolist(), samples)
-    real_features, real_key = cache.features(real["image"].tolist(), f"{dataset} split {split}")
+    fake_features, fake_key = cache.features(fake["image"].tolist(), sources["fake"])
+    real_features, real_key = cache.features(real["image"].tolist(), sources["real"])
     overall = fidelity.compare(fake_features, real_features, settings)
     rows = [
         fidelity.evaluate_group(group, fake_features, real_features, settings)
@@ -73,44 +151,25 @@ def image_metrics(
     if "random-init" in weights:
         warnings.append(f"{weights}: the numbers check the plumbing and do not measure image quality")
     for warning in warnings:
-        log.warning(warning)
+        log.warning("%s: %s", kind, warning)
     computed = sum(row["reason"] is None for row in rows)
-    log.info("overall FID %s; %d of %d groups computed", overall["fid"], computed, len(rows))
-
-    card = read_card(spec.location)
-    seeds = {"kid": settings.seed} | ({"tiny_extractor": card["seed"]} if "seed" in card else {})
-    inputs = {"dataset": dataset, "samples": samples, "prompts": prompts}
-    described = {"weights": weights, "feature_dim": int(real_features.shape[1])}
-    runtime = {"device": "cuda" if cuda else "cpu", "torch_fidelity": torch_fidelity.__version__}
+    log.info("%s: overall FID %s; %d of %d groups computed", kind, overall["fid"], computed, len(rows))
     groups = {
-        f"per_{kind}": {r["name"]: fidelity.clean(r) for r in rows if r["group"] == kind}
-        for kind in fidelity.GROUP_KINDS
+        f"per_{group}": {r["name"]: fidelity.clean(r) for r in rows if r["group"] == group}
+        for group in fidelity.GROUP_KINDS
     }
-    slicewise = {"volumes": fidelity.has_volumes(real), "definition": fidelity.SLICEWISE}
-    write_json(
-        report,
-        {
-            "provenance": provenance(settings, seeds=seeds, inputs=inputs, weights=weights),
-            "extractor": cache.identity | described | runtime,
-            "resize_policy": policy.describe(),
-            "seed": settings.seed,
-            "reference": {"split": split, "images": len(real), "volumes": fidelity.volume_count(real)},
-            "synthetic": {
-                "images": len(fake),
-                "prompts": fake["prompt_id"].nunique(),
-                "volumes": fidelity.volume_count(fake),
-            },
-            "metrics": fidelity.clean(overall),
-            "slicewise": slicewise | {"bins": settings.slice_bins},
-            **groups,
-            "warnings": warnings,
-            "feature_cache": {"dir": settings.cache_dir, "synthetic": fake_key, "real": real_key},
-        },
-    )
+    section = {
+        "extractor": cache.identity
+        | {"weights": weights, "feature_dim": int(real_features.shape[1])}
+        | {"device": "cuda" if cuda else "cpu", "torch_fidelity": torch_fidelity.__version__},
+        "metrics": fidelity.clean(overall),
+        **groups,
+        "warnings": warnings,
+        "feature_cache": {"dir": settings.cache_dir, "synthetic": fake_key, "real": real_key},
+    }
     frame = pd.DataFrame([{"group": "overall", "name": "all", "prompt": None} | overall, *rows])
-    frame["kid_subset_size"] = frame["kid_subset_size"].astype("Int64")
-    frame["warnings"] = frame["warnings"].map("; ".join)
-    write_csv(table, frame)
+    frame.insert(0, "extractor", kind)
+    return section, frame, read_card(spec.location).get("seed")
 
 
 def collect_image_metrics(
@@ -121,9 +180,18 @@ def collect_image_metrics(
     sections = {name: json.loads(Path(path).read_text()) for name, path, _ in pairs}
     inputs = {f"report[{name}]": report for name, report, _ in pairs}
     inputs |= {f"table[{name}]": table for name, _, table in pairs}
+    overall = {
+        name: {kind: space["metrics"] for kind, space in section["feature_spaces"].items()}
+        for name, section in sections.items()
+    }
     write_json(
         fid,
-        {"provenance": provenance({"generators": list(generators)}, inputs=inputs), "generators": sections},
+        {
+            "provenance": provenance({"generators": list(generators)}, inputs=inputs),
+            "overall": overall,
+            "comparability": "values are comparable only within one extractor (feature space)",
+            "generators": sections,
+        },
     )
     frames = [pd.read_csv(path).assign(generator=name) for name, _, path in pairs]
     merged = pd.concat(frames, ignore_index=True)

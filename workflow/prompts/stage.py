@@ -83,7 +83,10 @@ def embed_images(
 
     if not 0 <= shard < settings.shards:
         raise InputError(f"shard {shard} is outside 0..{settings.shards - 1} (prompts.mep.shards)")
-    frame = pd.read_parquet(dataset, columns=["image_id", "image", "path"])
+    frame = pd.read_parquet(dataset, columns=["image_id", "image", "path", "slice_index"])
+    # a source inside a container (a PCam HDF5 patch, a volume slice) is measured on its preprocessed PNG,
+    # which at PCam's native size and colour is the patch itself
+    frame["path"] = frame["path"].where(frame["slice_index"].isna(), frame["image"])
     frame = frame.sort_values("image_id", kind="stable").reset_index(drop=True)
     part = frame.iloc[np.array_split(np.arange(len(frame)), settings.shards)[shard]]
     network, processor = vit.load(model)

@@ -7,8 +7,9 @@ offers other files (CSV, JSON) only as downloads, so the tables a person should 
 as small self-contained HTML pages (:func:`report_tables`):
 
 - ``split_summary.html``: patients, images and finding prevalence per split (from ``split_report.json``);
-- ``image_quality.html``: FID, KID and precision/recall of every generator, overall, per finding and per
-  prompt (``fid_per_class.csv``), with the extractor and its weights from ``fid.json``;
+- ``image_quality.html``: FID, KID and precision/recall of every generator and extractor (feature space),
+  overall, per finding and per prompt (``fid_per_class.csv``), with the extractors and their weights from
+  ``fid.json``;
 - ``classifier_regimes.html``: the comparison across classifier runs (``comparison.csv``: test metrics,
   fairness gaps, Grad-CAM focus), one column per run.
 
@@ -70,9 +71,11 @@ def split_table(split_report: dict) -> pd.DataFrame:
 
 
 def image_quality_table(per_class: pd.DataFrame) -> pd.DataFrame:
-    """``fid_per_class.csv`` with a readable index (generator, group, name or prompt) and the metrics."""
+    """``fid_per_class.csv`` with a readable index (generator, extractor when the table has one, group, name
+    or prompt) and the metrics."""
     names = per_class["prompt"].where(per_class["group"] == "prompt", per_class["name"])
-    table = per_class.set_index([per_class["generator"], per_class["group"], names.rename("name / prompt")])
+    levels = [per_class[c] for c in ("generator", "extractor", "group") if c in per_class]
+    table = per_class.set_index([*levels, names.rename("name / prompt")])
     columns = ["n_fake", "n_real", "fid", "kid_mean", "kid_std", "precision", "recall", "reason", "warnings"]
     return table[[c for c in columns if c in table]]
 
@@ -96,13 +99,14 @@ def report_tables(
         split_table(split),
     )
     quality = next(iter(json.loads(Path(fid).read_text())["generators"].values()))
-    extractor = quality["extractor"]
+    spaces = [space["extractor"] for space in quality["feature_spaces"].values()]
+    features = "; ".join(f"{extractor['kind']} ({extractor['weights']})" for extractor in spaces)
+    comparable = " Values of different extractors are not comparable." if len(spaces) > 1 else ""
     write_page(
         image_quality_page,
         "Image quality of the synthetic sets",
         f"Each generator's images vs the real {quality['reference']['split']} split; features: "
-        f"{extractor['kind']} ({extractor['weights']}), resize: {quality['resize_policy']['resize']}; "
-        f"seed {quality['seed']}.",
+        f"{features}, resize: {quality['resize_policy']['resize']}; seed {quality['seed']}.{comparable}",
         image_quality_table(pd.read_csv(fid_table)),
     )
     runs = pd.read_csv(comparison).set_index("run").T

@@ -17,27 +17,32 @@ from typing import TYPE_CHECKING, Any
 
 from workflow.common import manifest
 from workflow.common.errors import InputError
+from workflow.data.adapters import pcam
 from workflow.data.adapters.base import Adapter, AdapterResult, DatasetSpec
 
 if TYPE_CHECKING:
     from workflow.data.settings import DatasetSettings
 
 TABLE_FILES: dict[str, tuple[tuple[str, str | None], ...]] = {
-    "chexpert": (("csv", None),),
+    "chexpert": (("csv", None), ("demographics_csv", None)),
     "mimic-cxr": (("metadata_csv", None), ("labels_csv", None), ("demographics_csv", None)),
     "csv": (("csv", None),),
     "imagefolder": (("root", "metadata.jsonl"),),
     "volumes": (("table", None),),
+    "chestxray14": (("csv", None), ("train_val_list", None), ("test_list", None)),
+    "pcam": tuple(("root", name) for name in pcam.FILES),
 }
 """Adapter -> ``(setting, file inside it)``: the settings of ``dataset.<adapter>`` naming the tables it reads
 (a path, a list of paths or null), with the file's name when the setting names a folder."""
 
 
 def _registry() -> dict[str, Adapter]:
-    from workflow.data.adapters import chexpert, csv, imagefolder, mimic, volumes
+    from workflow.data.adapters import chestxray14, chexpert, csv, imagefolder, mimic, volumes
 
     return {
         "chexpert": chexpert.build,
+        "chestxray14": chestxray14.build,
+        "pcam": pcam.build,
         "mimic-cxr": mimic.build,
         "csv": csv.build,
         "imagefolder": imagefolder.build,
@@ -72,4 +77,4 @@ def build_manifest(dataset: DatasetSettings) -> AdapterResult:
     result = adapters[name](settings, spec)
     table = manifest.normalise(result.manifest, spec.labels, spec.tabular)
     manifest.validate(table, source=f"dataset.adapter '{name}'")
-    return AdapterResult(table, result.rejected.astype(manifest.REJECTED_COLUMNS))
+    return AdapterResult(table, result.rejected.astype(manifest.REJECTED_COLUMNS), result.summary)

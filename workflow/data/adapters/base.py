@@ -4,6 +4,7 @@ out) and the helpers for settings, reading tables, mapping columns and checking 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,12 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class AdapterResult:
-    """A normalised manifest and the rows that were rejected (with reasons)."""
+    """A normalised manifest, the rows that were rejected (with reasons) and what the adapter counted on
+    the way (``summary``, e.g. images without a demographics row; kept in the manifest's metadata)."""
 
     manifest: pd.DataFrame
     rejected: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 Adapter = Callable[[Mapping[str, Any], DatasetSpec], AdapterResult]
@@ -39,8 +42,12 @@ Adapter = Callable[[Mapping[str, Any], DatasetSpec], AdapterResult]
 
 _SEX = {"m": "male", "male": "male", "f": "female", "female": "female"}
 _EXTENSION = r"\.[^./\\]+$"
+_EXCEL = (".xlsx", ".xlsm")
 TEXT_FIELDS: tuple[str, ...] = ("study_id", "race", "site")
 """Manifest fields copied from a table column as trimmed text (see :func:`text_column`)."""
+VIEW_POSITIONS: dict[str, str] = {"PA": "frontal", "AP": "frontal", "LATERAL": "lateral", "LL": "lateral"}
+"""DICOM ``ViewPosition`` (MIMIC-CXR, ChestX-ray14's ``View Position``) -> manifest ``view``; other positions
+(``AP AXIAL``, ``LAO``...) leave it missing."""
 
 
 def setting(settings: Mapping[str, Any], adapter: str, name: str) -> Any:
@@ -103,19 +110,25 @@ def duplicate_mask(ids: pd.Series, usable: np.ndarray) -> np.ndarray:
 
 
 def read_table(path: str | os.PathLike[str], key: str, required: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a CSV (or ``.csv.gz``) into strings-as-objects, with errors that name the config key.
+    """Read a CSV (or ``.csv.gz``, or an Excel ``.xlsx`` sheet) with errors that name the config key.
 
     Args:
-        path: file to read.
+        path: file to read; ``.xlsx``/``.xlsm`` files are read with openpyxl (first sheet), anything else as
+            CSV.
         key: config key that names the file (quoted in errors, e.g. ``dataset.chexpert.csv``).
         required: columns that must be present.
     """
     if not Path(path).is_file():
         raise InputError(f"{key} = '{path}': file not found; set {key} in config.yaml to an existing CSV")
     try:
-        frame = pd.read_csv(path, low_memory=False)
+        if str(path).lower().endswith(_EXCEL):
+            frame = pd.read_excel(path, engine="openpyxl")
+        else:
+            frame = pd.read_csv(path, low_memory=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise InputError(f"{where(path)} (from {key}) is not a readable CSV: {err}") from err
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise InputError(f"{where(path)} (from {key}) is not a readable Excel file: {err}") from err
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InputError(
@@ -188,6 +201,53 @@ def field_columns(
     if "view" in columns:
         frame["view"] = text_column(table[columns["view"]]).str.lower()
     return frame
+
+
+def one_row_per(
+    table: pd.DataFrame, key: str, *, source: object, setting: str, called: str | None = None
+) -> pd.DataFrame:
+    """``table`` with one row per ``key`` value: rows without a key are dropped, rows repeating another
+    row exactly (e.g. several admissions of one patient) collapse into one.
+
+    Raises:
+        InputError: two rows give the same key different values; the message names the key (as the file
+            calls it, ``called``) and its value, the file and the config key ``setting`` that names it.
+    """
+    called = called or key
+    part = table.dropna(subset=[key]).drop_duplicates()
+    repeated = part[key].duplicated()
+    if repeated.any():
+        value = part.loc[repeated, key].iloc[0]
+        raise InputError(
+            f"{where(source)} has rows with different values for {called} {value}; {setting} needs one row "
+            f"per {called}"
+        )
+    return part
+
+
+def group_values(
+    values: pd.Series, groups: Mapping[str, Sequence[str]], *, other: str | None, unknown: Sequence[str]
+) -> pd.Series:
+    """Many spellings of a category (e.g. CheXpert's ``PRIMARY_RACE``) mapped to a few groups.
+
+    A value is missing when it is blank or contains one of the ``unknown`` words; otherwise it belongs to
+    the first group (in order) one of whose words it contains, and to ``other`` when it contains none
+    (missing when ``other`` is None). Words are matched case-insensitively as substrings, so ``white``
+    groups ``White``, ``White, non-Hispanic`` and ``White or Caucasian`` together.
+    """
+    lowered = {name: [w.lower() for w in words] for name, words in groups.items()}
+    stop = [w.lower() for w in unknown]
+
+    def group(value: object) -> object:
+        if pd.isna(value) or not str(value).strip():
+            return pd.NA
+        text = str(value).lower()
+        if any(word in text for word in stop):
+            return pd.NA
+        found = next((name for name, words in lowered.items() if any(w in text for w in words)), other)
+        return pd.NA if found is None else found
+
+    return values.map(group).astype("string")
 
 
 def split_rejections(

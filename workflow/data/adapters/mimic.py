@@ -30,12 +30,14 @@ import pandas as pd
 from workflow.common.errors import InputError, where
 from workflow.common.manifest import tabular_column
 from workflow.data.adapters.base import (
+    VIEW_POSITIONS,
     AdapterResult,
     DatasetSpec,
     checked_columns,
     duplicate_mask,
     field_columns,
     missing_file_mask,
+    one_row_per,
     read_table,
     setting,
     split_rejections,
@@ -54,9 +56,6 @@ DEMOGRAPHICS_COLUMNS: dict[str, str | None] = {
     "race": None,
 }
 """Defaults of ``dataset.mimic-cxr.demographics_columns`` (MIMIC-IV ``patients.csv`` names)."""
-
-_VIEW = {"PA": "frontal", "AP": "frontal", "LATERAL": "lateral", "LL": "lateral"}
-"""``ViewPosition`` -> manifest ``view``; other positions (``AP AXIAL``, ``LAO``...) leave it missing."""
 
 
 def build(settings: Mapping[str, Any], spec: DatasetSpec) -> AdapterResult:
@@ -93,7 +92,7 @@ def build(settings: Mapping[str, Any], spec: DatasetSpec) -> AdapterResult:
             "patient_id": ids["subject_id"],
             "study_id": ids["study_id"],
             "path": _image_paths(image_root, ids["subject_id"], ids["study_id"], ids["dicom_id"]),
-            "view": position.str.upper().map(_VIEW).astype("string"),
+            "view": position.str.upper().map(VIEW_POSITIONS).astype("string"),
             "projection": position,
         }
     )
@@ -178,15 +177,9 @@ def _per_subject(
     part = part.join(field_columns(table, columns, source=path))
     for field, column in tabular.items():
         part[tabular_column(field)] = table[column]
-    part = part.dropna(subset=["patient_id"]).drop_duplicates()
-    repeated = part["patient_id"].duplicated()
-    if repeated.any():
-        subject = part.loc[repeated, "patient_id"].iloc[0]
-        raise InputError(
-            f"{where(path)} has rows with different values for subject_id {subject}; "
-            f"{KEY}.demographics_csv needs one row per subject"
-        )
-    return part
+    return one_row_per(
+        part, "patient_id", source=path, setting=f"{KEY}.demographics_csv", called="subject_id"
+    )
 
 
 def _view_filter(views: list[str] | None, position: pd.Series) -> dict[str, np.ndarray]:
