@@ -3,6 +3,9 @@ a torch-fidelity feature extractor."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from workflow.classifier import networks
-from workflow.evaluation import conditional, extractors
+from workflow.evaluation import conditional, extractors, stage
 from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings
 
 SIZE = 16
@@ -95,3 +98,30 @@ def test_the_real_classifier_serves_as_torch_fidelity_extractor(tmp_path):
     torch.testing.assert_close(features, expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(Exception, match=r"add real to classifier\.regimes"):
         extractors.resolve(settings, "classifier", None)
+
+
+def test_fid_json_holds_every_generators_conditional_fidelity(tmp_path):
+    generators, reports, tables, results = ["sd-a", "sd-b"], [], [], []
+    for k, name in enumerate(generators):
+        reports.append(tmp_path / f"{name}.json")
+        reports[-1].write_text(json.dumps({"feature_spaces": {"tiny": {"metrics": {"fid": float(k)}}}}))
+        tables.append(tmp_path / f"{name}.csv")
+        pd.DataFrame({"extractor": ["tiny"], "group": ["overall"], "fid": [float(k)]}).to_csv(tables[-1])
+        row = {"auroc": 0.8 + k / 10, "real_test_auroc": 0.97}
+        result = {"labels": {"Cardiomegaly": row}, "macro": {"auroc": row["auroc"]}}
+        results.append(tmp_path / f"{name}.conditional.json")
+        results[-1].write_text(json.dumps(result | {"macro_detected": {"auroc": row["auroc"]}}))
+    paths = [list(map(str, files)) for files in (reports, tables)]
+    fid, table = str(tmp_path / "fid.json"), str(tmp_path / "fid.csv")
+    stage.collect_image_metrics(generators, *paths, fid, table, [str(p) for p in results])
+    collected = json.loads(Path(fid).read_text())
+    summary = collected["conditional_fidelity"]
+    assert summary["sd-b"] == {
+        "macro_auroc": 0.9,
+        "macro_auroc_detected": 0.9,
+        "auroc": {"Cardiomegaly": 0.9},
+        "real_test_auroc": {"Cardiomegaly": 0.97},
+    }
+    assert collected["generators"]["sd-a"]["conditional_fidelity"]["macro"] == {"auroc": 0.8}
+    stage.collect_image_metrics(generators, *paths, fid, table)
+    assert json.loads(Path(fid).read_text())["conditional_fidelity"].startswith("not computed")
