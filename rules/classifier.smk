@@ -4,7 +4,7 @@
 # runs: workflow/classifier/regimes.py.
 import re
 
-from workflow.classifier.regimes import run_sources, runs
+from workflow.classifier.regimes import RESULTS, run_sources, runs
 from workflow.classifier.settings import (
     EvaluationSettings,
     FairnessSettings,
@@ -12,7 +12,7 @@ from workflow.classifier.settings import (
     TrainSettings,
 )
 
-CLASSIFIER = "results/classifier"
+CLASSIFIER = RESULTS
 CLS = config["classifier"]
 RUNS = runs(config)
 RUN = f"{CLASSIFIER}/{{run}}"

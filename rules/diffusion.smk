@@ -1,5 +1,6 @@
 # Diffusion stage: cached latents -> fine-tuning (full UNet or LoRA, accelerate) -> sampling plan -> sharded,
-# seeded sampling -> labelled synthetic dataset, per generator (workflow/diffusion/generators.py).
+# seeded sampling -> labelled synthetic dataset, per generator (workflow/diffusion/generators.py); with
+# base_model tiny, the tiny SD's VAE is first trained on the training images (train_tiny_vae).
 # Functions: workflow/diffusion/stage.py (one per rule); settings: workflow/diffusion/settings.py.
 import re
 import shlex
@@ -12,7 +13,13 @@ from workflow.diffusion.generators import (
     samples_dir,
     samples_manifest,
 )
-from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+from workflow.common.tiny_models import tiny_model_dir, trained_tiny_model_dir
+from workflow.diffusion.settings import (
+    CacheSettings,
+    SampleSettings,
+    TinyVaeSettings,
+    TrainSettings,
+)
 from workflow.prompts.settings import CaptionSettings
 from workflow.prompts.variants import prompts_table
 
@@ -56,6 +63,27 @@ DIFFUSION_OUTPUTS = [
     ),
     *expand(samples_manifest("{generator}"), generator=GENERATORS),
 ]
+
+
+# Only with base_model tiny: the stages then take this folder as the base model (tiny_model_inputs).
+rule train_tiny_vae:
+    input:
+        dataset=DATASET,
+        base=tiny_model_dir("sd"),
+    output:
+        directory(trained_tiny_model_dir("sd")),
+    log:
+        "logs/diffusion/train_tiny_vae.log",
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 8  # Snakemake sets OMP_NUM_THREADS (torch's CPU threads) to the threads granted (<= --cores)
+    resources:
+        gpu=DIFFUSION["tiny_vae"]["gpus"],
+    params:
+        settings=TinyVaeSettings.of(config).to_json(),
+    shell:
+        "python -m scripts.diffusion train_tiny_vae --dataset {input.dataset} --base-model {input.base}"
+        " --settings {params.settings:q} --gpus {resources.gpu} --model {output} 2> {log}"
 
 
 rule cache_latents:
@@ -105,6 +133,7 @@ rule finetune_sd:
         "logs/diffusion/finetune_sd/{generator}.log",
     conda:
         "../envs/synthmed.yaml"
+    threads: 8  # as train_tiny_vae: without it, CPU training ran on one thread
     resources:
         gpu=DIFFUSION["train"]["gpus"],
     params:
@@ -158,6 +187,7 @@ rule sample_images:
         shard=r"\d+",
     conda:
         "../envs/synthmed.yaml"
+    threads: 8  # as train_tiny_vae
     resources:
         gpu=DIFFUSION["sample"]["gpus"],
     params:

@@ -1,15 +1,28 @@
 # Evaluation stage, image quality: FID, KID and precision/recall of every generator's synthetic set against
 # a real split, overall, per finding, per prompt and (volumes) per slice position, in one or more feature
-# spaces (evaluation.extractor, evaluation.also); results/fid.json has a section per generator.
+# spaces (evaluation.extractor, evaluation.also), and conditional fidelity (the real-data classifier on the
+# samples vs their prompts' labels); results/fid.json has a section per generator.
 # Functions: workflow/evaluation/stage.py (one per rule); settings: workflow/evaluation/settings.py.
-from workflow.evaluation.settings import EvaluationSettings, extractor_inputs
+from workflow.classifier.regimes import real_classifier
+from workflow.evaluation.settings import (
+    ConditionalSettings,
+    EvaluationSettings,
+    extractor_inputs,
+)
 
 EVALUATION = config["evaluation"]
 QUALITY = "results/evaluation/{generator}"
+CONDITIONAL = ConditionalSettings.of(config)
+REAL_CLASSIFIER = real_classifier(config)
 
 
 EXTRACTORS = extractor_inputs(config)
 EVALUATION_OUTPUTS = ["results/fid.json", "results/fid_per_class.csv"]
+CONDITIONAL_REPORTS = (
+    expand(f"{QUALITY}/conditional_fidelity.json", generator=GENERATORS)
+    if CONDITIONAL.enabled and REAL_CLASSIFIER
+    else []
+)
 
 
 rule image_metrics:
@@ -36,10 +49,33 @@ rule image_metrics:
         " --report {output.report} --table {output.table} 2> {log}"
 
 
+rule conditional_fidelity:
+    input:
+        samples=samples_manifest("{generator}"),
+        model=REAL_CLASSIFIER.get("model", []),
+        metrics=REAL_CLASSIFIER.get("metrics", []),
+    output:
+        f"{QUALITY}/conditional_fidelity.json",
+    log:
+        "logs/evaluation/conditional_fidelity/{generator}.log",
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 2
+    resources:
+        gpu=EVALUATION["gpus"],
+    params:
+        settings=CONDITIONAL.to_json(),
+    shell:
+        "python -m scripts.evaluation conditional_fidelity --samples {input.samples} --model {input.model}"
+        " --real-metrics {input.metrics} --settings {params.settings:q} --report {output}"
+        " --threads {threads} 2> {log}"
+
+
 rule collect_image_metrics:
     input:
         reports=expand(rules.image_metrics.output.report, generator=GENERATORS),
         tables=expand(rules.image_metrics.output.table, generator=GENERATORS),
+        conditional=CONDITIONAL_REPORTS,
     output:
         fid="results/fid.json",
         table="results/fid_per_class.csv",
@@ -52,4 +88,6 @@ rule collect_image_metrics:
     shell:
         "python -m scripts.evaluation collect_image_metrics --generators {params.generators:q}"
         " --reports {input.reports} --tables {input.tables} --fid {output.fid}"
-        " --fid-table {output.table} 2> {log}"
+        " --fid-table {output.table}"
+        + (" --conditional {input.conditional}" if CONDITIONAL_REPORTS else "")
+        + " 2> {log}"

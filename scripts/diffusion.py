@@ -2,12 +2,21 @@
 function of the same name in workflow.diffusion.stage. finetune_sd is started by ``accelerate launch``."""
 
 from workflow.common.cli import Arg, command, main
-from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+from workflow.diffusion.settings import CacheSettings, SampleSettings, TinyVaeSettings, TrainSettings
 from workflow.prompts.settings import CaptionSettings
 
 BASE_MODEL = Arg("--base-model", help="folder or hub id of the base model")
 GPUS = Arg("--gpus", int, "GPUs of the job (0: CPU)")
 COMMANDS = [
+    command(
+        "train_tiny_vae",
+        "train the tiny SD's VAE on the training images (base_model tiny)",
+        "--dataset",
+        Arg("--base-model", help="the built tiny SD's folder"),
+        Arg("--settings", TinyVaeSettings.from_json, "tiny VAE settings (JSON)"),
+        GPUS,
+        "--model",
+    ),
     command(
         "cache_latents",
         "encode training images and prompts once",

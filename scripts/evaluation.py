@@ -4,7 +4,7 @@ function of the same name in workflow.evaluation.stage."""
 import json
 
 from workflow.common.cli import Arg, command, main
-from workflow.evaluation.settings import EvaluationSettings
+from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings
 
 COMMANDS = [
     command(
@@ -23,6 +23,16 @@ COMMANDS = [
         "--table",
     ),
     command(
+        "conditional_fidelity",
+        "the real-data classifier on one generator's samples, against their prompts' labels",
+        Arg("--samples", help="the generator's manifest"),
+        Arg("--model", help="results/classifier/real/model.pt"),
+        Arg("--real-metrics", help="results/classifier/real/metrics.json"),
+        Arg("--settings", ConditionalSettings.from_json, "evaluation.conditional_fidelity (JSON)"),
+        "--report",
+        Arg("--threads", int),
+    ),
+    command(
         "collect_image_metrics",
         "every generator's image quality in results/fid.json and fid_per_class.csv",
         Arg("--generators", many=True),
@@ -30,6 +40,7 @@ COMMANDS = [
         Arg("--tables", many=True),
         "--fid",
         "--fid-table",
+        Arg("--conditional", many=True, optional=True, help="conditional_fidelity.json per generator"),
     ),
 ]
 

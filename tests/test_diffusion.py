@@ -184,9 +184,9 @@ def test_generators_default_arms_and_shared_caches():
 
 def test_cache_holds_both_flips_and_the_empty_prompt(study):
     cache = latent_cache.LatentCache(str(study / "cache.safetensors"))
-    assert len(cache) == 11 and cache.flips == 2 and cache.latent_size == RESOLUTION // 2
+    assert len(cache) == 11 and cache.flips == 2 and cache.latent_size == RESOLUTION // 4
     assert cache.prompts == ["chest x-ray a", "chest x-ray b", "chest x-ray c"]
-    assert cache.posteriors(torch.tensor([3, 0])).shape == (2, 2, 8, 16, 16)
+    assert cache.posteriors(torch.tensor([3, 0])).shape == (2, 2, 8, 8, 8)
     assert "random-init tiny SD" in cache.provenance["weights"]
 
 

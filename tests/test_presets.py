@@ -33,6 +33,7 @@ TINY: dict[str, Any] = {
     "diffusion": {
         "base_model": "tiny",
         "resolution": 32,
+        "tiny_vae": {"gpus": 0, "steps": 2},
         "cache": {"gpus": 0},
         "train": {
             "gpus": 0,
@@ -69,6 +70,7 @@ GPU_RULES = {
     "sample_images",
     "train_classifier",
     "image_metrics",
+    "conditional_fidelity",
 }
 
 
@@ -111,6 +113,8 @@ def test_preset_runs_the_whole_study_end_to_end(preset, tmp_path):
     assert "Nothing to be done" in snakemake(tmp_path / "study", "--dry-run").stdout
     focus = (tmp_path / "study" / "results/classifier/real/focus.json").read_text()
     assert '"regions_unavailable"' in focus
+    fid = json.loads((tmp_path / "study/results/fid.json").read_text())
+    assert set(fid["conditional_fidelity"]) == set(fid["generators"])
     PAPER_CHECKS.get(preset.stem, lambda results: None)(tmp_path / "study" / "results")
 
 

@@ -44,7 +44,9 @@ def test_report_tables_show_the_study(study):
     assert f"<td>{split['train']['patients']}</td>" in train_row
     assert f"seed {split['provenance']['seeds']['split']}" in page
     quality = (study / "results/report/image_quality.html").read_text()
-    assert "random-init tiny DINOv2 (demo)" in quality and "<th>overall</th>" in quality
+    assert "penultimate features of the classifier results/classifier/real/model.pt" in quality
+    assert "<th>overall</th>" in quality and "Conditional fidelity" in quality
+    assert "<th>macro, real test AUROC &gt;= 0.9</th>" in quality
     regimes = (study / "results/report/classifier_regimes.html").read_text()
     assert "<th>real</th>" in regimes and "<th>macro_auroc</th>" in regimes
 

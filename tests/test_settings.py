@@ -141,9 +141,14 @@ def test_tiny_model_table_points_at_config_keys_and_builders(name, tmp_path):
     module, function = model.builder.split(":")
     assert callable(getattr(importlib.import_module(module), function))
     section(config, tuple(parent))[key] = "tiny"
-    assert tiny_model_inputs(config, name) == [f"results/models/tiny/{name}"]
+    folder = f"results/models/tiny/{name}-trained" if model.trained_by else f"results/models/tiny/{name}"
+    assert tiny_model_inputs(config, name) == [folder]
     section(config, tuple(parent))[key] = "some/model"
     assert tiny_model_inputs(config, name) == []
+    if model.trained_by:  # the rule that trains it exists and writes the folder the stages take
+        rules = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+        body = rules.split(f"rule {model.trained_by}:\n", 1)[1].split("\nrule ", 1)[0]
+        assert f"trained_tiny_model_dir({name!r})" in body.replace('"', "'")
 
 
 def test_a_tiny_model_is_built_atomically_with_its_card(tmp_path):

@@ -1,4 +1,4 @@
-"""Integration: real Snakemake runs of the diffusion stage on the tiny random-init SD at 32 px.
+"""Integration: real Snakemake runs of the diffusion stage on the tiny SD at 32 px (VAE trained 2 steps).
 
 One working folder: LoRA first, then full fine-tuning on the same data, prompts and latent cache.
 """
@@ -102,7 +102,7 @@ def test_lora_training_lowers_the_loss_and_saves_adapters(lora):
     result = report(lora, "lora")
     assert result["steps"] == 40 and result["processes"] == 1
     assert result["loss_last_10"] < result["loss_first_10"]
-    assert "random-init tiny SD" in result["provenance"]["weights"]
+    assert "tiny SD (demo): VAE trained on" in result["provenance"]["weights"]
     model = lora / "results/models/sd-lora/model"
     assert {p.name for p in model.glob("[!.]*")} == {
         "pytorch_lora_weights.safetensors",
@@ -128,7 +128,7 @@ def test_synthetic_manifest_is_labelled_and_cannot_collide(lora):
     first = Image.open(lora / samples["image"].iloc[0])
     assert first.mode == "L" and first.size == (32, 32)
     assert (
-        "fine-tuned (lora) from random-init tiny SD"
+        "fine-tuned (lora) from tiny SD (demo): VAE trained on"
         in read_parquet_meta(lora / "results/samples/sd-lora/manifest.parquet")["weights"]
     )
 

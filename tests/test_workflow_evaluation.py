@@ -15,7 +15,8 @@ from workflow.common.provenance import file_hash
 
 pytestmark = pytest.mark.integration
 
-# Rules results/fid.json does not need: the classifier stage, the diffusers image folder, MEP clusters.
+# Rules results/fid.json does not need without conditional fidelity: the classifier stage, the diffusers image
+# folder, MEP clusters.
 NOT_NEEDED = {
     "train_classifier",
     "evaluate_classifier",
@@ -33,7 +34,8 @@ def rules_run(output: str) -> set[str]:
 
 
 def set_config(workdir: Path, min_images: int) -> None:
-    config = write_config(workdir, prompts={"strategies": ["labels"]}, evaluation={"min_images": min_images})
+    evaluation = {"min_images": min_images, "extractor": "tiny", "conditional_fidelity": {"enabled": False}}
+    config = write_config(workdir, prompts={"strategies": ["labels"]}, evaluation=evaluation)
     config["diffusion"]["train"].update(max_steps=1, checkpoint_steps=1)
     config["diffusion"]["sample"].update(images_per_prompt=2, shards=1, steps=1)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))

@@ -92,6 +92,21 @@ class Classifier(nn.Module):
         x = images.expand(-1, 3, -1, -1) if self.repeat else images
         return self.backbone((x - self.mean) / self.std)
 
+    def head(self) -> nn.Linear:
+        """The linear layer that reads the findings off the image's features."""
+        net = self.backbone
+        return net.fc if hasattr(net, "fc") else net.classifier
+
+    def penultimate(self, images: torch.Tensor) -> torch.Tensor:
+        """The features the head reads (globally pooled, ``(B, d)``): the image as the classifier sees it."""
+        captured: list[torch.Tensor] = []
+        handle = self.head().register_forward_hook(lambda _, inputs, __: captured.append(inputs[0]))
+        try:
+            self(images)
+        finally:
+            handle.remove()
+        return captured[0]
+
 
 def describe_weights(weights: str) -> str:
     """How a model was initialised, in the words every output's provenance uses."""

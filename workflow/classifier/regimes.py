@@ -49,6 +49,21 @@ SOURCES: dict[str, str | None] = {
 """Regime -> the kind of images it adds to (or, for synthetic, puts in place of) the real training split."""
 SPLITS = ("train", "val", "test")
 EXTERNAL = "external"
+RESULTS = "results/classifier"
+REAL = "real"
+
+
+def run_file(run: str, name: str) -> str:
+    """File ``name`` (``model.pt``, ``metrics.json``, ...) of classifier run ``run``."""
+    return f"{RESULTS}/{run}/{name}"
+
+
+def real_classifier(config: Mapping[str, Any]) -> dict[str, str]:
+    """The model and test metrics of the classifier trained on real images alone (the image-quality stage
+    reads images with it), or nothing when ``classifier.regimes`` has no ``real``."""
+    if REAL not in config["classifier"]["regimes"]:
+        return {}
+    return {"model": run_file(REAL, "model.pt"), "metrics": run_file(REAL, "metrics.json")}
 
 
 def runs(config: Mapping[str, Any]) -> list[str]:

@@ -6,6 +6,11 @@ Each entry says which pretrained model it replaces, which config key selects it 
 a stage's rule takes that folder as an input exactly when its config key says ``tiny``
 (:func:`tiny_model_inputs`), so one pattern serves every stand-in, and a new one is a new entry here.
 
+A stand-in whose random weights cannot serve is then trained on the study's data by a rule of the stage that
+uses it (``trained_by``: the tiny SD's VAE, by ``train_tiny_vae`` in rules/diffusion.smk), which reads the
+built folder and writes ``results/models/tiny/<name>-trained/`` (:func:`trained_tiny_model_dir`); the stages
+then take that folder instead, through the same :func:`tiny_model_inputs`.
+
 Builders live in the stage that uses the model and are named as ``"module:function"``, called as
 ``function(out_dir, seed)``; importing them lazily keeps this table (which the rules read) free of torch and
 of upward imports. Every builder writes a model card whose ``weights`` says the weights are random
@@ -28,12 +33,14 @@ FOLDER = "results/models/tiny"
 
 @dataclass(frozen=True)
 class TinyModel:
-    """A stand-in: what it replaces, the config key that selects it, its seed's config key, its builder."""
+    """A stand-in: what it replaces, the config key that selects it, its seed's config key, its builder and
+    the rule that trains it on the study's data, if any."""
 
     replaces: str
     selected_by: tuple[str, ...]
     seed: tuple[str, ...]
     builder: str
+    trained_by: str | None = None
 
 
 TINY_MODELS: dict[str, TinyModel] = {
@@ -48,6 +55,7 @@ TINY_MODELS: dict[str, TinyModel] = {
         ("diffusion", "base_model"),
         ("diffusion", "tiny_seed"),
         "workflow.diffusion.base_models:build_tiny",
+        trained_by="train_tiny_vae",
     ),
     "dinov2": TinyModel(
         "DINOv2 feature extractor of the image-quality metrics",
@@ -69,10 +77,19 @@ def tiny_model_dir(name: str) -> str:
     return f"{FOLDER}/{name}"
 
 
+def trained_tiny_model_dir(name: str) -> str:
+    """The folder of stand-in ``name`` after its ``trained_by`` rule trained it on the study's data."""
+    return f"{FOLDER}/{name}-trained"
+
+
 def tiny_model_inputs(config: Mapping[str, Any], name: str) -> list[str]:
-    """``[folder]`` when the config selects stand-in ``name`` (its key says ``tiny``), else ``[]``."""
-    *parent, key = TINY_MODELS[name].selected_by
-    return [tiny_model_dir(name)] if section(config, tuple(parent))[key] == TINY else []
+    """``[folder]`` the stages use when the config selects stand-in ``name`` (its key says ``tiny``): the
+    trained folder of a stand-in with a ``trained_by`` rule, else the built one; ``[]`` when not selected."""
+    model = TINY_MODELS[name]
+    *parent, key = model.selected_by
+    if section(config, tuple(parent))[key] != TINY:
+        return []
+    return [trained_tiny_model_dir(name) if model.trained_by else tiny_model_dir(name)]
 
 
 def tiny_model_seed(config: Mapping[str, Any], name: str) -> int:

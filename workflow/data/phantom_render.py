@@ -10,9 +10,11 @@ per study and per acquisition site, and the site sets the noise level.
 
 Findings (CheXpert names) have a localised, visible effect: Cardiomegaly widens the heart; Pleural
 Effusion is a basal opacity whose meniscus rises laterally (one or both sides); Pneumothorax turns the
-apical rim of one lung into darker air without markings, bounded by a thin pleural line; Lung Opacity is a
-faint soft patch and Consolidation a dense lobulated one; Support Devices is a bright thin curve
-(endotracheal tube or central line). :func:`render` is pure: the same inputs give the same pixels.
+outer half of one lung, apex to mid-lung, into dark air without markings around the collapsed lung, bounded
+by a thin pleural line; Lung Opacity is a soft patch and Consolidation a dense lobulated one; Support
+Devices is a bright curve (endotracheal tube or central line). Each is sized and contrasted to stay visible
+at 64 px and through the demo's tiny VAE (docs/benchmarks.md). :func:`render` is pure: the same inputs give
+the same pixels.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def render(
         lung = _ramp((1 - rho) * a.lung_width, eps) * _ramp(dome - v, eps)
         lungs += lung
         if "Pneumothorax" in has and side == findings.pneumothorax_side:
-            edge, upper = 1 - findings.pneumothorax_depth, _ramp(a.lung_y + 0.15 - v, 0.1)
+            edge, upper = 1 - findings.pneumothorax_depth, _ramp(a.lung_y + 0.3 - v, 0.1)
             rim = lung * _ramp(rho - edge, eps) * upper
             line = np.exp(-(((rho - edge) * a.lung_width / (1.5 * eps)) ** 2)) * upper * lung
     big = "Cardiomegaly" in has
@@ -176,9 +178,7 @@ def render(
     )
 
     att = 0.05 + 0.45 * body - 0.3 * lungs + 0.28 * np.maximum(medi, heart) + 0.1 * a.bone * spine
-    att += (
-        0.1 * a.bone * ribs * body - 0.22 * trachea + vessels * lungs * (1 - rim) - 0.09 * rim + 0.15 * line
-    )
+    att += 0.1 * a.bone * ribs * body - 0.22 * trachea + vessels * lungs * (1 - rim) - 0.2 * rim + 0.15 * line
     if "Pleural Effusion" in has:
         for side in findings.effusion_sides:
             lateral = np.clip((side * u - a.lung_x + a.lung_width) / (2 * a.lung_width), 0, 1)
@@ -187,16 +187,16 @@ def render(
     if "Consolidation" in has:
         cx, cy, r, phase = findings.consolidation
         lobes = 1 + 0.2 * np.cos(3 * np.arctan2(v - cy, u - cx) + phase)
-        att += 0.28 * lungs * _ramp((1 - _radius(u, v, cx, cy, r, r) / lobes) * r, 0.02)
+        att += 0.36 * lungs * _ramp((1 - _radius(u, v, cx, cy, r, r) / lobes) * r, 0.02)
     if "Lung Opacity" in has:
         cx, cy, r = findings.opacity
-        att += 0.17 * lungs * np.exp(-1.5 * _radius(u, v, cx, cy, r, r) ** 2)
+        att += 0.3 * lungs * np.exp(-1.5 * _radius(u, v, cx, cy, r, r) ** 2)
     device = np.zeros((size, size), dtype=bool)
     if "Support Devices" in has:
         p = np.asarray(findings.device).reshape(3, 1, 2)
         t = np.linspace(0.0, 1.0, 4 * size)[:, None]
         curve = (1 - t) ** 2 * p[0] + 2 * t * (1 - t) * p[1] + t**2 * p[2]
-        tube = _curves(curve[None], np.ones((1, 4 * size)), pose, size, max(0.6, size / 200))
+        tube = _curves(curve[None], np.ones((1, 4 * size)), pose, size, max(1.0, size / 64))
         device = tube > 0.5
         att += 0.7 * np.minimum(tube, 1.0)
 

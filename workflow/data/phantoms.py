@@ -277,9 +277,9 @@ def _study(
         effusion_sides=(-1, 1) if both else (side,),
         effusion_level=rng.uniform(0.12, 0.3),
         pneumothorax_side=int(rng.choice((-1, 1))),
-        pneumothorax_depth=rng.uniform(0.15, 0.3),
-        consolidation=(*_lung_spot(rng, a, 0.08, 0.13), rng.uniform(0, 2 * math.pi)),
-        opacity=tuple(_lung_spot(rng, a, 0.14, 0.22)),
+        pneumothorax_depth=rng.uniform(0.5, 0.65),
+        consolidation=(*_lung_spot(rng, a, 0.11, 0.16), rng.uniform(0, 2 * math.pi)),
+        opacity=tuple(_lung_spot(rng, a, 0.18, 0.26)),
         device=tuple((np.asarray(ends) + rng.normal(0.0, 0.025, 6)).tolist()),
     )
     ap = rng.random() < (0.75 if "Support Devices" in present else 0.35)  # portable films are AP

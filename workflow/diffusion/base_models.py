@@ -2,44 +2,55 @@
 
 ``diffusion.base_model`` names the base model in one of three ways:
 
-- ``tiny``: a small, randomly initialised SD with the SD-1.5 component classes, built offline from configs
-  by :func:`build_tiny` (the tiny stand-in ``sd`` of :mod:`workflow.common.tiny_models`; the rules then hand
-  its folder over as the base model). Its weights are random: its model card says so, every output made from
-  it repeats it (:func:`workflow.common.model_card.weights_label`), and it is a plumbing check, never a
-  trained model.
+- ``tiny``: a small SD with the SD-1.5 component classes, built offline from configs with random weights by
+  :func:`build_tiny` (the tiny stand-in ``sd`` of :mod:`workflow.common.tiny_models`), whose VAE rule
+  ``train_tiny_vae`` then trains on the study's training images; the rules hand that folder over as the base
+  model. Its model card says which weights it holds (random UNet and text encoder, the VAE's steps and PSNR),
+  and every output made from it repeats it (:func:`workflow.common.model_card.weights_label`).
 - a local diffusers pipeline folder (one holding ``model_index.json``);
 - a Hugging Face hub id such as ``runwayml/stable-diffusion-v1-5`` (loaded on users' clusters; this needs the
   hub or its cache).
 
 :func:`resolve_base` checks the location before anything is loaded.
 
-The tiny tokenizer is CLIP's byte-level BPE with no merges (one token per character), built from a vocabulary
-in memory; on transformers 5 ``CLIPTokenizer`` must get ``vocab=dict, merges=list`` (file arguments are
-silently ignored there).
+The tiny tokenizer is word-level (:func:`word_tokenizer`): one token per word, punctuation mark or digit of
+the words synthmed's prompt strategies write (:data:`TINY_TEXTS`), so every prompt of the demo and the tests
+fits SD's 77 tokens (the character-level one it replaces cut 27 of the demo's 82 prompts after 75
+characters, so the model trained on captions that had lost findings); an unknown word becomes
+``<|unk|>``. It is a ``tokenizers`` WordLevel model saved as ``tokenizer.json``, which ``from_pretrained``
+loads like any SD tokenizer.
+
+The VAE's training is :mod:`workflow.diffusion.tiny_vae`; the trained folder reaches the stages through
+:func:`workflow.common.tiny_models.tiny_model_inputs`.
 """
 
 from __future__ import annotations
 
 import re
+import string
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workflow.common.errors import InputError
 from workflow.common.model_card import write_card
+from workflow.data.labels import CHEXPERT_LABELS
+from workflow.prompts.strategies import number_words
 
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
+    from transformers import PreTrainedTokenizerFast
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_TOKENS = 77
 TINY_NOTE = "random-init tiny SD (demo; random weights, not a trained model)"
 
-# The tiny architecture: SD-1.5's classes, a few channels each (diffusers' own test configs, widened so that
-# fine-tuning visibly lowers the loss). VAE with two blocks -> latents at half the image side.
+# The tiny architecture: SD-1.5's classes, a few channels each. The UNet (about 1M parameters) learns the
+# phantoms' anatomy and findings in 800 steps, under 5 minutes on 2 CPU cores (docs/benchmarks.md); the VAE
+# (about 165k parameters, no attention) has three blocks: latents at a quarter of the image side.
 TINY_UNET: dict[str, Any] = {
-    "block_out_channels": (16, 32),
+    "block_out_channels": (32, 64),
     "layers_per_block": 1,
     "in_channels": 4,
     "out_channels": 4,
@@ -50,13 +61,14 @@ TINY_UNET: dict[str, Any] = {
     "norm_num_groups": 8,
 }
 TINY_VAE: dict[str, Any] = {
-    "block_out_channels": (16, 32),
+    "block_out_channels": (8, 16, 32),
     "in_channels": 3,
     "out_channels": 3,
     "latent_channels": 4,
     "norm_num_groups": 8,
-    "down_block_types": ("DownEncoderBlock2D",) * 2,
-    "up_block_types": ("UpDecoderBlock2D",) * 2,
+    "down_block_types": ("DownEncoderBlock2D",) * 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "mid_block_add_attention": False,
 }
 TINY_TEXT: dict[str, Any] = {
     "bos_token_id": 0,
@@ -81,23 +93,82 @@ SD_SCHEDULE: dict[str, Any] = {
 }
 
 
-def char_tokenizer() -> CLIPTokenizer:
-    """CLIP tokenizer with one token per byte-character (514 tokens: 256 characters, their ``</w>`` forms
-    and the two specials), so the tiny model needs no downloaded vocabulary."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>", "<|unk|>")  # CLIP's bos and eos (also padding), unknown
+TINY_TEXTS: tuple[str, ...] = (
+    *CHEXPERT_LABELS,
+    # prompts.labels (PRISM) and the demo's tabular prefix
+    "Chest X-ray showing",
+    "Normal chest X-ray with no significant findings",
+    # prompts.demographics (LoRA-fairness) and demographic values of the phantoms and the presets
+    "Chest X-ray of a an year old patient showing and",
+    "female male white black asian other unknown hispanic native american pacific islander",
+    "site frontal lateral AP PA",
+    # prompts.mep (MEP-LDM): the chest X-ray and histology templates, cluster numbers in words
+    "Chest X-Ray image with morphology type",
+    "Histology image of tissue normal tumor cancer",
+    *(number_words(n) for n in range(100)),
+    "hundred thousand",
+    # prompts.tabular (DGM-VLC): its default prefix and the demo's fields
+    "Lung CT scan",
+    "Patient age Gender Smoking status never former current pack years",
+)
+"""The words of the tiny tokenizer's vocabulary: what synthmed's prompt strategies write with their default
+templates and the demo's, on the phantoms. Each word enters as written, lower-cased and capitalised."""
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in bytes_to_unicode().values():
-        vocab[char] = len(vocab)
-        vocab[f"{char}</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+
+def _pre_tokenizer() -> Any:
+    """Words and the space before them (``▁word``, as sentencepiece marks it), punctuation marks and
+    digits, one piece each; decoding joins the pieces back into the text exactly."""
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(),
+            pre_tokenizers.Punctuation("isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+
+
+def word_tokenizer(texts: Sequence[str] = TINY_TEXTS) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary holds every word of ``texts`` (as written, lower-cased and
+    capitalised, with and without the space before it), ASCII punctuation, the digits and CLIP's special
+    tokens; unknown words become ``<|unk|>``. It wraps prompts in CLIP's start and end tokens and pads with
+    the end token to :data:`MAX_TOKENS`, as CLIP's tokenizer does."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre_tokenizer = _pre_tokenizer()
+    pieces = [*string.punctuation, *string.digits]
+    for text in texts:
+        pieces += [p for p, _ in pre_tokenizer.pre_tokenize_str(text)]
+    vocabulary = [*SPECIAL_TOKENS, "▁"]
+    for piece in pieces:
+        word = piece.lstrip("▁")
+        for form in (word, word.lower(), word.capitalize()):
+            vocabulary += [form, f"▁{form}"]
+    ids = {token: i for i, token in enumerate(dict.fromkeys(vocabulary))}
+    model = Tokenizer(models.WordLevel(ids, unk_token="<|unk|>"))
+    model.pre_tokenizer = pre_tokenizer
+    model.decoder = decoders.Metaspace()
+    bos, eos, unk = SPECIAL_TOKENS
+    model.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, ids[bos]), (eos, ids[eos])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=model,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=eos,
+        unk_token=unk,
+        model_max_length=MAX_TOKENS,
+    )
 
 
 def build_random(
     unet: dict[str, Any], vae: dict[str, Any], text: dict[str, Any], seed: int
 ) -> StableDiffusionPipeline:
-    """A Stable Diffusion pipeline with random (seeded) weights from component configs, the character-level
+    """A Stable Diffusion pipeline with random (seeded) weights from component configs, the word-level
     tokenizer and SD-1.5's noise schedule (DDIM sampler): the tiny model, or SD 1.5's architecture for
     benchmarks."""
     import torch
@@ -105,7 +176,7 @@ def build_random(
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    tokenizer = char_tokenizer()
+    tokenizer = word_tokenizer()
     return StableDiffusionPipeline(
         vae=AutoencoderKL(**vae),
         text_encoder=CLIPTextModel(CLIPTextConfig(**({"vocab_size": len(tokenizer)} | text))),

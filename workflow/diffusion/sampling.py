@@ -162,7 +162,7 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], settings: 
     empty prompt; each image's initial noise comes from its own seeded CPU generator.
 
     Prompts are encoded as in training (:func:`workflow.diffusion.base_models.encode_prompts`: truncated
-    to the tokenizer's 77 tokens; the tiny model's character tokenizer keeps 75 characters).
+    to the tokenizer's 77 tokens; the tiny model's word-level tokenizer keeps every demo prompt whole).
     """
     import torch
 

@@ -1,6 +1,7 @@
 """Settings of the diffusion stage: config section ``diffusion`` (resources/config.schema.yaml documents
 each key), one class per rule: caching (:class:`CacheSettings`), fine-tuning (:class:`TrainSettings`) and
-sampling (:class:`SampleSettings`). ``diffusion.base_model`` reaches the rules as a model location
+sampling (:class:`SampleSettings`), and for ``diffusion.base_model: tiny`` training the tiny SD's VAE
+(:class:`TinyVaeSettings`). ``diffusion.base_model`` reaches the rules as a model location
 (:mod:`workflow.diffusion.base_models`).
 """
 
@@ -30,6 +31,25 @@ class CacheSettings(Settings):
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
         return cls.from_dict(_section(config, "cache") | {"resolution": config["diffusion"]["resolution"]})
+
+
+@dataclass(frozen=True)
+class TinyVaeSettings(Settings):
+    """``diffusion.tiny_vae``, ``diffusion.tiny_seed`` and ``diffusion.resolution`` (rule ``train_tiny_vae``:
+    the tiny SD's VAE trained on the training images, :mod:`workflow.diffusion.tiny_vae`)."""
+
+    tiny_seed: int
+    steps: int
+    batch_size: int
+    learning_rate: float
+    kl_weight: float
+    resolution: int
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        diffusion = config["diffusion"]
+        keys = {"tiny_seed": diffusion["tiny_seed"], "resolution": diffusion["resolution"]}
+        return cls.from_dict(_section(config, "tiny_vae") | keys)
 
 
 @dataclass(frozen=True)

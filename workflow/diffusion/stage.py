@@ -4,6 +4,9 @@ seeded sampling -> the generator's labelled synthetic dataset.
 One function per rule of ``rules/diffusion.smk``, named after it. Files written (atomically, with
 provenance), per generator (:mod:`workflow.diffusion.generators`):
 
+- ``results/models/tiny/sd-trained/``: with ``diffusion.base_model: tiny``, the tiny SD whose VAE was
+  trained on the training images (:func:`train_tiny_vae`, :mod:`workflow.diffusion.tiny_vae`), the base
+  model of every generator;
 - ``results/models/cache/<variant>/train.safetensors``: VAE posteriors and text embeddings of the training
   images under a prompt variant (:func:`cache_latents`, :mod:`workflow.diffusion.latent_cache`);
 - ``results/models/<generator>/``: ``model/`` (a diffusers pipeline folder, or LoRA weights),
@@ -28,12 +31,67 @@ import pandas as pd
 from workflow.common import manifest
 from workflow.common.errors import InputError
 from workflow.common.files import atomic_output, read_parquet_meta, write_parquet
-from workflow.common.model_card import read_card, weights_label
+from workflow.common.model_card import read_card, weights_label, write_card
 from workflow.common.provenance import config_hash, provenance
 from workflow.diffusion import sampling
 from workflow.diffusion.latent_cache import training_rows
-from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
+from workflow.diffusion.settings import CacheSettings, SampleSettings, TinyVaeSettings, TrainSettings
 from workflow.prompts.settings import CaptionSettings
+
+
+def train_tiny_vae(dataset: str, base_model: str, settings: TinyVaeSettings, gpus: int, model: str) -> None:
+    """Train the tiny SD's VAE on the training split's images and save the tiny SD with it (and its latent
+    scaling factor) as the folder ``model``, whose card says how far the VAE got.
+
+    Args:
+        base_model: the built tiny SD's folder (random weights).
+        gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
+    """
+    import time
+
+    from workflow.common.devices import pick_device
+    from workflow.diffusion import base_models, tiny_vae
+
+    rows = pd.read_parquet(dataset)
+    paths = {split: rows.loc[rows["split"] == split, "image"].tolist() for split in ("train", "val")}
+    for split, found in paths.items():
+        if not found:
+            raise InputError(
+                f"{dataset}: split '{split}' has no images; the tiny VAE (diffusion.base_model: tiny) trains "
+                "on 'train' and is measured on 'val'"
+            )
+    images = {split: tiny_vae.load_images(p, settings.resolution) for split, p in paths.items()}
+    pipe = base_models.load_pipeline(base_models.resolve_base(base_model))
+    pipe.vae.to(pick_device(gpus))
+    started = time.perf_counter()
+    fitted = tiny_vae.fit(pipe.vae, images["train"], images["val"], settings)
+    seconds = time.perf_counter() - started
+    pipe.vae.to("cpu")
+    built = read_card(base_model)
+    vae = {
+        "steps": settings.steps,
+        "train_images": len(paths["train"]),
+        "resolution": settings.resolution,
+        "val_psnr_db": round(fitted.psnr_db, 2),
+        "scaling_factor": fitted.scaling_factor,
+        "loss_first_10": sum(fitted.losses[:10]) / len(fitted.losses[:10]),
+        "loss_last_10": sum(fitted.losses[-10:]) / len(fitted.losses[-10:]),
+        "train_seconds": round(seconds, 1),
+    }
+    weights = (
+        f"tiny SD (demo): VAE trained on {vae['train_images']} training images ({settings.steps} steps, "
+        f"PSNR {fitted.psnr_db:.1f} dB on the val split at {settings.resolution} px); UNet and text encoder "
+        "random-init"
+    )
+    meta = provenance(
+        settings,
+        seeds={"tiny_vae": settings.tiny_seed},
+        inputs={"dataset": dataset},
+        weights=built["weights"],
+    )
+    with atomic_output(model) as tmp:
+        pipe.save_pretrained(tmp)
+        write_card(tmp, built | {"weights": weights, "vae": vae, "provenance": meta})
 
 
 def cache_latents(

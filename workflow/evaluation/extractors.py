@@ -16,6 +16,11 @@
   default DINOv2 ViT-B/14 (``facebook/dinov2-base``): FD_DINOv2 of Stein et al., "Exposing flaws of generative
   model evaluation metrics", NeurIPS 2023. It is registered with torch-fidelity as :data:`TRANSFORMERS`
   (:class:`TransformersExtractor`), so ``torch_fidelity.calculate_metrics`` can use it too;
+- ``classifier``: the penultimate features of the workflow's classifier trained on real images (run
+  ``real``, ``results/classifier/real/model.pt``), registered as :data:`CLASSIFIER`
+  (:class:`ClassifierExtractor`): a Fréchet distance in a space that knows the findings, as medical synthesis
+  papers use a domain network in place of ImageNet's Inception. Its values compare only generators of one
+  study (one trained classifier);
 - ``tiny``: the same DINOv2 class with a tiny configuration and random weights (:func:`build_tiny`, the
   tiny stand-in ``dinov2`` of :mod:`workflow.common.tiny_models`), for the demo and the tests. Its numbers
   check the plumbing and measure nothing; every output says ``random-init tiny DINOv2 (demo)``.
@@ -49,8 +54,12 @@ TORCHVISION_KIND = "torchvision-inception"
 TORCHVISION = "synthmed-torchvision-inception"
 TRANSFORMERS = "synthmed-transformers"
 TINY = "tiny"
+CLASSIFIER_KIND = "classifier"
+CLASSIFIER = "synthmed-classifier"
 INCEPTIONS = (INCEPTION, TORCHVISION_KIND)
-FIDELITY_NAMES = {INCEPTION: INCEPTION, TORCHVISION_KIND: TORCHVISION}
+FIDELITY_NAMES = {INCEPTION: INCEPTION, TORCHVISION_KIND: TORCHVISION, CLASSIFIER_KIND: CLASSIFIER}
+FEATURES = {INCEPTION: "2048", TORCHVISION_KIND: "2048", CLASSIFIER_KIND: "penultimate"}
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L") with which the classifier reads its images
 TORCHVISION_FILE = "inception_v3.pth"
 TORCHVISION_DOWNLOAD = "pretrained torchvision Inception-v3 (IMAGENET1K_V1, downloaded by torchvision)"
 TINY_INCEPTION_WEIGHTS = "random-init torchvision Inception-v3 (demo)"
@@ -210,6 +219,55 @@ class TorchvisionInception(torch_fidelity.FeatureExtractorBase):
         return torch.zeros((1, 3, 299, 299), dtype=torch.uint8)
 
 
+class ClassifierExtractor(torch_fidelity.FeatureExtractorBase):
+    """A classifier trained by the workflow (:mod:`workflow.classifier.networks`) as a torch-fidelity feature
+    extractor (feature ``"penultimate"``: the globally pooled features its linear head reads).
+
+    The uint8 ``B x 3 x H x W`` images torch-fidelity hands over are turned gray with the ITU-R 601 luma
+    weights and resized to the classifier's input side (bilinear, antialiased), then scaled to [0, 1]: the
+    input the classifier was trained on.
+
+    Args:
+        name: registry name (:data:`CLASSIFIER`).
+        features_list: ``["penultimate"]``.
+        feature_extractor_weights_path: the classifier's ``model.pt``.
+    """
+
+    def __init__(
+        self, name: str, features_list: list[str], feature_extractor_weights_path: str, **kwargs: Any
+    ) -> None:
+        super().__init__(name, features_list)
+        from workflow.classifier import networks
+
+        self.model, spec, _ = networks.load(feature_extractor_weights_path)
+        self.side = spec.image_size
+        self.register_buffer("luma", torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from torchvision.transforms.v2.functional import resize
+
+        vassert(x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3, "expecting uint8 B x 3 x H x W")
+        gray = (x.float() * self.luma).sum(dim=1, keepdim=True)
+        gray = resize(gray, [self.side, self.side], antialias=True)
+        return (self.model.penultimate(gray / 255).float(),)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return ("penultimate",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "penultimate"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros((1, 3, 32, 32), dtype=torch.uint8)
+
+
 def load_torchvision_state(model: torch.nn.Module, location: str) -> None:
     """Load a torchvision Inception-v3 state dict file, or :data:`TORCHVISION_FILE` in a folder, into
     ``model``.
@@ -230,9 +288,14 @@ def load_torchvision_state(model: torch.nn.Module, location: str) -> None:
 
 
 def register() -> None:
-    """Register :class:`TransformersExtractor` and :class:`TorchvisionInception` with torch-fidelity as
-    :data:`TRANSFORMERS` and :data:`TORCHVISION` (once)."""
-    for name, extractor in ((TRANSFORMERS, TransformersExtractor), (TORCHVISION, TorchvisionInception)):
+    """Register :class:`TransformersExtractor`, :class:`TorchvisionInception` and :class:`ClassifierExtractor`
+    with torch-fidelity as :data:`TRANSFORMERS`, :data:`TORCHVISION` and :data:`CLASSIFIER` (once)."""
+    ours = (
+        (TRANSFORMERS, TransformersExtractor),
+        (TORCHVISION, TorchvisionInception),
+        (CLASSIFIER, ClassifierExtractor),
+    )
+    for name, extractor in ours:
         if name not in FEATURE_EXTRACTORS_REGISTRY:
             torch_fidelity.register_feature_extractor(name, extractor)
 
@@ -266,7 +329,7 @@ class ExtractorSpec:
     @property
     def feature(self) -> str:
         """The torch-fidelity feature (layer) the metrics use."""
-        return "2048" if self.kind in INCEPTIONS else "pooled"
+        return FEATURES.get(self.kind, "pooled")
 
     def weights(self) -> str:
         """Plain words for provenance: which weights extract the features."""
@@ -277,6 +340,8 @@ class ExtractorSpec:
                 return TORCHVISION_DOWNLOAD
             card = read_card(self.location)
             return str(card.get("weights", f"torchvision Inception-v3 weights file {self.location}"))
+        if self.kind == CLASSIFIER_KIND:
+            return f"penultimate features of the classifier {self.location}, trained on real images"
         return weights_label(str(self.location))
 
     def weights_hash(self) -> str | None:
@@ -305,7 +370,7 @@ class ExtractorSpec:
 
         register()
         options: dict[str, Any] = {"feature_extractor_weights_path": self.location, "verbose": False}
-        if self.kind not in INCEPTIONS:
+        if self.kind not in (*INCEPTIONS, CLASSIFIER_KIND):
             options["input_resolution"] = self.resolution
         return create_feature_extractor(self.fidelity_name, [self.feature], cuda=cuda, **options)
 
@@ -320,6 +385,11 @@ def resolve(settings: EvaluationSettings, kind: str, local: str | None) -> Extra
     """
     if kind == TINY and not local:
         raise InputError("evaluation.extractor = tiny needs the folder built by rule build_tiny_model")
+    if kind == CLASSIFIER_KIND and not local:
+        raise InputError(
+            "evaluation: the classifier extractor reads the classifier of run 'real'; add real to "
+            "classifier.regimes"
+        )
     if kind == TORCHVISION_KIND and settings.torchvision_weights == TINY and not local:
         raise InputError(
             "evaluation.torchvision_weights = tiny needs the folder built by rule build_tiny_model"
@@ -327,7 +397,7 @@ def resolve(settings: EvaluationSettings, kind: str, local: str | None) -> Extra
     default = {INCEPTION: settings.weights, TORCHVISION_KIND: settings.torchvision_weights}.get(
         kind, settings.model
     )
-    resolution = None if kind in INCEPTIONS else settings.resolution
+    resolution = None if kind in (*INCEPTIONS, CLASSIFIER_KIND) else settings.resolution
     return ExtractorSpec(kind=kind, location=local or default, resolution=resolution)
 
 

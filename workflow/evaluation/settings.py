@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from workflow.classifier.regimes import real_classifier
 from workflow.common.errors import InputError
 from workflow.common.settings import RESOURCE_KEYS, Settings
 from workflow.common.tiny_models import tiny_model_inputs
@@ -15,8 +16,9 @@ from workflow.common.tiny_models import tiny_model_inputs
 
 @dataclass(frozen=True)
 class EvaluationSettings(Settings):
-    """``evaluation`` (rule ``image_metrics``), less ``tiny_seed``: the tiny extractor is an input of the
-    rule (its folder), built with that seed by ``build_tiny_model``."""
+    """``evaluation`` (rule ``image_metrics``), less ``tiny_seed`` (the tiny extractor is an input of the
+    rule, its folder, built with that seed by ``build_tiny_model``) and ``conditional_fidelity``
+    (:class:`ConditionalSettings`)."""
 
     SECTION = ("evaluation",)
 
@@ -40,7 +42,7 @@ class EvaluationSettings(Settings):
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
-        skip = {*RESOURCE_KEYS, "tiny_seed"}
+        skip = {*RESOURCE_KEYS, "tiny_seed", "conditional_fidelity"}
         return cls.from_dict({k: v for k, v in config["evaluation"].items() if k not in skip})
 
     def feature_spaces(self) -> tuple[str, ...]:
@@ -56,10 +58,24 @@ class EvaluationSettings(Settings):
         return (self.extractor, *self.also)
 
 
+@dataclass(frozen=True)
+class ConditionalSettings(Settings):
+    """``evaluation.conditional_fidelity`` (rule ``conditional_fidelity``)."""
+
+    SECTION = ("evaluation", "conditional_fidelity")
+
+    enabled: bool
+    min_real_auroc: float
+    bootstrap_resamples: int
+    confidence: float
+    seed: int
+    batch_size: int
+
+
 def extractor_inputs(config: Mapping[str, Any]) -> dict[str, str]:
     """Extractor kind -> its local file or folder, for every feature space whose weights the workflow tracks
     (rule ``image_metrics`` takes them as inputs): the tiny stand-ins, Inception weights files, a local
-    transformers folder (none for downloads and hub ids).
+    transformers folder, the real-data classifier (none for downloads and hub ids).
 
     Raises:
         InputError: when ``evaluation.also`` repeats ``evaluation.extractor``.
@@ -71,6 +87,7 @@ def extractor_inputs(config: Mapping[str, Any]) -> dict[str, str]:
         or ([evaluation["torchvision_weights"]] if evaluation["torchvision_weights"] else []),
         "transformers": [evaluation["model"]] if Path(evaluation["model"]).is_dir() else [],
         "tiny": tiny_model_inputs(config, "dinov2"),
+        "classifier": [real_classifier(config)["model"]] if real_classifier(config) else [],
     }
     kinds = EvaluationSettings.of(config).feature_spaces()
     return {kind: local[kind][0] for kind in kinds if local[kind]}

@@ -8,9 +8,12 @@ One function per rule of ``rules/evaluation.smk``, named after it:
   ``evaluation.extractor`` at the top level and for every extractor (``evaluation.also`` too) under
   ``feature_spaces``, and ``per_group.csv`` (one row per extractor and group, an ``extractor`` column, the
   first row the overall one of ``evaluation.extractor``);
+- :func:`conditional_fidelity` (one job per generator, when the study trains a classifier on real images):
+  ``results/evaluation/<generator>/conditional_fidelity.json`` (:mod:`workflow.evaluation.conditional`);
 - :func:`collect_image_metrics`: ``results/fid.json``, one section per generator and ``overall``, the overall
-  metrics per generator and extractor, and ``results/fid_per_class.csv``, every generator's rows with a
-  ``generator`` column. ``snakemake results/fid.json`` builds exactly what these need.
+  metrics per generator and extractor (and the conditional fidelity of each generator), and
+  ``results/fid_per_class.csv``, every generator's rows with a ``generator`` column.
+  ``snakemake results/fid.json`` builds exactly what these need.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from workflow.common.files import write_csv, write_json
 from workflow.common.model_card import read_card
 from workflow.common.provenance import provenance
 from workflow.evaluation import fidelity
-from workflow.evaluation.settings import EvaluationSettings
+from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings
 
 if TYPE_CHECKING:
     from workflow.evaluation.features import ImagePolicy
@@ -37,6 +40,10 @@ COMPARABILITY = (
     "FID, KID and precision/recall depend on the feature space: compare values only within one extractor "
     "(kind and weights). The top-level extractor and metrics are those of evaluation.extractor "
     "({extractor}); feature_spaces has every extractor's."
+)
+NO_CONDITIONAL = (
+    "not computed: it needs the classifier trained on real images (real in classifier.regimes) and "
+    "evaluation.conditional_fidelity.enabled"
 )
 
 
@@ -172,10 +179,44 @@ def _feature_space(
     return section, frame, read_card(spec.location).get("seed")
 
 
-def collect_image_metrics(
-    generators: Sequence[str], reports: Sequence[str], tables: Sequence[str], fid: str, fid_table: str
+def conditional_fidelity(
+    samples: str, model: str, real_metrics: str, settings: ConditionalSettings, report: str, threads: int
 ) -> None:
-    """Every generator's image quality in one JSON (a section each) and one CSV (a ``generator`` column)."""
+    """The real-data classifier ``model`` (its test metrics ``real_metrics``) on a generator's ``samples``,
+    against the labels their prompts asked for (:func:`workflow.evaluation.conditional.score`)."""
+    import torch
+
+    from workflow.classifier import networks
+    from workflow.common.devices import pick_device
+    from workflow.evaluation import conditional
+
+    torch.set_num_threads(threads)
+    network, spec, trained = networks.load(model)
+    where = pick_device()
+    result = conditional.score(
+        pd.read_parquet(samples), network.to(where), spec, json.loads(Path(real_metrics).read_text()),
+        settings, where,
+    )  # fmt: skip
+    meta = provenance(
+        settings,
+        seeds={"bootstrap": settings.seed},
+        inputs={"samples": samples, "model": model, "real_metrics": real_metrics},
+        weights=f"{model}, trained from {trained['weights']}",
+    )
+    write_json(report, {"provenance": meta, "classifier": model} | result)
+
+
+def collect_image_metrics(
+    generators: Sequence[str],
+    reports: Sequence[str],
+    tables: Sequence[str],
+    fid: str,
+    fid_table: str,
+    conditional: Sequence[str] | None = None,
+) -> None:
+    """Every generator's image quality in one JSON (a section each) and one CSV (a ``generator`` column);
+    ``conditional``: every generator's conditional fidelity, in generator order (none when the study trains
+    no classifier on real images)."""
     pairs = list(zip(generators, reports, tables, strict=True))
     sections = {name: json.loads(Path(path).read_text()) for name, path, _ in pairs}
     inputs = {f"report[{name}]": report for name, report, _ in pairs}
@@ -184,11 +225,25 @@ def collect_image_metrics(
         name: {kind: space["metrics"] for kind, space in section["feature_spaces"].items()}
         for name, section in sections.items()
     }
+    summary: dict[str, Any] | str = NO_CONDITIONAL
+    if conditional:
+        inputs |= {f"conditional[{n}]": path for n, path in zip(generators, conditional, strict=True)}
+        summary = {}
+        for name, path in zip(generators, conditional, strict=True):
+            result = json.loads(Path(path).read_text())
+            sections[name]["conditional_fidelity"] = result
+            summary[name] = {
+                "macro_auroc": result["macro"]["auroc"],
+                "macro_auroc_detected": result["macro_detected"]["auroc"],
+                "auroc": {f: row["auroc"] for f, row in result["labels"].items()},
+                "real_test_auroc": {f: row["real_test_auroc"] for f, row in result["labels"].items()},
+            }
     write_json(
         fid,
         {
             "provenance": provenance({"generators": list(generators)}, inputs=inputs),
             "overall": overall,
+            "conditional_fidelity": summary,
             "comparability": "values are comparable only within one extractor (feature space)",
             "generators": sections,
         },

@@ -9,7 +9,7 @@ as small self-contained HTML pages (:func:`report_tables`):
 - ``split_summary.html``: patients, images and finding prevalence per split (from ``split_report.json``);
 - ``image_quality.html``: FID, KID and precision/recall of every generator and extractor (feature space),
   overall, per finding and per prompt (``fid_per_class.csv``), with the extractors and their weights from
-  ``fid.json``;
+  ``fid.json``, and the conditional fidelity of every generator (:func:`conditional_table`);
 - ``classifier_regimes.html``: the comparison across classifier runs (``comparison.csv``: test metrics,
   fairness gaps, Grad-CAM focus), one column per run.
 
@@ -40,19 +40,28 @@ STYLE = (
 )
 
 
-def html_page(title: str, note: str, table: pd.DataFrame) -> str:
-    """A standalone HTML page: a title, a note and one table (numbers to 4 significant digits)."""
-    body = table.to_html(na_rep="", float_format=lambda x: f"{x:.4g}", border=0)
+Section = tuple[str, str, pd.DataFrame]
+"""A titled table with a note under its title."""
+
+
+def html_page(title: str, note: str, table: pd.DataFrame, more: Sequence[Section] = ()) -> str:
+    """A standalone HTML page: a title, a note and a table, then any ``more`` sections (numbers to 4
+    significant digits)."""
+    body = ""
+    for heading, text, frame in ((title, note, table), *more):
+        rendered = frame.to_html(na_rep="", float_format=lambda x: f"{x:.4g}", border=0)
+        body += f"<h3>{html.escape(heading)}</h3><p>{html.escape(text)}</p>{rendered}"
     return (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body><h3>{html.escape(title)}</h3><p>{html.escape(note)}</p>"
-        f"{body}</body></html>\n"
+        f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
     )
 
 
-def write_page(path: str | Path, title: str, note: str, table: pd.DataFrame) -> None:
+def write_page(
+    path: str | Path, title: str, note: str, table: pd.DataFrame, more: Sequence[Section] = ()
+) -> None:
     """Write :func:`html_page` atomically."""
-    write_text(path, html_page(title, note, table))
+    write_text(path, html_page(title, note, table, more))
 
 
 def split_table(split_report: dict) -> pd.DataFrame:
@@ -80,6 +89,35 @@ def image_quality_table(per_class: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in columns if c in table]]
 
 
+def conditional_table(fid: dict) -> pd.DataFrame:
+    """One row per generator and finding (then the macro rows): the real classifier's AUROC on the samples
+    against their prompts' labels, its CI, and its AUROC on the real test split."""
+    rows = []
+    for generator, section in fid["generators"].items():
+        result = section.get("conditional_fidelity")
+        if result is None:
+            continue
+        for name, row in result["labels"].items():
+            low, high = row.get("auroc_ci") or (None, None)
+            rows.append(
+                {"generator": generator, "finding": name, "n": row["n"], "positives": row["positives"]}
+                | {"AUROC on samples": row["auroc"], "CI low": low, "CI high": high}
+                | {"AUROC on real test": row["real_test_auroc"]}
+            )
+        detected = result["macro_detected"]
+        rows.append(
+            {"generator": generator, "finding": "macro", "AUROC on samples": result["macro"]["auroc"]}
+        )
+        rows.append(
+            {
+                "generator": generator,
+                "finding": f"macro, real test AUROC >= {detected['min_real_auroc']}",
+                "AUROC on samples": detected["auroc"],
+            }
+        )
+    return pd.DataFrame(rows).set_index(["generator", "finding"]) if rows else pd.DataFrame()
+
+
 def report_tables(
     split_report: str,
     fid: str,
@@ -98,16 +136,26 @@ def report_tables(
         "no patient is in two splits.",
         split_table(split),
     )
-    quality = next(iter(json.loads(Path(fid).read_text())["generators"].values()))
+    metrics = json.loads(Path(fid).read_text())
+    quality = next(iter(metrics["generators"].values()))
     spaces = [space["extractor"] for space in quality["feature_spaces"].values()]
     features = "; ".join(f"{extractor['kind']} ({extractor['weights']})" for extractor in spaces)
     comparable = " Values of different extractors are not comparable." if len(spaces) > 1 else ""
+    conditional = conditional_table(metrics)
+    more = [] if conditional.empty else [(
+        "Conditional fidelity: does each image show what its prompt asked for?",
+        "The classifier trained on real images scores every synthetic image against the labels of its "
+        "prompt (AUROC, percentile bootstrap CI over the images), beside its own AUROC on the real test "
+        "split (the ceiling); a finding it cannot see on real images says nothing about the samples.",
+        conditional,
+    )]  # fmt: skip
     write_page(
         image_quality_page,
         "Image quality of the synthetic sets",
         f"Each generator's images vs the real {quality['reference']['split']} split; features: "
         f"{features}, resize: {quality['resize_policy']['resize']}; seed {quality['seed']}.{comparable}",
         image_quality_table(pd.read_csv(fid_table)),
+        more,
     )
     runs = pd.read_csv(comparison).set_index("run").T
     write_page(
