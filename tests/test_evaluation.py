@@ -439,7 +439,7 @@ def test_config_defaults_and_demo_config():
     assert defaults.reference_split == "train" and defaults.kid_subset_size == 1000
     demo = yaml.safe_load((ROOT / "config.yaml").read_text())
     validate(demo, str(ROOT / "resources/config.schema.yaml"))
-    assert demo["evaluation"]["extractor"] == "tiny"
+    assert demo["evaluation"]["extractor"] == "classifier"  # the real classifier's feature space
     assert demo["evaluation"]["model"] == extractors.DEFAULT_MODEL
     bad = copy.deepcopy(demo)
     bad["evaluation"]["extractor"] = "inception"
