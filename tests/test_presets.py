@@ -46,7 +46,7 @@ TINY: dict[str, Any] = {
         },
         "sample": {
             "gpus": 0,
-            "max_prompts": 2,
+            "max_prompts": 4,  # MEP-LDM's 4 tiny prompts all: its synthetic classifier needs both classes
             "images_per_prompt": 2,
             "shards": 1,
             "steps": 1,

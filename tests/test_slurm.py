@@ -355,7 +355,7 @@ def cancel_training_and_rerun(
     config_file = workdir / "config.yaml"
     args = ["--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config_file)]
     config = yaml.safe_load(config_file.read_text())
-    config["diffusion"]["train"] |= {"max_steps": 400, "checkpoint_steps": 10}
+    config["diffusion"]["train"] |= {"max_steps": 150, "checkpoint_steps": 10}
     config_file.write_text(yaml.safe_dump(config))
     target = f"{TRAINING}/train_report.json"
     first = ProfileRun(cluster, workdir, *args).start(target)
@@ -378,7 +378,7 @@ def cancel_training_and_rerun(
     return cancelled, rerun.finish()
 
 
-TIME_LIMITED_TRAINING_S = 150  # fine-tuning at the demo's speed: well beyond the first job's time limit
+TIME_LIMITED_TRAINING_S = 100  # fine-tuning at the demo's speed: well beyond the first job's time limit
 FIRST_LIMIT, LATER_LIMIT = 1, 10  # minutes: Slurm's shortest time limit, then enough to finish
 
 
@@ -534,8 +534,8 @@ def test_cancelled_training_resumes_from_its_checkpoint(runs: dict, slurm: Local
     assert rerun.returncode == 0, rerun.log
     assert [job.rule for job in rerun.submitted()] == ["finetune_sd"]
     report = json.loads((rerun.workdir / TRAINING / "train_report.json").read_text())
-    assert report["steps"] == 400
-    assert 10 <= report["resumed_from_step"] < 400
+    assert report["steps"] == 150
+    assert 10 <= report["resumed_from_step"] < 150
     assert not list((rerun.workdir / TRAINING / "checkpoints").glob("checkpoint-*.pt"))
 
 
