@@ -188,6 +188,11 @@ def save(path: str, model: Classifier, spec: ModelSpec, provenance: Mapping[str,
         torch.save(payload, tmp)
 
 
+def trained_weights(provenance: Mapping[str, Any], path: str) -> str:
+    """Plain words for the weights of the classifier saved at ``path`` (its saved ``provenance``)."""
+    return f"{path}, trained from {provenance['weights']}"
+
+
 def load(path: str) -> tuple[Classifier, ModelSpec, dict[str, Any]]:
     """Rebuild a classifier saved by :func:`save`; returns the model (eval mode), its spec and provenance."""
     payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -20,7 +20,6 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -35,10 +34,6 @@ from workflow.common.manifest import label_column
 from workflow.common.provenance import config_hash, provenance
 
 DEMOGRAPHICS = ["image_id", "patient_id", "sex", "age", "race", "site"]
-
-
-def _trained_weights(spec_provenance: Mapping[str, Any], model_path: str) -> str:
-    return f"{model_path}, trained from {spec_provenance['weights']}"
 
 
 def train_classifier(
@@ -148,7 +143,7 @@ def evaluate_classifier(
         {"evaluation": settings, "fairness": fairness_settings},
         seeds={"bootstrap": settings.seed},
         inputs={"dataset": dataset, "model": model, "training": training_report},
-        weights=_trained_weights(trained, model),
+        weights=networks.trained_weights(trained, model),
     )
     run = trained_on["run"]
     summary = {
@@ -181,7 +176,7 @@ def classifier_focus(
         settings,
         seeds={"cases": settings.seed},
         inputs={"dataset": dataset, "model": model},
-        weights=_trained_weights(trained, model),
+        weights=networks.trained_weights(trained, model),
     )
     write_json(focus, {"provenance": meta, "evaluated_on": "test", "mass": cam.MASS} | report)
     title = "Grad-CAM on test images (finding, predicted probability)"

@@ -80,14 +80,14 @@ def extractor_inputs(config: Mapping[str, Any]) -> dict[str, str]:
     Raises:
         InputError: when ``evaluation.also`` repeats ``evaluation.extractor``.
     """
-    evaluation = config["evaluation"]
+    evaluation, real = config["evaluation"], real_classifier(config)
     local = {
         "inception-v3-compat": [evaluation["weights"]] if evaluation["weights"] else [],
         "torchvision-inception": tiny_model_inputs(config, "inception")
         or ([evaluation["torchvision_weights"]] if evaluation["torchvision_weights"] else []),
         "transformers": [evaluation["model"]] if Path(evaluation["model"]).is_dir() else [],
         "tiny": tiny_model_inputs(config, "dinov2"),
-        "classifier": [real_classifier(config)["model"]] if real_classifier(config) else [],
+        "classifier": [real["model"]] if real else [],
     }
     kinds = EvaluationSettings.of(config).feature_spaces()
     return {kind: local[kind][0] for kind in kinds if local[kind]}

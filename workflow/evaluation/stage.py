@@ -201,7 +201,7 @@ def conditional_fidelity(
         settings,
         seeds={"bootstrap": settings.seed},
         inputs={"samples": samples, "model": model, "real_metrics": real_metrics},
-        weights=f"{model}, trained from {trained['weights']}",
+        weights=networks.trained_weights(trained, model),
     )
     write_json(report, {"provenance": meta, "classifier": model} | result)
 
