@@ -1,10 +1,13 @@
-"""Shared fixtures: small synthetic manifests built in memory."""
+"""Shared fixtures: small synthetic manifests built in memory, and the small phantom study's data stage."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from test_workflow_data import DATA_TARGETS, snakemake, write_config
 
 from workflow.common.manifest import label_column
 
@@ -35,3 +38,13 @@ def make_manifest(n_patients: int, seed: int = 0, labels: tuple[str, ...] = LABE
 @pytest.fixture
 def manifest() -> pd.DataFrame:
     return make_manifest(400)
+
+
+@pytest.fixture(scope="session")
+def data_stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data stage of the small phantom study (tests/test_workflow_data.py ``write_config``), run once per
+    session through real Snakemake. Read only: whole-DAG fixtures start from a copy (``from_data_stage``)."""
+    workdir = tmp_path_factory.mktemp("data-stage")
+    write_config(workdir)
+    snakemake(workdir, *DATA_TARGETS)
+    return workdir

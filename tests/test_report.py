@@ -15,7 +15,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 from system_packages import SYSTEM_PATH, apt_install
 from test_workflow_classifier import CLASSIFIER
-from test_workflow_data import snakemake, write_config
+from test_workflow_data import from_data_stage, snakemake
 
 from workflow.common.manifest import label_column
 from workflow.report import stage
@@ -23,10 +23,10 @@ from workflow.report.settings import ReportSettings
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
+def study(data_stage, tmp_path_factory) -> Path:
     """The whole default DAG (every stage, tiny settings) and its report in one working directory."""
     workdir = tmp_path_factory.mktemp("report")
-    config = write_config(workdir, classifier=CLASSIFIER)
+    config = from_data_stage(data_stage, workdir, classifier=CLASSIFIER)
     config["diffusion"]["train"].update(max_steps=2, checkpoint_steps=2)
     config["diffusion"]["sample"].update(max_prompts=6, images_per_prompt=2, shards=1, steps=2)
     config["report"] = {"images_per_row": 3, "seed": 1}

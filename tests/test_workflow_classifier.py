@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_workflow_data import snakemake, write_config
+from test_workflow_data import from_data_stage, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +27,9 @@ def configure(workdir: Path, regimes: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory) -> Path:
+def real(data_stage, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("classifier")
-    configure(workdir, ["real"])
+    from_data_stage(data_stage, workdir, classifier=CLASSIFIER | {"regimes": ["real"]})
     snakemake(workdir, COMPARISON)
     return workdir
 

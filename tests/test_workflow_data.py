@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,24 +60,25 @@ def write_config(workdir: Path, **changes: dict) -> dict:
     return config
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("demo")
-    write_config(workdir)
-    snakemake(workdir, *DATA_TARGETS)
-    return workdir
+def from_data_stage(data_stage: Path, workdir: Path, **changes: dict) -> dict:
+    """``workdir`` with a copy of ``data_stage`` (the session's finished data stage, tests/conftest.py) and
+    the config of ``write_config(workdir, **changes)``: a whole-DAG fixture whose changes leave the data
+    stage's sections alone starts from the same phantoms and dataset (Snakemake finds them up to date, its
+    metadata is copied too) instead of rebuilding them, about a minute each."""
+    shutil.copytree(data_stage, workdir, symlinks=True, dirs_exist_ok=True)
+    return write_config(workdir, **changes)
 
 
-def test_dataset_is_complete_split_by_patient_and_documented(demo):
-    data = demo / "results" / "data"
+def test_dataset_is_complete_split_by_patient_and_documented(data_stage):
+    data = data_stage / "results" / "data"
     dataset = pd.read_parquet(data / "dataset.parquet")
-    source = pd.read_csv(demo / "results/phantoms/CheXpert-v1.0-phantom/train.csv")
+    source = pd.read_csv(data_stage / "results/phantoms/CheXpert-v1.0-phantom/train.csv")
     rejected = pd.read_parquet(data / "rejected.parquet")
     assert len(dataset) + len(rejected) == len(source)
     assert (dataset.groupby("patient_id")["split"].nunique() == 1).all()
     assert set(dataset["split"]) == {"train", "val", "test"}
     first = dataset.iloc[0]
-    assert Path(demo / first["image"]).is_file() and Path(demo / first["mask"]).is_file()
+    assert Path(data_stage / first["image"]).is_file() and Path(data_stage / first["mask"]).is_file()
     report = json.loads((data / "data_report.json").read_text())
     assert report["images"] == len(dataset)
     assert report["patients"] == SMALL["n_patients"]
@@ -85,8 +87,8 @@ def test_dataset_is_complete_split_by_patient_and_documented(demo):
     assert read_parquet_meta(data / "manifest.parquet")["rows"] == len(source)
 
 
-def test_rerun_does_nothing_and_one_target_builds_only_its_inputs(demo, tmp_path):
-    assert "Nothing to be done" in snakemake(demo, "--dry-run", *DATA_TARGETS).stdout
+def test_rerun_does_nothing_and_one_target_builds_only_its_inputs(data_stage, tmp_path):
+    assert "Nothing to be done" in snakemake(data_stage, "--dry-run", *DATA_TARGETS).stdout
     write_config(tmp_path)
     done = snakemake(tmp_path, "results/data/split_report.json")
     assert (tmp_path / "results/data/split.parquet").is_file()
@@ -94,10 +96,10 @@ def test_rerun_does_nothing_and_one_target_builds_only_its_inputs(demo, tmp_path
     assert "preprocess_shard" not in done.stdout + done.stderr
 
 
-def test_same_config_gives_the_same_dataset(demo, tmp_path):
+def test_same_config_gives_the_same_dataset(data_stage, tmp_path):
     write_config(tmp_path)
     snakemake(tmp_path, *DATA_TARGETS)
-    first = json.loads((demo / "results/data/data_report.json").read_text())
+    first = json.loads((data_stage / "results/data/data_report.json").read_text())
     second = json.loads((tmp_path / "results/data/data_report.json").read_text())
     assert first["provenance"]["dataset_sha256_16"] == second["provenance"]["dataset_sha256_16"]
     assert first["splits"] == second["splits"]
@@ -133,9 +135,9 @@ def test_corrupt_image_is_rejected_by_preprocessing(tmp_path):
     assert len(dataset) == len(table) - 1
 
 
-def test_leakage_is_refused(demo, tmp_path):
+def test_leakage_is_refused(data_stage, tmp_path):
     workdir = tmp_path / "leak"
-    subprocess.run(["cp", "-r", str(demo), str(workdir)], check=True)
+    subprocess.run(["cp", "-r", str(data_stage), str(workdir)], check=True)
     shard_path = workdir / "results/data/shards/0.parquet"
     shard = pd.read_parquet(shard_path)
     patient = shard["patient_id"].value_counts().index[0]
@@ -156,8 +158,8 @@ def test_invalid_config_names_the_key(tmp_path):
     assert "On instance['preprocess']['fit']" in output
 
 
-def test_lint_is_clean(demo):
-    done = snakemake(demo, "--lint", check=False)
+def test_lint_is_clean(data_stage):
+    done = snakemake(data_stage, "--lint", check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_workflow_data import snakemake, write_config
+from test_workflow_data import from_data_stage, snakemake, write_config
 
 from workflow.common import manifest
 from workflow.common.files import read_parquet_meta
@@ -75,9 +75,9 @@ def image_hashes(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def lora(tmp_path_factory) -> Path:
+def lora(data_stage, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("diffusion")
-    configure(workdir, method="lora")
+    from_data_stage(data_stage, workdir, prompts=LABELS_ONLY, diffusion=DIFFUSION | {"method": "lora"})
     snakemake(workdir, *targets("lora"))
     return workdir
 

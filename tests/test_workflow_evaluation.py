@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_workflow_data import snakemake, write_config
+from test_workflow_data import from_data_stage, snakemake, write_config
 
 from workflow.common.provenance import file_hash
 
@@ -42,8 +42,9 @@ def set_config(workdir: Path, min_images: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, str]:
+def run(data_stage, tmp_path_factory) -> tuple[Path, str]:
     workdir = tmp_path_factory.mktemp("evaluation")
+    from_data_stage(data_stage, workdir)
     set_config(workdir, min_images=2)
     done = snakemake(workdir, "results/fid.json")
     return workdir, done.stdout + done.stderr

@@ -12,7 +12,7 @@ import pyarrow.json as paj
 import pytest
 import yaml
 from PIL import Image
-from test_workflow_data import snakemake, write_config
+from test_workflow_data import from_data_stage, snakemake
 
 from workflow.common.files import read_parquet_meta
 
@@ -36,9 +36,9 @@ TARGETS = [
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(data_stage, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("prompts")
-    write_config(workdir, prompts=PROMPTS)
+    from_data_stage(data_stage, workdir, prompts=PROMPTS)
     snakemake(workdir, *TARGETS)
     return workdir
 
