@@ -55,13 +55,15 @@ rule train_classifier:
         settings=TRAINING.to_json(),
         synthetic_per_real=CLS["synthetic_per_real"],
         work_dir=f"{RUN}/checkpoints",
+        logs=f"{RUN}/logs",
     # trap: the shell waits while training saves a checkpoint on SIGTERM (Slurm's time limit)
     shell:
         "trap '' TERM; python -m scripts.classifier train_classifier --run {wildcards.run:q}"
         " --dataset {input.dataset}"
         " --sources {params.sources:q} --labels {params.labels:q} --settings {params.settings:q}"
         " --synthetic-per-real {params.synthetic_per_real} --model {output.model}"
-        " --report {output.report} --work-dir {params.work_dir:q} --threads {threads} 2> {log}"
+        " --report {output.report} --work-dir {params.work_dir:q} --threads {threads}"
+        " --logs {params.logs:q} 2> {log}"
 
 
 rule evaluate_classifier:

@@ -143,6 +143,7 @@ rule finetune_sd:
         mixed_precision=DIFFUSION["train"]["mixed_precision"],
         checkpoints=f"{MODEL}/checkpoints",
         validation=f"{MODEL}/grids",
+        logs=f"{MODEL}/logs",
     # trap: the shell and accelerate wait while training saves a checkpoint on SIGTERM (Slurm's time limit)
     shell:
         "trap '' TERM; accelerate launch --num_processes {params.processes} --num_machines 1"
@@ -150,7 +151,8 @@ rule finetune_sd:
         " -m scripts.diffusion finetune_sd --cache {input.cache} --base-model {params.base:q}"
         " --settings {params.settings:q} --gpus {resources.gpu} --model {output.model}"
         " --report {output.report} --loss {output.loss} --grid {output.grid}"
-        " --checkpoints {params.checkpoints} --validation {params.validation} 2> {log}"
+        " --checkpoints {params.checkpoints} --validation {params.validation}"
+        " --logs {params.logs} 2> {log}"
 
 
 rule plan_samples:

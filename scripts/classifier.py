@@ -21,6 +21,7 @@ COMMANDS = [
         "--report",
         Arg("--work-dir", help="checkpoint folder (resumed from, removed at the end)"),
         THREADS,
+        Arg("--logs", help="folder of the training curves (classifier.training.log_with)"),
     ),
     command(
         "evaluate_classifier",

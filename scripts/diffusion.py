@@ -40,6 +40,7 @@ COMMANDS = [
         "--grid",
         Arg("--checkpoints", help="checkpoint folder (kept across a killed job)"),
         Arg("--validation", help="folder of the validation grids during training"),
+        Arg("--logs", help="folder of the training curves (diffusion.train.log_with)"),
     ),
     command(
         "plan_samples",

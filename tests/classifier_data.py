@@ -83,6 +83,7 @@ def training_settings(**changes: Any) -> TrainSettings:
         "augment_intensity": 0.1,
         "loader_workers": 0,
         "seed": 5,
+        "log_with": "none",
     }
     return TrainSettings.from_dict(settings | changes)
 

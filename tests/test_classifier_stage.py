@@ -48,9 +48,10 @@ def trained(tmp_path_factory) -> dict:
     }
     dataset_path, model = str(root / "dataset.parquet"), str(out / "model.pt")
     stage.train_classifier(
-        "real", dataset_path, {}, LABELS, training_settings(), 1.0, model, paths["training.json"],
-        str(out / "checkpoints"), 1,
+        "real", dataset_path, {}, LABELS, training_settings(log_with="tensorboard"), 1.0, model,
+        paths["training.json"], str(out / "checkpoints"), 1, str(out / "logs"),
     )  # fmt: skip
+    assert list((out / "logs" / "train_classifier").glob("events.out.tfevents.*"))  # the curves
     stage.evaluate_classifier(
         dataset_path,
         model,
@@ -145,7 +146,7 @@ def test_script_trains_the_mixed_regime_from_a_synthetic_manifest(trained, tmp_p
         "--sources", json.dumps({"synthetic": str(tmp_path / "manifest.parquet")}),
         "--labels", json.dumps(LABELS), "--settings", training_settings(epochs=1).to_json(),
         "--synthetic-per-real", "0.5", "--model", str(tmp_path / "model.pt"), "--report", str(report),
-        "--work-dir", str(tmp_path / "checkpoints"), "--threads", "1",
+        "--work-dir", str(tmp_path / "checkpoints"), "--threads", "1", "--logs", str(tmp_path / "logs"),
     ]  # fmt: skip
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     training = json.loads(report.read_text())

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 from configs import validated
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -234,7 +235,7 @@ def test_lora_save_and_reload_give_identical_samples(tiny, study, tmp_path):
     load back at the trained scale alpha / rank: an alpha-free file (what loaders that ignore peft's
     metadata saw before) gives other images."""
     lora = defaults()["lora"] | {"target_modules": ["to_q", "to_k", "to_v", "conv_out"]}  # linear and conv
-    settings = train_settings(max_steps=3, lora=lora)
+    settings = train_settings(max_steps=3, lora=lora, channels_last=False)  # the reloaded UNet's layout
     cache = latent_cache.LatentCache(str(study / "cache.safetensors"))
     unet = training.build_unet(str(tiny), settings, torch.float32)
     optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-2)
@@ -267,6 +268,65 @@ def test_lora_save_and_reload_give_identical_samples(tiny, study, tmp_path):
     )
     assert np.array_equal(first, second)
     assert not np.array_equal(first, untrained) and not np.array_equal(first, alpha_free)
+    # the sampling fast path: LoRA fused into the weights, channels-last UNet and VAE; the same images
+    fast, plain = (
+        sampling.load_sampler(str(tmp_path / "lora"), options_, torch.device("cpu"))
+        for options_ in (options, replace(options, fuse_lora=False, channels_last=False))
+    )
+    assert not any("lora" in name for name, _ in fast.unet.named_parameters())
+    assert any("lora" in name for name, _ in plain.unet.named_parameters())
+    fused, unfused = (
+        np.stack(sampling.generate(p, prompts, seeds, options)).astype(int) for p in (fast, plain)
+    )
+    assert np.abs(fused - unfused).max() <= 2 and np.abs(fused - unfused).mean() < 0.1
+    assert not np.array_equal(fused, np.stack(sampling.generate(base, prompts, seeds, options)))
+
+
+def test_sampling_dtype_auto_is_float32_on_a_cpu_and_float16_needs_a_gpu():
+    assert sampling.sampling_dtype(sample_settings(), torch.device("cpu")) == torch.float32
+    assert sampling.sampling_dtype(sample_settings(), torch.device("cuda")) == torch.float16
+    with pytest.raises(InputError, match=r"diffusion\.sample\.dtype"):
+        sampling.sampling_dtype(sample_settings(dtype="float16"), torch.device("cpu"))
+
+
+def test_fast_path_gives_the_same_training_steps_on_the_cpu(tiny, study):
+    """Fused AdamW, the foreach EMA update and a channels-last UNet (and TF32, a no-op on a CPU) change the
+    arithmetic at rounding level only: the losses and EMA weights of a few steps match those without them,
+    and a checkpoint of one resumes the other. The batched cache read returns the rows themselves."""
+    cache_path = str(study / "cache.safetensors")
+    cache = latent_cache.LatentCache(cache_path)
+    rows = torch.tensor([7, 0, 3, 3])
+    with safe_open(cache_path, framework="pt") as file:
+        assert torch.equal(cache.posteriors(rows), file.get_tensor("posteriors")[rows].float())
+    raw = TrainSettings.of(validated({"diffusion": {"method": "full"}})).to_dict()
+    raw |= {"batch_size": 2, "ema": True, "ema_decay": 0.9, "learning_rate": 1e-3}
+    fast = TrainSettings.from_dict(raw | {"tf32": True, "fused_adam": True, "foreach_ema": True})
+    slow = replace(fast, tf32=False, fused_adam=False, foreach_ema=False, channels_last=False)
+    assert fast.channels_last
+    assert training.trajectory_fingerprint(fast, "c", "b") == training.trajectory_fingerprint(slow, "c", "b")
+    scheduler = base_models.load_pipeline(str(tiny)).scheduler
+    results = []
+    for settings in (fast, slow):
+        unet = training.build_unet(str(tiny), settings, torch.float32)
+        optimizer = training.adamw([p for p in unet.parameters() if p.requires_grad], settings)
+        ema, losses = training.weight_average(unet, settings), []
+        for micro in range(3):
+            torch.manual_seed(micro)
+            indices = training.batch_indices(len(cache), settings, 1, 0, micro)
+            latents, text = training.batch_inputs(cache, indices, settings, torch.device("cpu"))
+            loss = training.diffusion_loss(unet, latents, text, scheduler, settings)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            ema.step(unet.parameters())
+            losses.append(loss.item())
+        results.append((losses, [p.clone() for p in ema.shadow_params]))
+    (fast_losses, fast_ema), (slow_losses, slow_ema) = results
+    assert np.allclose(fast_losses, slow_losses, rtol=1e-5, atol=0)
+    # Adam's normalised step can turn a rounding-level change of a near-zero gradient into a weight change
+    # of up to the learning rate; every other weight agrees to float32 rounding
+    difference = torch.cat([(a - b).abs().flatten() for a, b in zip(fast_ema, slow_ema, strict=True)])
+    assert difference.max() < fast.learning_rate / 4 and (difference > 1e-6).float().mean() < 1e-3
 
 
 def test_checkpoints_keep_the_newest_and_set_others_aside(tmp_path):
@@ -284,11 +344,16 @@ def test_checkpoints_keep_the_newest_and_set_others_aside(tmp_path):
 
 
 def test_fingerprint_ignores_how_often_a_run_checkpoints_or_validates():
-    """Changing checkpoint_steps or the validation settings used to throw the run's checkpoints away."""
+    """Changing checkpoint_steps or the validation settings used to throw the run's checkpoints away; the
+    logging and fast-path settings do not change the trajectory either."""
     settings = train_settings()
     same = training.trajectory_fingerprint(settings, "cache", "base")
     for key in training.TRAJECTORY_FREE:
-        changed = replace(settings, **{key: (getattr(settings, key) or 1) + 1})
+        value = getattr(settings, key)
+        other = (
+            not value if isinstance(value, bool) else "none" if isinstance(value, str) else (value or 1) + 1
+        )
+        changed = replace(settings, **{key: other})
         assert training.trajectory_fingerprint(changed, "cache", "base") == same, key
     other = replace(settings, learning_rate=settings.learning_rate * 2)
     assert training.trajectory_fingerprint(other, "cache", "base") != same
@@ -298,7 +363,8 @@ def test_fingerprint_ignores_how_often_a_run_checkpoints_or_validates():
 def run_training(study: Path, tiny: Path, out: Path, settings: TrainSettings) -> subprocess.Popen:
     """Start `scripts.diffusion finetune_sd` (as the rule does, one CPU process) in the background."""
     paths = {
-        name: str(out / name) for name in ("model", "report", "loss", "grid", "checkpoints", "validation")
+        name: str(out / name)
+        for name in ("model", "report", "loss", "grid", "checkpoints", "validation", "logs")
     }
     paths["report"] += ".json"
     paths["loss"] += ".png"
@@ -359,7 +425,7 @@ def test_sigterm_saves_a_checkpoint_and_the_next_attempt_resumes_from_it(
     and exits with 143; the next attempt resumes there, says so in its report, and its log starts with the
     earlier attempt's (Snakemake deletes a job's log before each attempt)."""
     settings = train_settings(max_steps=5, checkpoint_steps=100, validation_prompts=1)
-    paths = {name: str(tmp_path / name) for name in ("model", "checkpoints", "validation")}
+    paths = {name: str(tmp_path / name) for name in ("model", "checkpoints", "validation", "logs")}
     paths |= {"report": str(tmp_path / "report.json"), "loss": str(tmp_path / "loss.png")}
     paths["grid"] = str(tmp_path / "grid.png")
     real_loss, calls = training.diffusion_loss, []
@@ -388,6 +454,7 @@ def test_sigterm_saves_a_checkpoint_and_the_next_attempt_resumes_from_it(
     log = capsys.readouterr().err
     assert "earlier attempts" in log and "SIGTERM received: stopped after step 3" in log
     assert not list(folder.iterdir())  # checkpoints and the attempts' log are gone once the model is saved
+    assert settings.log_with == "tensorboard" and list((tmp_path / "logs").rglob("events.out.tfevents.*"))
 
 
 SCHEDULES = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["diffusion"]["properties"]["train"][

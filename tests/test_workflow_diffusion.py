@@ -111,6 +111,12 @@ def test_lora_training_lowers_the_loss_and_saves_adapters(lora):
     assert (lora / "results/models/sd-lora/grids/step-00000020.png").is_file()
     assert Image.open(lora / "results/models/sd-lora/validation.png").size == (64, 32)
     assert not list((lora / "results/models/sd-lora/checkpoints").glob("*.pt"))
+    # progress you can watch: plain lines in the rule's log, curves for tensorboard
+    assert list((lora / "results/models/sd-lora/logs/finetune").glob("events.out.tfevents.*"))
+    log = (lora / "logs/diffusion/finetune_sd/sd-lora.log").read_text()
+    lines = [line for line in log.split("\n") if "finetune_sd:" in line]
+    assert lines[0].startswith("finetune_sd:   0%") and lines[-1].startswith("finetune_sd: 100%|")
+    assert not any("\r" in line for line in lines) and "step 40: loss" in log
 
 
 def test_synthetic_manifest_is_labelled_and_cannot_collide(lora):

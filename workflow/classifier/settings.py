@@ -33,6 +33,7 @@ class TrainSettings(Settings):
     augment_intensity: float
     loader_workers: int
     seed: int
+    log_with: str
 
     def weights_inputs(self) -> list[str]:
         """The pretrained weights file, when ``weights`` names one (none for random or imagenet)."""

@@ -32,6 +32,7 @@ from workflow.common.files import write_csv, write_json, write_parquet
 from workflow.common.interruption import attempt_log
 from workflow.common.manifest import label_column
 from workflow.common.provenance import config_hash, provenance
+from workflow.common.tracking import Trackers
 
 DEMOGRAPHICS = ["image_id", "patient_id", "sex", "age", "race", "site"]
 
@@ -47,9 +48,11 @@ def train_classifier(
     report: str,
     work_dir: str,
     threads: int,
+    logs: str,
 ) -> None:
     """Train the classifier of ``run``; checkpoints (and the log of every attempt of a job stopped and
-    resubmitted, :func:`workflow.common.interruption.attempt_log`) go to ``work_dir``, removed at the end.
+    resubmitted, :func:`workflow.common.interruption.attempt_log`) go to ``work_dir``, removed at the end;
+    the training curves to ``logs`` (``classifier.training.log_with``).
 
     Args:
         run: ``<regime>`` or ``<regime>/<source>`` (:func:`workflow.classifier.regimes.runs`).
@@ -75,8 +78,10 @@ def train_classifier(
     )
     fingerprint = config_hash({k: meta[k] for k in ("config_hash", "inputs", "weights")})
     where = pick_device()
+    trackers = Trackers(settings.log_with, logs, "train_classifier", step)
     with attempt_log(work_dir):
-        result = training.fit(data, spec, settings, work_dir, fingerprint, where)
+        result = training.fit(data, spec, settings, work_dir, fingerprint, where, trackers)
+    trackers.finish()
     networks.save(model, result.model, spec, meta)
     write_json(
         report,

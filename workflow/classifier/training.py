@@ -49,6 +49,8 @@ from workflow.common.errors import InputError
 from workflow.common.figures import load_gray
 from workflow.common.interruption import stop_on_signal
 from workflow.common.manifest import label_column
+from workflow.common.progress import progress as progress_bar
+from workflow.common.tracking import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +243,10 @@ def fit(
     work_dir: str,
     fingerprint: str,
     where: torch.device,
+    trackers: Trackers | None = None,
 ) -> FitResult:
-    """Train on ``data.train``, select on ``data.val``; resume from ``work_dir`` when a checkpoint fits."""
+    """Train on ``data.train``, select on ``data.val``; resume from ``work_dir`` when a checkpoint fits.
+    Each epoch's losses, val macro AUROC and learning rate go to ``trackers`` (curves of the run)."""
     configure_determinism()
     torch.manual_seed(settings.seed)
     model = networks.build(spec, settings.weights).to(where)
@@ -268,11 +272,15 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     selection = state["history"][-1]["selection"] if state["history"] else ""
-    with stop_on_signal() as stop:
+    per_epoch = len(epoch_batches(len(train_table), settings.batch_size, np.random.default_rng(0)))  # count
+    done = state["step"] * per_epoch + (state.get("epoch_progress") or {}).get("batches", 0)
+    bar = progress_bar(total=settings.epochs * per_epoch, initial=done, desc="train_classifier", unit="batch")
+    with stop_on_signal() as stop, bar:
         while not state["stopped"] and state["step"] < settings.epochs:
             epoch = state["step"]
             progress = so_far = EpochProgress(**(state.get("epoch_progress") or {}))
             for progress in _train_epoch(model, train_table, optimizer, settings, epoch, where, so_far):
+                bar.update(1)
                 if stop:  # save the epoch so far; the checkpoint keeps the completed-epoch count as its step
                     state |= _training_state(model, optimizer, scheduler, fingerprint)
                     state |= {"epoch_progress": asdict(progress)}
@@ -293,6 +301,16 @@ def fit(
                 record | {"val_loss": val_loss, "val_macro_auroc": val_auroc, "selection": selection}
             )
             log.info("epoch %d: %s", epoch + 1, state["history"][-1])
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", refresh=False)
+            if trackers is not None:
+                curves = {
+                    "train/loss": train_loss,
+                    "val/loss": val_loss,
+                    "train/learning_rate": learning_rate,
+                }
+                trackers.log(
+                    curves | ({"val/macro_auroc": val_auroc} if val_auroc is not None else {}), epoch + 1
+                )
             state["stopped"] = epoch + 1 >= settings.min_epochs and state["since_best"] >= settings.patience
             state |= _training_state(model, optimizer, scheduler, fingerprint) | {"step": epoch + 1}
             state["epoch_progress"] = None

@@ -18,19 +18,23 @@ size. It is off by default because mirroring a chest X-ray moves the heart to th
 File: one safetensors file with ``posteriors`` (n, flips, 2 * latent channels, h, w; float16),
 ``prompt_index`` (n; row of ``embeddings``) and ``embeddings`` (1 + prompts, 77, d; float32; row 0 is the
 empty prompt, used for caption dropout); the metadata hold the prompts, the VAE scaling factor and the
-provenance.
+provenance. Training memory-maps ``posteriors`` and reads a batch's rows with one gather.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from workflow.common.errors import InputError
+from workflow.common.progress import progress
 from workflow.diffusion.settings import CacheSettings
 
 if TYPE_CHECKING:
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 EMPTY_PROMPT = 0  # row of the empty prompt's embedding
+NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32}  # safetensors dtype names
+DECODE_THREADS = min(8, os.cpu_count() or 1)  # PNG decoding and resizing release the GIL
 
 
 def training_rows(dataset_path: str, prompts_path: str) -> pd.DataFrame:
@@ -79,7 +85,7 @@ def encode(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The cache's tensors for the training ``rows`` (module docstring) and the distinct prompts, sorted:
     every image (and its mirror image with ``random_flip``) through the VAE, every prompt through the text
-    encoder, once."""
+    encoder, once; the images of a batch are decoded in parallel threads."""
     import torch
 
     from workflow.diffusion.base_models import encode_prompts
@@ -89,13 +95,16 @@ def encode(
     prompt_row = {prompt: i + 1 for i, prompt in enumerate(prompts)}
     flips = 2 if settings.random_flip else 1
     posteriors = []
-    with torch.no_grad():
+    load = partial(load_image, resolution=settings.resolution)
+    bar = progress(total=len(rows), desc="cache_latents", unit="img")
+    with torch.no_grad(), ThreadPoolExecutor(DECODE_THREADS) as pool, bar:
         for start in range(0, len(rows), settings.batch_size):
             paths = rows["image"].iloc[start : start + settings.batch_size]
-            pixels = torch.stack([load_image(p, settings.resolution) for p in paths]).to(device)
+            pixels = torch.stack(list(pool.map(load, paths))).to(device)
             views = [pixels, pixels.flip(-1)][:flips]
             encoded = [pipe.vae.encode(v).latent_dist.parameters.float().cpu() for v in views]
             posteriors.append(torch.stack(encoded, dim=1).half())
+            bar.update(len(paths))
     tensors = {
         "posteriors": torch.cat(posteriors),
         "prompt_index": torch.tensor([prompt_row[p] for p in rows["prompt"]], dtype=torch.int64),
@@ -104,10 +113,27 @@ def encode(
     return tensors, prompts
 
 
+def memory_map(path: str, name: str) -> np.memmap:
+    """Tensor ``name`` of a safetensors file as a read-only numpy memory map. The format: an 8-byte
+    little-endian header length, a JSON header giving each tensor's dtype, shape and byte range in the data
+    that follows."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        entry = json.loads(file.read(length))[name]
+    return np.memmap(
+        path,
+        dtype=NUMPY_DTYPES[entry["dtype"]],
+        mode="r",
+        offset=8 + length + entry["data_offsets"][0],
+        shape=tuple(entry["shape"]),
+    )
+
+
 @dataclass
 class LatentCache:
-    """A cache file opened for training: posteriors are read row by row (memory-mapped, so data-parallel
-    processes do not each hold a copy); embeddings are small and held in memory."""
+    """A cache file opened for training: posteriors are memory-mapped (data-parallel processes share the
+    page cache, none holds a copy) and a batch's rows are read with one gather; embeddings are small and
+    held in memory."""
 
     path: str
 
@@ -121,9 +147,9 @@ class LatentCache:
         self.scaling_factor = float(header["scaling_factor"])
         self.embeddings: torch.Tensor = self._file.get_tensor("embeddings")
         self.prompt_index: torch.Tensor = self._file.get_tensor("prompt_index")
-        self._posteriors = self._file.get_slice("posteriors")
-        self.flips: int = self._posteriors.get_shape()[1]
-        self.latent_size: int = self._posteriors.get_shape()[-1]
+        self._posteriors = memory_map(self.path, "posteriors")
+        self.flips: int = self._posteriors.shape[1]
+        self.latent_size: int = self._posteriors.shape[-1]
 
     def __len__(self) -> int:
         return len(self.prompt_index)
@@ -132,4 +158,4 @@ class LatentCache:
         """VAE posterior parameters of rows ``indices``: (len, flips, 2 * channels, h, w), float32."""
         import torch
 
-        return torch.cat([self._posteriors[i : i + 1] for i in indices.tolist()]).float()
+        return torch.from_numpy(self._posteriors[indices.numpy()].astype(np.float32))

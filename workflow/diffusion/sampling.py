@@ -149,6 +149,37 @@ def assign_seeds(items: pd.DataFrame, settings: SampleSettings) -> pd.DataFrame:
     return items
 
 
+def sampling_dtype(settings: SampleSettings, device: Any) -> Any:
+    """The weights' dtype of ``diffusion.sample.dtype``: ``auto`` is float16 on a GPU, float32 on a CPU."""
+    import torch
+
+    name = settings.dtype
+    if name == "auto":
+        name = "float16" if device.type == "cuda" else "float32"
+    if name == "float16" and device.type == "cpu":
+        raise InputError("diffusion.sample.dtype: float16 needs a GPU; use float32 or bfloat16 on a CPU")
+    return getattr(torch, name)
+
+
+def load_sampler(model: str, settings: SampleSettings, device: Any) -> Any:
+    """The trained pipeline on ``device``, ready to sample fast: weights in :func:`sampling_dtype`, LoRA
+    fused into the UNet (``fuse_lora``), UNet and VAE channels-last (``channels_last``), the UNet compiled
+    (``compile``), SDPA attention (diffusers' default), the sampler ``scheduler``."""
+    import torch
+
+    from workflow.diffusion import saving
+
+    pipe = saving.load_trained(model, sampling_dtype(settings, device), settings.fuse_lora).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if settings.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if settings.compile:
+        pipe.unet.compile()
+    set_scheduler(pipe, settings.scheduler)
+    return pipe
+
+
 def set_scheduler(pipe: Any, name: str) -> None:
     """Swap the pipeline's sampler for ``name`` (DDIM, DPM-Solver++ or PNDM), keeping its noise schedule."""
     import diffusers

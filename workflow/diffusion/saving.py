@@ -66,11 +66,18 @@ def save_kohya_lora(unet: torch.nn.Module, path: Path) -> None:
     save_file(tensors, str(path), metadata=metadata)
 
 
-def load_trained(model_dir: str, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
-    """The pipeline a :func:`save_trained` folder holds: the full pipeline, or the base with LoRA loaded."""
+def load_trained(
+    model_dir: str, dtype: torch.dtype | None = None, fuse_lora: bool = False
+) -> StableDiffusionPipeline:
+    """The pipeline a :func:`save_trained` folder holds: the full pipeline, or the base with LoRA loaded;
+    with ``fuse_lora`` the adapters are merged into the UNet's weights (``W + alpha / r * B A``, diffusers'
+    ``fuse_lora``) and unloaded, so sampling runs the plain UNet without the adapters' extra matmuls."""
     card = read_card(model_dir)
     if card.get("method") == "lora":
         pipe = base_models.load_pipeline(card["base_location"], dtype=dtype)
         pipe.load_lora_weights(model_dir)
+        if fuse_lora:
+            pipe.fuse_lora()
+            pipe.unload_lora_weights()
         return pipe
     return base_models.load_pipeline(model_dir, dtype=dtype)

@@ -97,6 +97,13 @@ class TrainSettings(Settings):
     validation_steps: int | None
     validation_prompts: int
     validation_inference_steps: int
+    log_with: str
+    log_steps: int
+    tf32: bool
+    fused_adam: bool
+    foreach_ema: bool
+    channels_last: bool
+    compile: bool
     lora: LoraSettings
 
     def __post_init__(self) -> None:
@@ -145,6 +152,9 @@ class SampleSettings(Settings):
     steps: int
     guidance_scale: float
     dtype: str
+    fuse_lora: bool
+    channels_last: bool
+    compile: bool
     grayscale: bool
     design: DesignSettings
     resolution: int

@@ -139,12 +139,14 @@ def finetune_sd(
     grid: str,
     checkpoints: str,
     validation: str,
+    logs: str,
 ) -> None:
     """Fine-tune the base model on the cache (full UNet or LoRA), resuming from the newest checkpoint; run
-    under ``accelerate launch`` with one process per GPU (:func:`workflow.diffusion.training.train`)."""
+    under ``accelerate launch`` with one process per GPU (:func:`workflow.diffusion.training.train`); the
+    training curves go to ``logs`` (``diffusion.train.log_with``)."""
     from workflow.diffusion import training
 
-    paths = {"model": model, "report": report, "loss": loss, "grid": grid}
+    paths = {"model": model, "report": report, "loss": loss, "grid": grid, "logs": logs}
     training.train(
         cache, base_model, settings, gpus, paths | {"checkpoints": checkpoints, "validation": validation}
     )
@@ -183,28 +185,24 @@ def sample_images(
     plan: str, model: str, settings: SampleSettings, shard: int, gpus: int, images: str, table: str
 ) -> None:
     """Generate the images of one shard of the plan into ``images`` and write its table."""
-    import torch
-
     from workflow.common.devices import pick_device
     from workflow.common.figures import save_png
-    from workflow.diffusion import saving
+    from workflow.common.progress import progress
 
     if not 0 <= shard < settings.shards:
         raise InputError(f"shard {shard} is outside 0..{settings.shards - 1} (diffusion.sample.shards)")
     device = pick_device(gpus)
-    if settings.dtype == "float16" and device.type == "cpu":
-        raise InputError("diffusion.sample.dtype: float16 needs a GPU; use float32 or bfloat16 on a CPU")
     items = pd.read_parquet(plan)
     mine = items[items["shard"] == shard].reset_index(drop=True)
-    pipe = saving.load_trained(model, dtype=getattr(torch, settings.dtype)).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    sampling.set_scheduler(pipe, settings.scheduler)
+    pipe = sampling.load_sampler(model, settings, device)
     Path(images).mkdir(parents=True, exist_ok=True)
     paths = [sampling.image_path(images, p, i) for p, i in zip(mine["prompt_id"], mine["index"], strict=True)]
-    for _, batch in mine.groupby("batch", sort=True):
-        generated = sampling.generate(pipe, batch["prompt"].tolist(), batch["seed"].tolist(), settings)
-        for row, image in zip(batch.index, generated, strict=True):
-            save_png(image, paths[row])
+    with progress(total=len(mine), desc=f"sample_images shard {shard}", unit="img") as bar:
+        for _, batch in mine.groupby("batch", sort=True):
+            generated = sampling.generate(pipe, batch["prompt"].tolist(), batch["seed"].tolist(), settings)
+            for row, image in zip(batch.index, generated, strict=True):
+                save_png(image, paths[row])
+            bar.update(len(batch))
     mine["image"] = paths
     weights = read_card(model).get("weights", model)
     meta = provenance(settings, seeds={"sample": settings.seed}, inputs={"plan": plan}, weights=weights)

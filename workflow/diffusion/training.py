@@ -30,6 +30,16 @@ same step, a checkpoint is saved and the job exits with status 143; the next att
 
 **Data parallel.** With ``n`` processes, every optimizer step consumes ``n * batch_size * accumulation``
 images: process ``r`` takes the ``r``-th slice of each global batch; gradients are averaged by DDP.
+
+**Fast path** (``diffusion.train``; none changes what is computed beyond rounding): TF32 matmuls on CUDA
+(``tf32``), torch's fused AdamW kernel (``fused_adam``, CUDA and CPU), a multi-tensor EMA update
+(``foreach_ema``), a channels-last UNet (``channels_last``), ``torch.compile`` of the UNet (``compile``),
+SDPA attention (always).
+A batch's latents are one gather from the memory-mapped cache, copied to the GPU from pinned memory; the
+epoch's permutation is drawn once. The step never waits for the GPU: losses and gradient norms stay on the
+device and are read back every ``log_steps`` steps (and at checkpoints), when they go to the log, a progress
+line and the tracker (``log_with``, :mod:`workflow.common.tracking`) with the learning rate and, at every
+validation, the validation images.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import time
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +57,16 @@ import torch
 import torch.nn.functional as F
 
 from workflow.common import checkpoints
-from workflow.common.devices import pick_device
+from workflow.common.devices import pick_device, use_tf32
 from workflow.common.errors import InputError
 from workflow.common.figures import loss_curve
 from workflow.common.files import write_json
 from workflow.common.interruption import attempt_log, stop_on_signal
 from workflow.common.model_card import weights_label
+from workflow.common.progress import progress
 from workflow.common.provenance import config_hash, provenance
 from workflow.common.seeding import derive_seed
+from workflow.common.tracking import Trackers
 from workflow.diffusion import base_models, saving
 from workflow.diffusion.latent_cache import EMPTY_PROMPT, LatentCache
 from workflow.diffusion.settings import TrainSettings
@@ -124,14 +137,20 @@ def total_steps(n_images: int, settings: TrainSettings, processes: int) -> int:
     return max(1, micro // settings.gradient_accumulation_steps)
 
 
+@lru_cache(maxsize=2)
+def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
+    """The seeded permutation of the images in epoch ``epoch`` (drawn once per epoch)."""
+    order = torch.Generator().manual_seed(derive_seed(seed, ORDER, epoch))
+    return torch.randperm(n_images, generator=order)
+
+
 def batch_indices(
     n_images: int, settings: TrainSettings, processes: int, rank: int, micro: int
 ) -> torch.Tensor:
     """Cache rows of micro-step ``micro`` on process ``rank`` in the seeded data order."""
     per_epoch = steps_per_epoch(n_images, settings, processes)
     epoch, position = divmod(micro, per_epoch)
-    order = torch.Generator().manual_seed(derive_seed(settings.seed, ORDER, epoch))
-    permutation = torch.randperm(n_images, generator=order)
+    permutation = epoch_order(n_images, settings.seed, epoch)
     start = (position * processes + rank) * settings.batch_size
     return permutation[start : start + settings.batch_size]
 
@@ -142,8 +161,16 @@ TRAJECTORY_FREE = (
     "validation_steps",
     "validation_prompts",
     "validation_inference_steps",
+    "log_with",
+    "log_steps",
+    "tf32",
+    "fused_adam",
+    "foreach_ema",
+    "channels_last",
+    "compile",
 )
-"""Training settings that do not change the weights a run reaches: how often it checkpoints or validates."""
+"""Training settings that do not change the weights a run reaches beyond rounding: how often it checkpoints,
+validates and logs, and the fast path."""
 
 
 def trajectory_fingerprint(settings: TrainSettings, cache_id: str, location: str) -> str:
@@ -152,6 +179,29 @@ def trajectory_fingerprint(settings: TrainSettings, cache_id: str, location: str
     out: a run resumed on another number of GPUs continues with the new global batch and says so."""
     decisive = {k: v for k, v in settings.to_dict().items() if k not in TRAJECTORY_FREE}
     return config_hash({"settings": decisive, "cache": cache_id, "base": location})
+
+
+def adamw(parameters: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019) with the settings' hyperparameters, torch's fused kernel when
+    ``fused_adam``."""
+    return torch.optim.AdamW(
+        parameters,
+        lr=settings.learning_rate,
+        betas=settings.adam_betas,
+        eps=settings.adam_epsilon,
+        weight_decay=settings.weight_decay,
+        fused=settings.fused_adam,
+    )
+
+
+def weight_average(unet: torch.nn.Module, settings: TrainSettings) -> Any:
+    """diffusers' ``EMAModel`` of the UNet's weights (``ema``; torch's multi-tensor kernels when
+    ``foreach_ema``), or ``None``."""
+    from diffusers.training_utils import EMAModel
+
+    if not settings.ema:
+        return None
+    return EMAModel(unet.parameters(), decay=settings.ema_decay, foreach=settings.foreach_ema)
 
 
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps: int) -> Any:
@@ -216,7 +266,10 @@ def batch_inputs(
 
     posteriors = cache.posteriors(indices)
     view = torch.randint(0, cache.flips, (len(indices),))
-    chosen = posteriors[torch.arange(len(indices)), view].to(device)
+    chosen = posteriors[torch.arange(len(indices)), view]
+    if torch.device(device).type == "cuda":
+        chosen = chosen.pin_memory()
+    chosen = chosen.to(device, non_blocking=True)
     latents = DiagonalGaussianDistribution(chosen).sample() * cache.scaling_factor
     prompt_rows = cache.prompt_index[indices]
     dropped = torch.rand(len(indices)) < settings.caption_dropout
@@ -225,7 +278,8 @@ def batch_inputs(
 
 
 def build_unet(location: str, settings: TrainSettings, weight_dtype: torch.dtype) -> torch.nn.Module:
-    """The base UNet with SDPA attention, made trainable whole (full) or through LoRA adapters."""
+    """The base UNet with SDPA attention, made trainable whole (full) or through LoRA adapters, in the
+    channels-last memory format and compiled if the settings say so."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -252,6 +306,10 @@ def build_unet(location: str, settings: TrainSettings, weight_dtype: torch.dtype
         cast_training_params(unet, dtype=torch.float32)
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    if settings.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if settings.compile:
+        unet.compile()  # in place: parameter names, checkpoints and saving are unchanged
     unet.train()
     return unet
 
@@ -303,7 +361,8 @@ def train(
         gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
         paths: ``model`` (output folder), ``report`` (JSON), ``loss`` and ``grid`` (PNGs), ``checkpoints``
             and ``validation`` (working folders, kept across a killed job; the main process keeps the log of
-            every attempt in ``checkpoints``, :func:`workflow.common.interruption.attempt_log`).
+            every attempt in ``checkpoints``, :func:`workflow.common.interruption.attempt_log`), ``logs``
+            (the tracker's folder).
     """
     from accelerate import Accelerator
 
@@ -322,7 +381,6 @@ def _train(
 ) -> None:
     """:func:`train` on this process of the run."""
     from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel
 
     device, processes, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     if settings.mixed_precision == "fp16" and device.type == "cpu":
@@ -330,23 +388,18 @@ def _train(
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         settings.mixed_precision, torch.float32
     )
+    use_tf32(settings.tf32)
     location = base_models.resolve_base(base_model)
     cache = LatentCache(cache_path)
     steps = total_steps(len(cache), settings, processes)
     fingerprint = trajectory_fingerprint(settings, cache.provenance["cache_id"], location)
 
-    unet = build_unet(location, settings, weight_dtype)
+    unet = build_unet(location, settings, weight_dtype).to(device)
     noise_scheduler = DDPMScheduler.from_pretrained(location, subfolder="scheduler")
     parameters = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        parameters,
-        lr=settings.learning_rate,
-        betas=settings.adam_betas,
-        eps=settings.adam_epsilon,
-        weight_decay=settings.weight_decay,
-    )
+    optimizer = adamw(parameters, settings)
     lr_schedule = learning_rate_schedule(optimizer, settings, steps)
-    ema = EMAModel(unet.parameters(), decay=settings.ema_decay) if settings.ema else None
+    ema = weight_average(unet, settings)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     if ema is not None:
         ema.to(device)
@@ -383,10 +436,33 @@ def _train(
             weight_dtype,
             device,
         )
+    main = accelerator.is_main_process
+    trackers = Trackers(
+        settings.log_with, paths["logs"], "finetune", settings.to_dict() | {"processes": processes}, main
+    )
+    bar = progress(total=steps, initial=step, desc="finetune_sd", unit="step", disable=not main)
+    pending: list[torch.Tensor] = []  # (loss, gradient norm) of each optimizer step since the last read-back
+
+    def read_back(step: int) -> None:
+        """Read the pending losses and gradient norms from the device (the one host sync), averaged over
+        the processes, into ``losses``, the log, the progress line and the tracker."""
+        if not pending:
+            return
+        values = accelerator.reduce(torch.stack(pending), "mean").cpu()
+        pending.clear()
+        losses.extend(values[:, 0].tolist())
+        loss, grad_norm = values.mean(dim=0).tolist()
+        rate = lr_schedule.get_last_lr()[0]
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        log.info("step %d: loss %.5f, gradient norm %.4f, learning rate %.3g", step, loss, grad_norm, rate)
+        trackers.log({"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": rate}, step)
+
     accumulation = settings.gradient_accumulation_steps
     per_step = settings.batch_size * accumulation * processes
-    started, first_step, running = time.perf_counter(), step, 0.0
-    with stop_on_signal() as stop:
+    started, first_step = time.perf_counter(), step
+    running = torch.zeros((), device=device)
+    grad_norm = torch.zeros((), device=device)
+    with stop_on_signal() as stop, bar:
         for micro in range(step * accumulation, steps * accumulation):
             torch.manual_seed(derive_seed(settings.seed, NOISE, micro, rank))
             latents, text = batch_inputs(
@@ -396,10 +472,10 @@ def _train(
                 loss = diffusion_loss(unet, latents, text.to(weight_dtype), noise_scheduler, settings)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            running += loss.detach().item() / accumulation
+            running = running + loss.detach().float() / accumulation
             if not accelerator.sync_gradients:
                 continue
             step_schedule(lr_schedule, accelerator)
@@ -407,30 +483,40 @@ def _train(
                 ema.step(accelerator.unwrap_model(unet).parameters())
             step += 1
             images_seen += per_step
-            losses.append(accelerator.reduce(torch.tensor(running, device=device), "mean").item())
-            running = 0.0
-            if stop:
-                accelerator.set_trigger()
-            stopping = accelerator.check_trigger()  # a signal to any process stops all after this step
+            pending.append(torch.stack([running, grad_norm.detach().float()]))
+            running = torch.zeros((), device=device)
+            bar.update(1)
+            if processes == 1:
+                stopping = bool(stop)
+            else:  # a signal to any process stops all after this step (one small all-reduce)
+                if stop:
+                    accelerator.set_trigger()
+                stopping = accelerator.check_trigger()
+            due = step % settings.checkpoint_steps == 0 or step == steps or stopping
+            if due or step % settings.log_steps == 0:
+                read_back(step)
             saved = None
-            if step % settings.checkpoint_steps == 0 or step == steps or stopping:
-                if accelerator.is_main_process:
+            if due:
+                if main:
                     state = training.snapshot() | {"step": step, "fingerprint": fingerprint, "losses": losses}
                     state |= {"processes": processes, "images_seen": images_seen}
                     state["stops"] = [*stops, stop.record(step)] if stopping else stops
                     saved = checkpoints.save(work, state, settings.checkpoints_total_limit)
                 accelerator.wait_for_everyone()
             if stopping:
+                trackers.finish()
                 stop.stop(step, saved)
             if validator is not None and settings.validation_steps and step % settings.validation_steps == 0:
-                validator.grid(
+                images = validator.grid(
                     accelerator.unwrap_model(unet), ema, Path(paths["validation"]) / f"step-{step:08d}.png"
                 )
+                trackers.log_images("validation", images, step)
     seconds = time.perf_counter() - started
 
-    if accelerator.is_main_process:
+    if main:
         final = accelerator.unwrap_model(unet)
-        validator.grid(final, ema, paths["grid"])
+        trackers.log_images("validation", validator.grid(final, ema, paths["grid"]), step)
+        trackers.finish()
         saving.save_trained(
             final, ema, settings.method, location, paths["model"], cache.provenance["weights"]
         )

@@ -84,7 +84,8 @@ class Validator:
             if ema is not None:
                 ema.restore(unet.parameters())
 
-    def grid(self, unet: torch.nn.Module, ema: Any, path: str | Path) -> None:
-        """Save the validation images as one grid PNG."""
+    def grid(self, unet: torch.nn.Module, ema: Any, path: str | Path) -> list[Image.Image]:
+        """Save the validation images as one grid PNG; return them."""
         images: list[Image.Image] = self.images(unet, ema)
         save_grid(images, path, columns=len(images))
+        return images

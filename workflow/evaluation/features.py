@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from workflow.common.errors import InputError
 from workflow.common.files import atomic_output, write_json
 from workflow.common.image_files import ImageFiles
+from workflow.common.progress import progress
 from workflow.common.provenance import canonical_json, file_hash
 from workflow.evaluation.extractors import ExtractorSpec
 from workflow.evaluation.settings import EvaluationSettings
@@ -158,7 +159,11 @@ class FeatureCache:
             pin_memory=self.cuda,
         )
         device = "cuda" if self.cuda else "cpu"
-        batches = [self._extractor(batch.to(device))[0].cpu() for batch in loader]
+        batches = []
+        with progress(total=len(paths), desc="features", unit="img") as bar:
+            for batch in loader:
+                batches.append(self._extractor(batch.to(device))[0].cpu())
+                bar.update(len(batch))
         return torch.cat(batches).float()
 
 
