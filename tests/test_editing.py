@@ -195,6 +195,8 @@ def test_counterfactual_regime_trains_on_every_editing_method():
         }
     )
     assert runs(config) == ["real", "real+counterfactual/sdedit"]
+    with pytest.raises(InputError, match=r"\['ledits\+\+'\] are not available"):
+        runs(validated({"editing": {"enabled": True, "methods": ["sdedit", "ledits++"]}}))
     assert run_sources(config, "real+counterfactual/sdedit") == {
         "counterfactual": "results/counterfactuals/sdedit/manifest.parquet"
     }

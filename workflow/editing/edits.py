@@ -45,6 +45,7 @@ from workflow.common import manifest
 from workflow.common.errors import InputError
 from workflow.common.seeding import derive_seed, text_key
 from workflow.diffusion.generators import Generator, generators
+from workflow.editing.methods import METHODS
 from workflow.editing.settings import Edit, PlanSettings
 from workflow.prompts import strategies
 from workflow.prompts.settings import PromptSettings
@@ -71,9 +72,19 @@ def plan_file() -> str:
 
 
 def editing_methods(config: Mapping[str, Any]) -> list[str]:
-    """The study's editing methods (validated ``config``), none when ``editing.enabled`` is false."""
+    """The study's editing methods (validated ``config``), none when ``editing.enabled`` is false.
+
+    Raises:
+        InputError: for a method the schema knows but :data:`workflow.editing.methods.METHODS` does not
+            register (yet), before any job runs.
+    """
     editing = config["editing"]
-    return list(editing["methods"]) if editing["enabled"] else []
+    if not editing["enabled"]:
+        return []
+    missing = [m for m in editing["methods"] if m not in METHODS]
+    if missing:
+        raise InputError(f"editing.methods: {missing} are not available; available: {sorted(METHODS)}")
+    return list(editing["methods"])
 
 
 def editing_generator(config: Mapping[str, Any]) -> Generator:

@@ -192,6 +192,7 @@ MEASURES = (
     "outside_mean_abs_change",
     "reconstruction_psnr",
     "reconstruction_ssim",
+    "truth_region_fraction",
     *(
         f"truth_{image}_{metric}_{where}"
         for image in ("edited", "source")

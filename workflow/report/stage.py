@@ -250,7 +250,7 @@ def soundness_table(reports: dict[str, dict]) -> pd.DataFrame:
             rows.append(
                 {"method": method, "edit": name} | {h: values.get(k) for k, h in SOUNDNESS_COLUMNS.items()}
             )
-    return pd.DataFrame(rows).set_index(["method", "edit"]) if rows else pd.DataFrame()
+    return pd.DataFrame(rows).set_index(["method", "edit"]).astype(float) if rows else pd.DataFrame()
 
 
 def counterfactual_tables(methods: Sequence[str], soundness: Sequence[str], page: str) -> None:
