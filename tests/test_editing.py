@@ -147,6 +147,16 @@ def test_difference_maps_are_signed_and_computed_in_float():
     assert tuple(colours[5, 0]) == pytest.approx((247, 247, 247), abs=10)  # unchanged is white
 
 
+def test_cross_fade_goes_from_the_source_to_the_edit_and_back(tmp_path):
+    from PIL import Image, ImageSequence
+
+    source, edited = np.zeros((8, 8)), np.ones((8, 8))
+    difference.cross_fade(source, edited, str(tmp_path / "fade.gif"), frames=4)
+    with Image.open(tmp_path / "fade.gif") as gif:
+        means = [np.asarray(frame.convert("L")).mean() for frame in ImageSequence.Iterator(gif)]
+    assert means[0] == 0 and max(means) == 255 and len(means) == 6 and means == sorted(means[:4]) + means[4:]
+
+
 def test_changed_region_statistics_find_the_changed_blobs():
     diff = np.zeros((32, 32), np.float32)
     diff[2:6, 2:6] = 0.5

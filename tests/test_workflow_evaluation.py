@@ -130,6 +130,7 @@ def test_counterfactuals_are_edited_and_scored_against_the_true_ones(run, tmp_pa
         wanted = 1.0 if row.edit_kind == "add" else 0.0
         assert edited.loc[row.Index, f"label_{row.edit_target}"] == wanted
         assert edited.loc[row.Index, f"source_label_{row.edit_target}"] == 1 - wanted
+    assert (workdir / edited["difference_map"].iloc[0]).with_name("cross_fade.gif").is_file()
     diff = np.load(workdir / edited["difference_map"].iloc[0])
     assert diff.dtype == np.float32 and diff.shape == (32, 32) and diff.min() < 0 < diff.max()
     report = json.loads((out / "soundness.json").read_text())

@@ -9,6 +9,7 @@ signed: positive where the edit brightened (e.g. an added effusion's opacity), n
   and scaled to the map's largest absolute value (or a given one), so blue is darker and red brighter;
 - :func:`changed_region`: the changed region, ``|difference|`` above its ``percentile``-th percentile (and
   above zero), cut into 8-connected components (scipy ``ndimage.label``);
+- :func:`cross_fade`: a GIF that fades the source into the edit and back, for people to look at;
 - :func:`region_statistics`: the mean signed and absolute change overall, inside and outside the changed
   region,
   the region's size and components, and with a segmentation mask the mean absolute change per mask class.
@@ -90,3 +91,19 @@ def region_statistics(
             name: mean(magnitude[mask == k]) for k, name in enumerate(names) if (mask == k).any()
         }
     return stats
+
+
+def cross_fade(source: np.ndarray, edited: np.ndarray, path: str, frames: int = 8, ms: int = 120) -> None:
+    """Write a looping GIF fading ``source`` into ``edited`` and back (``(H, W)`` grayscale in [0, 1]),
+    ``frames`` steps each way, ``ms`` milliseconds a frame, atomically."""
+    from PIL import Image
+
+    from workflow.common.files import atomic_output
+
+    weights = [*np.linspace(0, 1, frames), *np.linspace(1, 0, frames)[1:-1]]
+    images = [
+        Image.fromarray(((1 - w) * source * 255 + w * edited * 255).round().astype(np.uint8), mode="L")
+        for w in weights
+    ]
+    with atomic_output(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0)

@@ -6,7 +6,8 @@ One function per rule of ``rules/editing.smk``, named after it. Files written (a
 - ``results/counterfactuals/plan.parquet``: every (image, edit) with its captions, labels, status and reason,
   seed, batch and shard (:func:`plan_edits`, :mod:`workflow.editing.edits`);
 - ``results/counterfactuals/<method>/shards/<k>.parquet`` and ``images/shard<k>/<edit_id>/``: per edit
-  ``edited.png``, ``difference.png`` (signed, colour-mapped), ``difference.npy`` (the raw float map) and,
+  ``edited.png``, ``difference.png`` (signed, colour-mapped), ``difference.npy`` (the raw float map),
+  ``cross_fade.gif`` (source to edit and back) and,
   for methods that invert, ``reconstruction.png`` (:func:`edit_images`);
 - ``results/counterfactuals/<method>/manifest.parquet``: the edited images in the manifest schema, the
   labels being the *target* labels (``source_label_<name>`` the source's), ``image`` (the edited PNG),
@@ -138,6 +139,7 @@ def edit_images(
             gray = difference.grayscale(edited[k])
             save_png(Image.fromarray((gray * 255).round().astype(np.uint8), mode="L"), folder / "edited.png")
             save_png(Image.fromarray(difference.colour_map(diff)), folder / "difference.png")
+            difference.cross_fade(difference.grayscale(source), gray, str(folder / "cross_fade.gif"))
             with atomic_output(folder / "difference.npy") as tmp, open(tmp, "wb") as handle:
                 np.save(handle, diff)
             record = {"edit_id": row["edit_id"], "image": str(folder / "edited.png")}
