@@ -15,6 +15,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/prompts.smk"
 include: "rules/diffusion.smk"
+include: "rules/editing.smk"
 include: "rules/classifier.smk"
 include: "rules/evaluation.smk"
 include: "rules/report.smk"
@@ -30,6 +31,7 @@ rule all:
         DATA_OUTPUTS,
         PROMPT_OUTPUTS,
         DIFFUSION_OUTPUTS,
+        EDITING_OUTPUTS,
         CLASSIFIER_OUTPUTS,
         EVALUATION_OUTPUTS,
         REPORT_OUTPUTS,

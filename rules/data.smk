@@ -22,6 +22,7 @@ rule make_phantoms:
     output:
         csv=f"{PHANTOM_DIR}/train.csv",
         summary=f"{PHANTOM_DIR}/phantom.json",
+        counterfactuals=f"{PHANTOM_DIR}/counterfactuals.csv",  # the true counterfactuals (editing)
     log:
         "logs/data/make_phantoms.log",
     conda:

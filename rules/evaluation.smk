@@ -17,7 +17,11 @@ REAL_CLASSIFIER = real_classifier(config)
 
 
 EXTRACTORS = extractor_inputs(config)
-EVALUATION_OUTPUTS = ["results/fid.json", "results/fid_per_class.csv"]
+EVALUATION_OUTPUTS = [
+    "results/fid.json",
+    "results/fid_per_class.csv",
+    *expand(f"{EDITS}/soundness.json", method=EDIT_METHODS),
+]
 CONDITIONAL_REPORTS = (
     expand(f"{QUALITY}/conditional_fidelity.json", generator=GENERATORS)
     if CONDITIONAL.enabled and REAL_CLASSIFIER
@@ -91,3 +95,32 @@ rule collect_image_metrics:
         " --fid-table {output.table}"
         + (" --conditional {input.conditional}" if CONDITIONAL_REPORTS else "")
         + " 2> {log}"
+
+
+# One per editing method (rules/editing.smk): the real classifier judges the edits when the study trains it.
+rule counterfactual_soundness:
+    input:
+        counterfactuals=rules.collect_edits.output.manifest,
+        plan=rules.plan_edits.output[0],
+        model=REAL_CLASSIFIER.get("model", []),
+        metrics=REAL_CLASSIFIER.get("metrics", []),
+    output:
+        f"{EDITS}/soundness.json",
+    log:
+        "logs/evaluation/counterfactual_soundness/{method}.log",
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 2
+    resources:
+        gpu=EVALUATION["gpus"],
+    params:
+        classifier=lambda wildcards, input: (
+            f"--model {input.model} --real-metrics {input.metrics}"
+            if input.model
+            else ""
+        ),
+        settings=CONDITIONAL.to_json(),
+    shell:
+        "python -m scripts.evaluation counterfactual_soundness --counterfactuals {input.counterfactuals}"
+        " --plan {input.plan} {params.classifier} --settings {params.settings:q} --report {output}"
+        " --threads {threads} 2> {log}"

@@ -16,6 +16,7 @@ REPORT_OUTPUTS = [
         ]
     ),
     *expand(f"{REPORT}/real_vs_synthetic/{{generator}}", generator=GENERATORS),
+    *([f"{REPORT}/counterfactuals.html"] if EDIT_METHODS else []),
 ]
 
 
@@ -74,3 +75,24 @@ rule real_vs_synthetic:
     shell:
         "python -m scripts.report real_vs_synthetic --dataset {input.dataset} --samples {input.samples}"
         " --labels {params.labels:q} --settings {params.settings:q} --grids {output} 2> {log}"
+
+
+rule counterfactual_tables:
+    input:
+        expand(rules.counterfactual_soundness.output[0], method=EDIT_METHODS),
+    output:
+        report(
+            f"{REPORT}/counterfactuals.html",
+            caption="../resources/report/soundness.rst",
+            category="6. Counterfactuals",
+            subcategory="All methods",
+        ),
+    log:
+        "logs/report/counterfactual_tables.log",
+    conda:
+        "../envs/synthmed.yaml"
+    params:
+        methods=EDIT_METHODS,
+    shell:
+        "python -m scripts.report counterfactual_tables --methods {params.methods:q}"
+        " --soundness {input} --page {output} 2> {log}"

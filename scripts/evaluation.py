@@ -33,6 +33,17 @@ COMMANDS = [
         Arg("--threads", int),
     ),
     command(
+        "counterfactual_soundness",
+        "soundness of one counterfactual set: effectiveness by the real-data classifier, per-edit measures",
+        Arg("--counterfactuals", help="results/counterfactuals/<method>/manifest.parquet"),
+        Arg("--plan", help="results/counterfactuals/plan.parquet"),
+        Arg("--model", optional=True, help="results/classifier/real/model.pt"),
+        Arg("--real-metrics", optional=True, help="results/classifier/real/metrics.json"),
+        Arg("--settings", ConditionalSettings.from_json, "evaluation.conditional_fidelity (JSON)"),
+        "--report",
+        Arg("--threads", int),
+    ),
+    command(
         "collect_image_metrics",
         "every generator's image quality in results/fid.json and fid_per_class.csv",
         Arg("--generators", many=True),

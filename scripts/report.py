@@ -19,6 +19,13 @@ COMMANDS = [
         "--regimes-page",
     ),
     command(
+        "counterfactual_tables",
+        "HTML table: the soundness of every editing method's counterfactuals",
+        Arg("--methods", many=True, help="editing.methods"),
+        Arg("--soundness", many=True, help="results/counterfactuals/<method>/soundness.json per method"),
+        "--page",
+    ),
+    command(
         "real_vs_synthetic",
         "one real vs synthetic image grid per finding, for one generator",
         Arg("--dataset", help="results/data/dataset.parquet"),

@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "workflow"
 # Lowest first: a package may import itself and the packages before it, never one after it.
-LAYERS = ["common", "data", "prompts", "diffusion", "classifier", "evaluation", "report"]
+LAYERS = ["common", "data", "prompts", "diffusion", "editing", "classifier", "evaluation", "report"]
 STAGES = LAYERS[1:]
 RULE = re.compile(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", re.M)
 CALL = re.compile(r"-m scripts\.(\w+) (\w+)")

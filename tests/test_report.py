@@ -60,6 +60,8 @@ EXPECTED = {
     ("4. Image quality", None): ["image_quality.html"],
     ("5. Classifiers", "All runs"): ["classifier_regimes.html"],
     ("5. Classifiers", "real"): ["roc.png", "subgroup_auroc.png", "cam_examples.png"],
+    ("6. Counterfactuals", "All methods"): ["counterfactuals.html"],
+    ("6. Counterfactuals", "sdedit"): ["examples.png"],
 }
 
 
@@ -201,3 +203,13 @@ def test_real_vs_synthetic_draws_a_grid_per_finding_that_has_images(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == written
     with Image.open(out / written[0]) as grid:
         assert grid.format == "PNG"
+
+
+def test_soundness_table_has_a_row_per_method_and_edit_type_then_overall():
+    block = {"edits": 2, "mean_abs_change": 0.1, "effectiveness": {"flip_rate": 0.5, "edits": 2}}
+    report = {"per_edit": {"add A": block, "remove A": block}, "overall": block | {"edits": 4}}
+    table = stage.soundness_table({"sdedit": report})
+    assert list(table.index) == [("sdedit", "add A"), ("sdedit", "remove A"), ("sdedit", "overall")]
+    assert (
+        table.loc[("sdedit", "overall"), "edits"] == 4 and table.loc[("sdedit", "add A"), "flip rate"] == 0.5
+    )

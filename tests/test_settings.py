@@ -19,7 +19,7 @@ from workflow.data.settings import SplitSettings
 from workflow.diffusion.generators import generator_names, samples_manifest
 
 SCHEMA = yaml.safe_load((ROOT / "resources" / "config.schema.yaml").read_text())
-STAGES = ["data", "prompts", "diffusion", "classifier", "evaluation", "report"]
+STAGES = ["data", "prompts", "diffusion", "editing", "classifier", "evaluation", "report"]
 PRESETS = sorted((ROOT / "resources" / "presets").glob("*.yaml"))
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -94,3 +96,53 @@ def test_rerun_is_a_no_op_and_a_setting_change_reuses_cached_features(run):
     assert after["metrics"]["fid"] == before["metrics"]["fid"]
     log = (workdir / "logs/evaluation/image_metrics/sd-full.log").read_text()
     assert log.count("cached features") == 2 and "extracting" not in log
+
+
+def test_counterfactuals_are_edited_and_scored_against_the_true_ones(run, tmp_path):
+    """On the fixture's fine-tuned model (copied): sdedit on a few test phantoms, the plan's refused edits,
+    signed float difference maps, target labels and the soundness JSON with the error against the true
+    counterfactuals. No classifier is trained here (its effectiveness: tests/test_editing.py)."""
+    workdir = tmp_path / "editing"
+    shutil.copytree(run[0] / "results", workdir / "results")  # keeps modification times: nothing reruns
+    set_config(workdir, min_images=2)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["classifier"]["regimes"] = ["synthetic"]  # no real-data classifier
+    edits = [
+        {"kind": k, "finding": f} for f in ("Cardiomegaly", "Pleural Effusion") for k in ("remove", "add")
+    ]
+    config["editing"] |= {"edits": [*edits, {"kind": "set", "field": "sex", "value": "female"}], "steps": 2}
+    config["editing"] |= {"max_images": 3}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake(workdir, "results/counterfactuals/sdedit/soundness.json")
+    assert rules_run(done.stdout + done.stderr) == {
+        "plan_edits", "edit_images", "collect_edits", "counterfactual_soundness"
+    }  # fmt: skip
+    out = workdir / "results/counterfactuals/sdedit"
+    edited = pd.read_parquet(out / "manifest.parquet")
+    plan = pd.read_parquet(workdir / "results/counterfactuals/plan.parquet")
+    assert len(plan) == 3 * 5 and len(edited) == (plan["status"] == "edited").sum() > 0
+    # the labels strategy cannot say "female": refused, never run
+    assert set(plan.loc[plan["edit_kind"] == "set", "status"]) == {"skipped"}
+    assert (
+        edited["patient_id"] == edited["source_image_id"].str.split("/").str[-3]
+    ).all()  # the leak guard's key
+    for row in edited.itertuples():
+        assert row.edit_kind in ("add", "remove")
+        wanted = 1.0 if row.edit_kind == "add" else 0.0
+        assert edited.loc[row.Index, f"label_{row.edit_target}"] == wanted
+        assert edited.loc[row.Index, f"source_label_{row.edit_target}"] == 1 - wanted
+    assert (workdir / edited["difference_map"].iloc[0]).with_name("cross_fade.gif").is_file()
+    diff = np.load(workdir / edited["difference_map"].iloc[0])
+    assert diff.dtype == np.float32 and diff.shape == (32, 32) and diff.min() < 0 < diff.max()
+    report = json.loads((out / "soundness.json").read_text())
+    assert report["edited"] == len(edited) and len(report["skipped"]) == len(plan) - len(edited)
+    assert report["weights"]["editor"].startswith("fine-tuned (full)") and report["classifier"] is None
+    assert "effectiveness not measured" in report["notes"][0]
+    assert set(report["per_edit"]) == set(edited["edit"])
+    truth = edited["true_counterfactual"].notna()
+    assert report["ground_truth_edits"] == int(truth.sum())
+    if truth.any():
+        overall = report["overall"]
+        assert overall["truth_source_mae_outside"] < overall["truth_source_mae_inside"]
+        assert overall["truth_edited_mae_inside"] is not None
+    assert (out / "examples.png").is_file()

@@ -16,14 +16,17 @@ real+counterfactual    the real ``train`` split plus every row of a counterfactu
 
 **Runs.** A regime that adds images trains once per source of them (:data:`SOURCES`): the synthetic and
 mixed regimes once per generator of the study (:mod:`workflow.diffusion.generators`), real + counterfactual
-once per counterfactual set (today the manifest ``classifier.counterfactuals``, named ``external``). A run is
+once per counterfactual set: the workflow's own, one per editing method (``editing.methods`` when
+``editing.enabled``, :mod:`workflow.editing.edits`), and the manifest ``classifier.counterfactuals``, named
+``external``, when set. A run is
 named ``<regime>/<source>`` (``real`` alone), e.g. ``mixed/sd-full``, and has its own folder
 ``results/classifier/<run>/`` (:func:`runs`, :func:`run_sources`).
 
 Synthetic and counterfactual manifests are in the manifest schema (:mod:`workflow.common.manifest`) with an
 ``image`` column of PNG paths; their ``split`` column, if any, is ignored: they are training data only. Leak
 guard: a row whose ``patient_id`` is a real validation or test patient (e.g. a counterfactual edit of a test
-image) is excluded and counted. A label column a manifest lacks is missing (NaN, left out of the loss), with a
+image: the editing stage edits the test split by default, so those edits are never trained on) is excluded and
+counted. A label column a manifest lacks is missing (NaN, left out of the loss), with a
 note. The test split is not part of :class:`TrainingData`, so training and threshold selection cannot see it.
 """
 
@@ -39,6 +42,7 @@ import pandas as pd
 from workflow.common import manifest
 from workflow.common.errors import InputError
 from workflow.diffusion.generators import generator_names, samples_manifest
+from workflow.editing.edits import counterfactual_manifest, editing_methods
 
 SOURCES: dict[str, str | None] = {
     "real": None,
@@ -74,7 +78,7 @@ def runs(config: Mapping[str, Any]) -> list[str]:
         InputError: when ``real+counterfactual`` is asked for without a counterfactual manifest.
     """
     classifier = config["classifier"]
-    sources = {"synthetic": generator_names(config), "counterfactual": []}
+    sources = {"synthetic": generator_names(config), "counterfactual": editing_methods(config)}
     if classifier["counterfactuals"] is not None:
         sources["counterfactual"].append(EXTERNAL)
     names = []
@@ -86,7 +90,8 @@ def runs(config: Mapping[str, Any]) -> list[str]:
         if not sources[kind]:
             raise InputError(
                 f"classifier.regimes lists {regime} but the study has no {kind} images: set "
-                "classifier.counterfactuals to a manifest of counterfactual images"
+                "classifier.counterfactuals to a manifest of counterfactual images, or editing.enabled to "
+                "make the workflow's own"
             )
         names += [f"{regime}/{source}" for source in sources[kind]]
     return names
@@ -100,7 +105,9 @@ def run_sources(config: Mapping[str, Any], run: str) -> dict[str, str]:
         return {}
     if kind == "synthetic":
         return {kind: samples_manifest(source)}
-    return {kind: config["classifier"]["counterfactuals"]}
+    if source == EXTERNAL:
+        return {kind: config["classifier"]["counterfactuals"]}
+    return {kind: counterfactual_manifest(source)}
 
 
 @dataclass

@@ -10,6 +10,8 @@ One function per rule of ``rules/evaluation.smk``, named after it:
   first row the overall one of ``evaluation.extractor``);
 - :func:`conditional_fidelity` (one job per generator, when the study trains a classifier on real images):
   ``results/evaluation/<generator>/conditional_fidelity.json`` (:mod:`workflow.evaluation.conditional`);
+- :func:`counterfactual_soundness` (one job per editing method): ``results/counterfactuals/<method>/
+  soundness.json`` (:mod:`workflow.editing.soundness`; the real-data classifier judges the edits);
 - :func:`collect_image_metrics`: ``results/fid.json``, one section per generator and ``overall``, the overall
   metrics per generator and extractor (and the conditional fidelity of each generator), and
   ``results/fid_per_class.csv``, every generator's rows with a ``generator`` column.
@@ -24,9 +26,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
-from workflow.common.files import write_csv, write_json
+from workflow.common.files import read_parquet_meta, write_csv, write_json
+from workflow.common.manifest import label_column
 from workflow.common.model_card import read_card
 from workflow.common.provenance import provenance
 from workflow.evaluation import fidelity
@@ -204,6 +208,81 @@ def conditional_fidelity(
         weights=networks.trained_weights(trained, model),
     )
     write_json(report, {"provenance": meta, "classifier": model} | result)
+
+
+def counterfactual_soundness(
+    counterfactuals: str,
+    plan: str,
+    model: str | None,
+    real_metrics: str | None,
+    settings: ConditionalSettings,
+    report: str,
+    threads: int,
+) -> None:
+    """Soundness of one counterfactual set (:mod:`workflow.editing.soundness`): the per-edit measures of the
+    editing stage summarised per edit type and overall, with the effectiveness of every finding edit as the
+    real-data classifier ``model`` sees it (its probability on the source and the edited image; its
+    validation thresholds from ``real_metrics``), and the edits the plan refused. Without a real-data
+    classifier (``real`` not in ``classifier.regimes``) effectiveness is left out and the report says so.
+    """
+    from workflow.editing import edits, soundness
+
+    rows = pd.read_parquet(counterfactuals)
+    probabilities, thresholds, weights, inputs = (
+        None,
+        {},
+        "none",
+        {"counterfactuals": counterfactuals, "plan": plan},
+    )
+    if model is not None and real_metrics is not None and len(rows):
+        import torch
+
+        from workflow.classifier import networks, training
+        from workflow.common.devices import pick_device
+
+        torch.set_num_threads(threads)
+        network, spec, trained = networks.load(model)
+        where = pick_device()
+        network = network.to(where)
+        columns = {}
+        for side, column in (("source", "source_image"), ("edited", "image")):
+            frame = rows[["image_id", column]].rename(columns={column: "image"})
+            frame[[label_column(name) for name in spec.labels]] = np.nan
+            predicted = training.predict(network, frame, spec, settings.batch_size, where)
+            columns |= {f"{side}_{name}": predicted[name].to_numpy() for name in spec.labels}
+        probabilities = pd.DataFrame(columns, index=rows.index)
+        metrics = json.loads(Path(real_metrics).read_text())["labels"]
+        thresholds = {
+            name: metrics[name]["threshold"]["value"]
+            for name in spec.labels
+            if (metrics.get(name) or {}).get("threshold") and metrics[name]["threshold"]["value"] is not None
+        }
+        weights = networks.trained_weights(trained, model)
+        inputs |= {"model": model, "real_metrics": real_metrics}
+    summary = soundness.summarise(rows, probabilities, thresholds, soundness.MEASURES)
+    skipped = pd.read_parquet(plan, columns=["edit_id", "edit", "status", "reason"])
+    skipped = skipped[skipped["status"] == edits.SKIPPED].drop(columns="status")
+    generated = read_parquet_meta(counterfactuals).get("weights", "unknown")
+    meta = provenance(settings, inputs=inputs, weights=f"editor: {generated}; classifier: {weights}")
+    notes = (
+        []
+        if probabilities is not None
+        else ["no classifier trained on real images: effectiveness not measured"]
+    )
+    write_json(
+        report,
+        {
+            "provenance": meta,
+            "method": rows["method"].iloc[0] if len(rows) else None,
+            "weights": {"editor": generated, "classifier": weights},
+            "classifier": model,
+            "edited": len(rows),
+            "ground_truth_edits": int(rows["true_counterfactual"].notna().sum()) if len(rows) else 0,
+            "skipped": skipped.to_dict("records"),
+            "notes": notes,
+        }
+        | summary,
+    )
 
 
 def collect_image_metrics(

@@ -11,7 +11,9 @@ as small self-contained HTML pages (:func:`report_tables`):
   overall, per finding and per prompt (``fid_per_class.csv``), with the extractors and their weights from
   ``fid.json``, and the conditional fidelity of every generator (:func:`conditional_table`);
 - ``classifier_regimes.html``: the comparison across classifier runs (``comparison.csv``: test metrics,
-  fairness gaps, Grad-CAM focus), one column per run.
+  fairness gaps, Grad-CAM focus), one column per run;
+- ``counterfactuals.html`` (with ``editing.enabled``): the soundness of every editing method's counterfactual
+  set, per edit type and overall (:func:`counterfactual_tables`, :func:`soundness_table`).
 
 :func:`real_vs_synthetic` draws, per generator, one PNG per finding: real training images with the finding
 above, the generator's images generated with it below (drawn with ``report.seed``).
@@ -222,3 +224,54 @@ def _grid(
     title = f"{name}: real training images (top) vs synthetic (bottom)"
     image_grid(cells, path, title, columns=per_row)
     return path.name
+
+
+SOUNDNESS_COLUMNS = {
+    "edits": "edits",
+    "flip_rate": "flip rate",
+    "mean_change_toward_target": "classifier change toward target",
+    "mean_abs_change": "mean |change|",
+    "outside_mean_abs_change": "|change| outside changed region",
+    "reconstruction_psnr": "reconstruction PSNR",
+    "truth_edited_mae_inside": "MAE to truth, finding region",
+    "truth_edited_mae_outside": "MAE to truth, elsewhere",
+    "truth_source_mae_inside": "unedited MAE to truth, finding region",
+    "truth_edited_ssim_outside": "SSIM to truth, elsewhere",
+}
+"""Of a soundness block (``soundness.json``), the columns of the report's table and their headings."""
+
+
+def soundness_table(reports: dict[str, dict]) -> pd.DataFrame:
+    """One row per editing method and edit type (then ``overall``): the headline soundness numbers."""
+    rows = []
+    for method, report in reports.items():
+        for name, block in [*report["per_edit"].items(), ("overall", report["overall"])]:
+            values = block | (block.get("effectiveness") or {}) | {"edits": block["edits"]}
+            rows.append(
+                {"method": method, "edit": name} | {h: values.get(k) for k, h in SOUNDNESS_COLUMNS.items()}
+            )
+    return pd.DataFrame(rows).set_index(["method", "edit"]).astype(float) if rows else pd.DataFrame()
+
+
+def counterfactual_tables(methods: Sequence[str], soundness: Sequence[str], page: str) -> None:
+    """The counterfactual soundness page: every method's :func:`soundness_table` and the edits refused."""
+    reports = {m: json.loads(Path(p).read_text()) for m, p in zip(methods, soundness, strict=True)}
+    refused = pd.DataFrame(
+        [
+            {"method": m, "edit": r["edit"], "reason": r["reason"]}
+            for m, rep in reports.items()
+            for r in rep["skipped"]
+        ]
+    )
+    refused = refused.value_counts().rename("edits").to_frame() if not refused.empty else refused
+    weights = "; ".join(f"{m}: {rep['weights']['editor']}" for m, rep in reports.items())
+    write_page(
+        page,
+        "Counterfactual soundness",
+        "Effectiveness: the classifier trained on real images, its probability of the edited finding before "
+        "and after (flip rate at its validation threshold). Minimality: the change outside the changed "
+        "region. Against the truth (demo phantoms): the error of the edit against the true counterfactual, "
+        f"inside and outside the finding's region, beside the unedited image's. Editors: {weights}.",
+        soundness_table(reports),
+        [("Edits not run", "Senseless edits the plan refused, with the reason.", refused)],
+    )

@@ -1,0 +1,212 @@
+"""The editing stage's library: edit planning (captions by the training strategies, refused edits, ground
+truth), difference maps, soundness measures, the counterfactual regime's sources (SDEdit itself runs in
+tests/test_workflow_evaluation.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from configs import validated
+
+from workflow.classifier.regimes import run_sources, runs
+from workflow.common.errors import InputError
+from workflow.common.manifest import label_column
+from workflow.editing import difference, edits, soundness
+from workflow.editing.settings import Edit, PlanSettings
+from workflow.prompts.settings import PromptSettings
+
+LABELS = ("No Finding", "Cardiomegaly", "Pleural Effusion", "Support Devices")
+
+
+def rows() -> pd.DataFrame:
+    """Three test images with their prompts tables' columns: cardiomegaly; devices only; nothing known."""
+    labels = [(0.0, 1.0, 0.0, 0.0), (1.0, 0.0, 0.0, 1.0), (0.0, 0.0, np.nan, 0.0)]
+    frame = pd.DataFrame(
+        {
+            "image_id": ["p1/s1/v1", "p2/s1/v1", "p3/s1/v1"],
+            "patient_id": ["p1", "p2", "p3"],
+            "split": "test",
+            "image": ["i1.png", "i2.png", "i3.png"],
+            "path": ["root/d/p1.png", "root/d/p2.png", "root/d/p3.png"],
+            "sex": ["Male", "Female", "Male"],
+            "age": [60.0, 40.0, 70.0],
+            "cluster": pd.array([2, 0, 1], dtype="Int64"),
+            "class_name": pd.array([None] * 3, dtype="string"),
+        }
+    )
+    for k, name in enumerate(LABELS):
+        frame[label_column(name)] = [row[k] for row in labels]
+    return frame
+
+
+def prompt_settings(strategies: list[str]) -> PromptSettings:
+    config = validated(
+        {"prompts": {"strategies": strategies, "mep": {"template": "morphology type {cluster}"}}}
+    )
+    return PromptSettings.of(config)
+
+
+def planned(edit_list: list[dict], strategies: list[str], truth: pd.DataFrame | None = None) -> pd.DataFrame:
+    frame = rows()
+    settings = prompt_settings(strategies)
+    from workflow.prompts import strategies as build
+
+    frame["prompt"] = build.build(frame, LABELS, settings)
+    plan_settings = PlanSettings(tuple(Edit(**e) for e in edit_list), "test", None, 1, 1, 2)
+    return edits.plan(frame, LABELS, settings, plan_settings, truth).set_index("image_id")
+
+
+def test_target_captions_come_from_the_training_strategies_with_the_edit_applied():
+    plan = planned([{"kind": "add", "finding": "Pleural Effusion"}], ["labels", "mep"])
+    row = plan.loc["p1/s1/v1"]
+    assert row["source_prompt"] == "Chest X-ray showing Cardiomegaly, morphology type two"
+    assert row["target_prompt"] == "Chest X-ray showing Cardiomegaly, Pleural Effusion, morphology type two"
+    assert list(row["edit_words"]) == ["pleural", "effusion"]
+    assert row[label_column("Pleural Effusion")] == 1 and row["source_label_Pleural Effusion"] == 0
+    # an unknown label (NaN) may be added; the No Finding of the devices-only image is cleared
+    assert plan.loc["p2/s1/v1", label_column("No Finding")] == 0
+    assert (plan["status"] == edits.EDITED).all()
+
+
+def test_removing_the_last_finding_sets_no_finding_and_the_empty_caption():
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels"])
+    row = plan.loc["p1/s1/v1"]
+    assert row["status"] == edits.EDITED and row[label_column("No Finding")] == 1
+    assert row["target_prompt"] == "Chest X-ray showing No Finding"
+
+
+def test_senseless_edits_are_planned_as_skipped_with_their_reason_and_never_batched():
+    edit_list = [
+        {"kind": "add", "finding": "Cardiomegaly"},
+        {"kind": "remove", "finding": "Pleural Effusion"},
+        {"kind": "set", "field": "sex", "value": "male"},
+    ]
+    plan = planned(edit_list, ["labels"]).reset_index().set_index(["image_id", "edit"])
+    reasons = plan["reason"]
+    assert reasons[("p1/s1/v1", "add Cardiomegaly")] == "the image already has Cardiomegaly"
+    assert reasons[("p1/s1/v1", "remove Pleural Effusion")] == "the image does not have Pleural Effusion"
+    assert (
+        reasons[("p3/s1/v1", "remove Pleural Effusion")]
+        == "the image has no known label for Pleural Effusion"
+    )
+    assert reasons[("p1/s1/v1", "set sex=male")] == "sex is already male"  # case-insensitive
+    # the labels strategy never mentions sex: the edit cannot be expressed, so it is not run
+    assert "do not express 'set sex=male'" in reasons[("p2/s1/v1", "set sex=male")]
+    skipped = plan[plan["status"] == edits.SKIPPED]
+    assert (skipped["batch"] == -1).all() and (skipped["shard"] == -1).all()
+    assert set(plan.loc[plan["status"] == edits.EDITED].index) == {
+        ("p2/s1/v1", "add Cardiomegaly"),
+        ("p3/s1/v1", "add Cardiomegaly"),
+    }
+
+
+def test_demographic_edit_is_expressed_by_the_demographics_strategy():
+    plan = planned([{"kind": "set", "field": "sex", "value": "male"}], ["demographics"])
+    row = plan.loc["p2/s1/v1"]
+    assert row["status"] == edits.EDITED and row["sex"] == "male"
+    assert "female" in row["source_prompt"] and " male " in row["target_prompt"]
+
+
+def test_unknown_finding_or_field_is_a_config_error():
+    with pytest.raises(InputError, match=r"finding 'Edema' is not in dataset\.labels"):
+        planned([{"kind": "add", "finding": "Edema"}], ["labels"])
+    with pytest.raises(InputError, match="field 'weight' is neither"):
+        planned([{"kind": "set", "field": "weight", "value": 3}], ["labels"])
+    with pytest.raises(InputError, match="needs its finding"):
+        Edit(kind="add")
+
+
+def test_the_true_counterfactual_is_attached_to_the_edit_that_switches_the_same_finding(tmp_path):
+    (tmp_path / "d").mkdir()
+    csv = tmp_path / "d" / "counterfactuals.csv"
+    csv.write_text(
+        "Path,Source Path,Finding,Value\n"
+        "d/cf1.png,d/p1.png,Cardiomegaly,0\nd/cf2.png,d/p2.png,Cardiomegaly,0\n"
+    )
+    truth = edits.ground_truth(str(csv))
+    frame_truth = truth.assign(source=truth["source"].str.replace(str(tmp_path), "root"))
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels"], frame_truth)
+    assert plan.loc["p1/s1/v1", "true_counterfactual"] == f"{tmp_path}/d/cf1.png"
+    assert pd.isna(plan.loc["p2/s1/v1", "true_counterfactual"])  # that edit was refused (no cardiomegaly)
+
+
+def test_difference_maps_are_signed_and_computed_in_float():
+    source = np.full((3, 8, 8), -0.8, dtype=np.float32)  # grey level 0.1
+    edited = source.copy()
+    edited[:, :4] = -0.9  # darker: 0.05, which uint8 subtraction would wrap to ~0.96
+    edited[:, 6:] = 0.0  # brighter: 0.5
+    diff = difference.difference(source, edited)
+    assert diff.dtype == np.float32
+    np.testing.assert_allclose(diff[:4], -0.05, atol=1e-6)
+    np.testing.assert_allclose(diff[6:], 0.4, atol=1e-6)
+    with pytest.raises(TypeError, match="float images"):
+        difference.difference(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8))
+    colours = difference.colour_map(diff)
+    assert colours[7, 0, 0] > colours[7, 0, 2] and colours[0, 0, 2] > colours[0, 0, 0]  # red up, blue down
+    assert tuple(colours[5, 0]) == pytest.approx((247, 247, 247), abs=10)  # unchanged is white
+
+
+def test_cross_fade_goes_from_the_source_to_the_edit_and_back(tmp_path):
+    from PIL import Image, ImageSequence
+
+    source, edited = np.zeros((8, 8)), np.ones((8, 8))
+    difference.cross_fade(source, edited, str(tmp_path / "fade.gif"), frames=4)
+    with Image.open(tmp_path / "fade.gif") as gif:
+        means = [np.asarray(frame.convert("L")).mean() for frame in ImageSequence.Iterator(gif)]
+    assert means[0] == 0 and max(means) == 255 and len(means) == 6 and means == sorted(means[:4]) + means[4:]
+
+
+def test_changed_region_statistics_find_the_changed_blobs():
+    diff = np.zeros((32, 32), np.float32)
+    diff[2:6, 2:6] = 0.5
+    diff[20:24, 20:24] = -0.5
+    mask = np.zeros((32, 32), np.uint8)
+    mask[16:, :] = 1
+    stats = difference.region_statistics(diff, 90, mask, ["background", "lungs"])
+    assert stats["region_components"] == 2 and stats["region_fraction"] == pytest.approx(32 / 1024)
+    assert stats["region_mean_change"] == pytest.approx(0.0) and stats["outside_mean_abs_change"] == 0
+    assert stats["mask_mean_abs_change"]["lungs"] == pytest.approx(8 / 512)
+
+
+def test_error_against_the_true_counterfactual_inside_and_outside_the_finding():
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0.2, 0.4, (32, 32))
+    truth = source.copy()
+    truth[8:16, 8:16] += 0.3  # the finding
+    perfect = soundness.truth_error(truth, source, truth)
+    assert perfect["edited_mae_inside"] == 0 and perfect["edited_ssim_all"] == pytest.approx(1.0)
+    assert perfect["source_mae_inside"] == pytest.approx(0.3) and perfect["source_mae_outside"] == 0
+    assert perfect["region_fraction"] == pytest.approx(64 / 1024)
+    noisy = soundness.truth_error(truth + rng.normal(0, 0.05, truth.shape), source, truth)
+    assert noisy["edited_mae_outside"] > 0 and noisy["edited_ssim_outside"] < 1
+    assert soundness.psnr(source, source) == float("inf") and soundness.psnr(
+        source, source + 0.1
+    ) == pytest.approx(20)
+
+
+def test_effectiveness_is_signed_toward_the_target_label():
+    table = pd.DataFrame(
+        {"edit": ["add A", "add A", "remove A"], "edit_kind": ["add", "add", "remove"], "edit_target": "A"}
+    )
+    probabilities = pd.DataFrame({"source_A": [0.2, 0.6, 0.9], "edited_A": [0.7, 0.4, 0.1]})
+    summary = soundness.summarise(table, probabilities, {"A": 0.5}, ())
+    add = summary["per_edit"]["add A"]["effectiveness"]
+    assert add["mean_change_toward_target"] == pytest.approx(0.15) and add["flip_rate"] == 0.5
+    assert summary["per_edit"]["remove A"]["effectiveness"]["flip_rate"] == 1.0
+    assert summary["overall"]["effectiveness"]["edits"] == 3
+
+
+def test_counterfactual_regime_trains_on_every_editing_method():
+    config = validated(
+        {
+            "classifier": {"regimes": ["real", "real+counterfactual"]},
+            "editing": {"enabled": True, "methods": ["sdedit"]},
+        }
+    )
+    assert runs(config) == ["real", "real+counterfactual/sdedit"]
+    with pytest.raises(InputError, match=r"\['ledits\+\+'\] are not available"):
+        runs(validated({"editing": {"enabled": True, "methods": ["sdedit", "ledits++"]}}))
+    assert run_sources(config, "real+counterfactual/sdedit") == {
+        "counterfactual": "results/counterfactuals/sdedit/manifest.parquet"
+    }

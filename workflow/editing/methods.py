@@ -1,0 +1,79 @@
+"""Editing methods: one function per ``editing.methods`` entry, all with one signature, and their output.
+
+A method gets the fine-tuned pipeline (:func:`workflow.diffusion.saving.load_trained`), a batch of source
+images ``(B, 3, H, W)`` in [-1, 1] on the pipeline's device, per image the source and target caption and the
+words that change, its settings (:meth:`workflow.editing.settings.EditSettings.method_settings`) and a seed,
+and returns an :class:`EditOutput`. The stage (:mod:`workflow.editing.stage`) looks methods up in
+:data:`METHODS` by their config name; DDIM inversion and prompt-to-prompt (``ddim-p2p``, ``null-text-p2p``)
+are registered here beside ``sdedit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from workflow.common.seeding import derive_seed
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+
+@dataclass(frozen=True)
+class EditOutput:
+    """What a method returns: the edited images and, for methods that invert, the null edit (source caption
+    to source caption: the inversion's reconstruction), both ``(B, 3, H, W)`` float in [-1, 1]."""
+
+    edited: torch.Tensor
+    reconstruction: torch.Tensor | None
+
+
+def sdedit(
+    pipe: StableDiffusionPipeline,
+    images: torch.Tensor,
+    source_prompts: list[str],
+    target_prompts: list[str],
+    edit_words: list[list[str]],
+    settings: Mapping[str, Any],
+    seed: int,
+) -> EditOutput:
+    """SDEdit (Meng et al., ICLR 2022, sec. 3): noise each source latent to ``strength`` of the schedule
+    (eq. 2's forward process) and denoise it with the target caption under classifier-free guidance (Ho &
+    Salimans 2022) against the empty prompt, with DDIM (Song et al. 2021), via diffusers'
+    ``StableDiffusionImg2ImgPipeline`` on the fine-tuned pipeline's components. Image ``i`` of the batch is
+    noised from its own generator seeded with ``derive_seed(seed, i)``. No inversion, so no reconstruction;
+    the source captions and edit words are not used.
+    """
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    from workflow.diffusion.base_models import encode_prompts
+
+    if pipe.unet.config.sample_size is None:  # the tiny SD's; the img2img pipeline's checks compare it
+        pipe.unet.register_to_config(sample_size=images.shape[-1] // pipe.vae_scale_factor)
+    components = pipe.components | {"scheduler": DDIMScheduler.from_config(pipe.scheduler.config)}
+    img2img = StableDiffusionImg2ImgPipeline(**components)
+    img2img.set_progress_bar_config(disable=True)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    embeddings = encode_prompts(pipe, list(target_prompts)).to(device, dtype)
+    empty = encode_prompts(pipe, [""]).to(device, dtype).expand_as(embeddings)
+    generators = [torch.Generator().manual_seed(derive_seed(seed, i)) for i in range(len(images))]
+    with torch.no_grad():
+        edited = img2img(
+            image=(images.to(device, dtype) + 1) / 2,
+            prompt_embeds=embeddings,
+            negative_prompt_embeds=empty,
+            strength=settings["strength"],
+            num_inference_steps=settings["steps"],
+            guidance_scale=settings["guidance_scale"],
+            generator=generators,
+            output_type="pt",
+        ).images
+    return EditOutput(edited=edited.float() * 2 - 1, reconstruction=None)
+
+
+Method = Callable[..., EditOutput]
+METHODS: dict[str, Method] = {"sdedit": sdedit}
+"""Config name -> method function (the signature of :func:`sdedit`)."""

@@ -1,0 +1,231 @@
+"""The editing stage, file to file: edit plan -> sharded edits by each method -> the method's counterfactual
+set.
+
+One function per rule of ``rules/editing.smk``, named after it. Files written (atomically, with provenance):
+
+- ``results/counterfactuals/plan.parquet``: every (image, edit) with its captions, labels, status and reason,
+  seed, batch and shard (:func:`plan_edits`, :mod:`workflow.editing.edits`);
+- ``results/counterfactuals/<method>/shards/<k>.parquet`` and ``images/shard<k>/<edit_id>/``: per edit
+  ``edited.png``, ``difference.png`` (signed, colour-mapped), ``difference.npy`` (the raw float map),
+  ``cross_fade.gif`` (source to edit and back) and,
+  for methods that invert, ``reconstruction.png`` (:func:`edit_images`);
+- ``results/counterfactuals/<method>/manifest.parquet``: the edited images in the manifest schema, the
+  labels being the *target* labels (``source_label_<name>`` the source's), ``image`` (the edited PNG),
+  ``split`` (``train``: training data only), the source's ``source_image_id``, ``source_split``,
+  ``source_path`` and ``source_image``, the plan's columns (``edit_id``, ``edit``, ``edit_kind``,
+  ``edit_target``, ``source_prompt``, ``target_prompt``, ``edit_words``, ``seed``, ``true_counterfactual``),
+  ``method``, the files ``difference``, ``difference_map`` (and ``reconstruction``) and the per-edit
+  measures of :mod:`workflow.editing.soundness`; and ``examples.png``, one original / edited / difference
+  row per edit type (:func:`collect_edits`).
+
+The set's soundness (``soundness.json``) needs the classifier trained on real images and is written by the
+evaluation stage (:func:`workflow.evaluation.stage.counterfactual_soundness`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workflow.common import manifest
+from workflow.common.files import atomic_output, read_parquet_meta, write_parquet
+from workflow.common.model_card import read_card
+from workflow.common.provenance import provenance
+from workflow.editing import edits
+from workflow.editing.settings import EditSettings, PlanSettings
+from workflow.prompts.settings import PromptSettings
+
+
+def plan_edits(
+    dataset: str,
+    prompts: str,
+    ground_truth: str | None,
+    settings: PlanSettings,
+    prompt_settings: PromptSettings,
+    labels: Sequence[str],
+    plan: str,
+) -> None:
+    """Plan every (image, edit) of the editing stage (:func:`workflow.editing.edits.plan`).
+
+    Args:
+        prompts: the editing generator's prompts table of ``editing.split``.
+        ground_truth: the phantoms' ``counterfactuals.csv`` (``editing.ground_truth``), or None.
+        prompt_settings: the ``prompts`` section with the generator's strategies.
+    """
+    table = pd.read_parquet(prompts)
+    rows = pd.read_parquet(dataset).drop(columns=["split", "image"], errors="ignore")
+    frame = table.merge(rows, on="image_id", how="left", validate="one_to_one")
+    truth = edits.ground_truth(ground_truth) if ground_truth else None
+    items = edits.plan(frame, labels, prompt_settings, settings, truth)
+    inputs = {"dataset": dataset, "prompts": prompts} | (
+        {"ground_truth": ground_truth} if ground_truth else {}
+    )
+    meta = provenance(
+        {"plan": settings.to_dict(), "prompts": prompt_settings.to_dict(), "labels": list(labels)},
+        seeds={"editing": settings.seed},
+        inputs=inputs,
+    )
+    counts = items["status"].value_counts().to_dict()
+    write_parquet(plan, items, meta | {"edits": {str(k): int(v) for k, v in counts.items()}})
+
+
+def _load_gray(path: str, resolution: int) -> np.ndarray:
+    """An image file as the float ``(H, W)`` grayscale in [0, 1] the edits are measured in."""
+    from workflow.diffusion.latent_cache import load_image
+    from workflow.editing.difference import grayscale
+
+    return grayscale(load_image(path, resolution).numpy())
+
+
+def edit_images(
+    plan: str,
+    model: str,
+    method: str,
+    settings: EditSettings,
+    mask_classes: Sequence[str],
+    shard: int,
+    gpus: int,
+    images: str,
+    table: str,
+) -> None:
+    """Run ``method`` on the edits of one shard of the plan with the fine-tuned ``model``; write each edit's
+    images and difference map, and the shard's table with its per-edit measures.
+
+    Args:
+        mask_classes: ``dataset.mask_classes`` (names of the mask ids, for the per-class change).
+        gpus: GPUs of the job (``resources.gpu``); 0 edits on the CPU.
+    """
+    import torch
+    from PIL import Image
+
+    from workflow.common.devices import pick_device
+    from workflow.common.figures import save_png
+    from workflow.diffusion import saving
+    from workflow.diffusion.latent_cache import load_image
+    from workflow.editing import difference, soundness
+    from workflow.editing.methods import METHODS
+
+    items = pd.read_parquet(plan)
+    mine = items[items["shard"] == shard].reset_index(drop=True)
+    Path(images).mkdir(parents=True, exist_ok=True)  # a shard may have no edits to run
+    pipe = saving.load_trained(model).to(pick_device(gpus))
+    pipe.set_progress_bar_config(disable=True)
+    method_settings = settings.method_settings(method)
+    records = []
+    for _, batch in mine.groupby("batch", sort=True):
+        sources = torch.stack([load_image(p, settings.resolution) for p in batch["image"]])
+        output = METHODS[method](
+            pipe,
+            sources.to(pipe.device),
+            batch["source_prompt"].tolist(),
+            batch["target_prompt"].tolist(),
+            [list(words) for words in batch["edit_words"]],
+            method_settings,
+            int(batch["seed"].iloc[0]),
+        )
+        edited = output.edited.detach().float().cpu().numpy()
+        recon = (
+            None if output.reconstruction is None else output.reconstruction.detach().float().cpu().numpy()
+        )
+        for k, row in enumerate(batch.to_dict("records")):
+            folder = Path(images) / row["edit_id"]
+            folder.mkdir(parents=True, exist_ok=True)
+            source = sources[k].numpy()
+            diff = difference.difference(source, edited[k])
+            gray = difference.grayscale(edited[k])
+            save_png(Image.fromarray((gray * 255).round().astype(np.uint8), mode="L"), folder / "edited.png")
+            save_png(Image.fromarray(difference.colour_map(diff)), folder / "difference.png")
+            difference.cross_fade(difference.grayscale(source), gray, str(folder / "cross_fade.gif"))
+            with atomic_output(folder / "difference.npy") as tmp, open(tmp, "wb") as handle:
+                np.save(handle, diff)
+            record = {"edit_id": row["edit_id"], "image": str(folder / "edited.png")}
+            record |= {
+                "difference": str(folder / "difference.png"),
+                "difference_map": str(folder / "difference.npy"),
+            }
+            reconstruction = None
+            if recon is not None:
+                reconstruction = difference.grayscale(recon[k])
+                image = Image.fromarray((reconstruction * 255).round().astype(np.uint8), mode="L")
+                save_png(image, folder / "reconstruction.png")
+                record["reconstruction"] = str(folder / "reconstruction.png")
+            truth = None
+            if not pd.isna(row["true_counterfactual"]):
+                truth = (
+                    _load_gray(row["true_source"], settings.resolution),
+                    _load_gray(row["true_counterfactual"], settings.resolution),
+                )
+            mask = None
+            if not pd.isna(row["mask"]):
+                with Image.open(row["mask"]) as found:
+                    mask = np.asarray(found.resize(diff.shape[::-1], Image.Resampling.NEAREST))
+            stats = difference.region_statistics(diff, settings.region_percentile, mask, mask_classes)
+            per_class = stats.pop("mask_mean_abs_change", None)
+            record |= stats | soundness.image_measures(
+                difference.grayscale(source), reconstruction, truth, gray
+            )
+            record["mask_mean_abs_change"] = json.dumps(per_class) if per_class is not None else None
+            records.append(record)
+    done = mine.rename(columns={"image": "source_image"}).merge(
+        pd.DataFrame(records, columns=None if records else ["edit_id"]), on="edit_id", how="left"
+    )
+    done = done.assign(method=method)
+    weights = read_card(model).get("weights", model)
+    meta = provenance(
+        settings.to_dict() | {"method": method},
+        inputs={"plan": plan},
+        weights=weights,
+    )
+    write_parquet(table, done, meta | {"shard": shard, "method": method})
+
+
+def collect_edits(parts: Sequence[str], method: str, plan: str, counterfactuals: str, examples: str) -> None:
+    """Merge the shard tables into the method's counterfactual manifest and draw one original / edited /
+    difference row per edit type (the first edit of each)."""
+    from workflow.common.figures import image_grid
+
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    frame = frame.sort_values("edit_id", kind="stable").reset_index(drop=True)
+    renamed = {"image_id": "source_image_id", "split": "source_split", "path": "source_path"}
+    frame = frame.rename(columns=renamed)
+    frame["image_id"] = f"counterfactual/{method}/" + frame["edit_id"]
+    frame["path"] = frame["image"]
+    frame["split"] = "train"
+    labels = manifest.label_names(frame)
+    extra = [c for c in frame if c not in manifest.CORE_COLUMNS and not c.startswith(manifest.LABEL_PREFIX)]
+    result = pd.concat([manifest.normalise(frame, labels), frame[extra]], axis=1)
+    result = result.loc[:, ~result.columns.duplicated()]
+    manifest.validate(result, counterfactuals)
+    skipped = pd.read_parquet(plan, columns=["edit_id", "edit", "status", "reason"])
+    skipped = skipped[skipped["status"] == edits.SKIPPED]
+    meta = read_parquet_meta(parts[0]) if parts else {}
+    info = provenance(
+        {"method": method, "shards": len(parts)},
+        inputs={"plan": plan} | {f"shard{i}": p for i, p in enumerate(parts)},
+        weights=meta.get("weights", "unknown"),
+    )
+    write_parquet(
+        counterfactuals,
+        result,
+        info | {"method": method, "edited": len(result), "skipped": skipped.to_dict("records")},
+    )
+    cells: list[tuple[np.ndarray, str] | None] = []
+    for name, rows in result.groupby("edit", sort=True):
+        row = rows.iloc[0]
+        cells += [
+            (_rgb(row["source_image"]), f"original\n{row['source_image_id']}"),
+            (_rgb(row["image"]), f"{method}: {name}"),
+            (_rgb(row["difference"]), "difference (red brighter)"),
+        ]
+    image_grid(cells, examples, f"Counterfactuals by {method}", columns=3, empty="no edits were run")
+
+
+def _rgb(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
