@@ -127,14 +127,18 @@ def test_bad_masks_are_refused_naming_the_file(tmp_path):
     with pytest.raises(InputError, match=r"image_mask\.png: mask shape \(12, 16\) does not match"):
         mask_guided.read_pair(image, mask, len(CLASSES), 16)
     image, mask = write_pair(tmp_path, striped_masks(1)[0].numpy())
-    pixels, classes = mask_guided.read_pair(image, mask, len(CLASSES), 8)
-    assert pixels.shape == (1, 8, 8) and set(classes.unique().tolist()) == set(range(len(CLASSES)))
+    pixels, classes = mask_guided.Pairs(*(t[None] for t in mask_guided.read_pair(image, mask, 4, 8))).batch(
+        [0]
+    )
+    assert pixels.shape == (1, 1, 8, 8) and (pixels - (128 / 127.5 - 1)).abs().max() < 0.01
+    assert classes.dtype == torch.int64 and set(classes.unique().tolist()) == set(range(len(CLASSES)))
 
 
 def test_a_stopped_training_resumes_where_it_stopped(tmp_path):
     light = {"steps": 2, "batch_size": 2, "attention_levels": [False, False], "checkpoint_steps": 1}
     settings = MaskGuidedTrainSettings.of(config(train=light))
-    pairs = mask_guided.Pairs(torch.rand(5, 1, 8, 8) * 2 - 1, striped_masks(5, size=8))
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    pairs = mask_guided.Pairs(images, striped_masks(5, size=8).to(torch.uint8))
     cpu = torch.device("cpu")
     _, straight = mask_guided.train(pairs, settings, "a", str(tmp_path / "straight"), cpu, StopRequest())
     with pytest.raises(Stopped):

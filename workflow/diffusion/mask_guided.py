@@ -51,14 +51,19 @@ WEIGHTS = "unet.pt"
 
 @dataclass(frozen=True)
 class Pairs:
-    """Images (N x 1 x S x S, in [-1, 1]) and their integer masks (N x S x S) in memory."""
+    """Images (N x 1 x S x S) and their masks (N x S x S) in memory, both 8-bit (a tenth of float32 and
+    int64: 10,000 pairs at 256 px take 1.3 GB)."""
 
     images: torch.Tensor
     masks: torch.Tensor
 
+    def batch(self, index: torch.Tensor | slice | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``index`` in [-1, 1] (float) and their masks as class ids (int64)."""
+        return self.images[index].float() / 127.5 - 1.0, self.masks[index].long()
+
 
 def read_pair(image_path: str, mask_path: str, classes: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One grayscale image (1 x S x S in [-1, 1], bilinear) and its mask (S x S class ids, nearest).
+    """One grayscale image (1 x S x S, bilinear) and its mask (S x S class ids, nearest), both 8-bit.
 
     Raises:
         InputError: naming the mask file when its size differs from the image's, or it has class ids outside
@@ -81,8 +86,7 @@ def read_pair(image_path: str, mask_path: str, classes: int, size: int) -> tuple
         )
     image = image.resize((size, size), Image.Resampling.BILINEAR)
     resized = Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-    return pixels[None], torch.from_numpy(np.asarray(resized, dtype=np.int64))
+    return torch.from_numpy(np.array(image))[None], torch.from_numpy(np.array(resized))
 
 
 def read_pairs(images: Sequence[str], masks: Sequence[str], classes: int, size: int) -> Pairs:
@@ -187,7 +191,7 @@ def train(
     for step in range(len(losses), settings.steps):
         generator = torch.Generator().manual_seed(derive_seed(settings.seed, step))
         index = torch.randint(len(pairs.images), (settings.batch_size,), generator=generator)
-        images, masks = pairs.images[index], pairs.masks[index]
+        images, masks = pairs.batch(index)
         dropped = draw_ablation(generator, len(index), classes, settings.ablation_probability)
         noise = torch.randn(images.shape, generator=generator)
         timesteps = torch.randint(0, settings.timesteps, (len(index),), generator=generator)

@@ -341,12 +341,12 @@ def sample_mask_guided(
     with atomic_output(images) as tmp:
         for start in range(0, len(rows), settings.batch_size):
             part = slice(start, start + settings.batch_size)
-            masks = mask_guided.read_pairs(
+            _, masks = mask_guided.read_pairs(
                 rows["image"][part].tolist(),
                 rows["mask"][part].tolist(),
                 architecture["classes"],
                 architecture["resolution"],
-            ).masks
+            ).batch(slice(None))
             with torch.no_grad():
                 out = mask_guided.generate(network, masks, seeds[part], settings, architecture["timesteps"])
             for index, image in enumerate(out, start):
