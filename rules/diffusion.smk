@@ -1,6 +1,8 @@
 # Diffusion stage: cached latents -> fine-tuning (full UNet or LoRA, accelerate) -> sampling plan -> sharded,
 # seeded sampling -> labelled synthetic dataset, per generator (workflow/diffusion/generators.py); with
-# base_model tiny, the tiny SD's VAE is first trained on the training images (train_tiny_vae).
+# base_model tiny, the tiny SD's VAE is first trained on the training images (train_tiny_vae). Generators of
+# kind mask-guided (segmentation-guided diffusion) are trained on the real masks and sampled once per mask
+# instead (train_mask_guided, sample_mask_guided), into the same folders.
 # Functions: workflow/diffusion/stage.py (one per rule); settings: workflow/diffusion/settings.py.
 import re
 import shlex
@@ -9,6 +11,8 @@ from workflow.diffusion.generators import (
     cache_file,
     generators,
     model_dir,
+    name_pattern,
+    names_of_kind,
     prompt_variants,
     samples_dir,
     samples_manifest,
@@ -16,6 +20,8 @@ from workflow.diffusion.generators import (
 from workflow.common.tiny_models import tiny_model_dir, trained_tiny_model_dir
 from workflow.diffusion.settings import (
     CacheSettings,
+    MaskGuidedSampleSettings,
+    MaskGuidedTrainSettings,
     SampleSettings,
     TinyVaeSettings,
     TrainSettings,
@@ -26,6 +32,8 @@ from workflow.prompts.variants import prompts_table
 DIFFUSION = config["diffusion"]
 STUDY_GENERATORS = generators(config)
 GENERATORS = list(STUDY_GENERATORS)
+SD_GENERATORS = names_of_kind(config, "sd")
+MASK_GUIDED = names_of_kind(config, "mask-guided")
 STRATEGIES = config["prompts"]["strategies"]
 # made now: a rule file included later may bind the same class names (the classifier's TrainSettings)
 TRAIN_SETTINGS = {
@@ -52,14 +60,19 @@ SAMPLES = samples_dir("{generator}")
 
 wildcard_constraints:
     generator="|".join(map(re.escape, GENERATORS)),
-    variant="|".join(map(re.escape, prompt_variants(config))),
+    variant=name_pattern(prompt_variants(config)),
 
 
 DIFFUSION_OUTPUTS = [
     *expand(
         f"{MODEL}/{{name}}",
-        generator=GENERATORS,
+        generator=SD_GENERATORS,
         name=["model", "train_report.json", "loss.png", "validation.png"],
+    ),
+    *expand(
+        f"{MODEL}/{{name}}",
+        generator=MASK_GUIDED,
+        name=["model", "train_report.json", "loss.png"],
     ),
     *expand(samples_manifest("{generator}"), generator=GENERATORS),
 ]
@@ -131,6 +144,8 @@ rule finetune_sd:
         ),
     log:
         "logs/diffusion/finetune_sd/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(SD_GENERATORS),
     conda:
         "../envs/synthmed.yaml"
     threads: 8  # as train_tiny_vae: without it, CPU training ran on one thread
@@ -165,6 +180,8 @@ rule plan_samples:
         f"{SAMPLES}/plan.parquet",
     log:
         "logs/diffusion/plan_samples/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(SD_GENERATORS),
     conda:
         "../envs/synthmed.yaml"
     params:
@@ -186,6 +203,7 @@ rule sample_images:
     log:
         "logs/diffusion/sample_images/{generator}/{shard}.log",
     wildcard_constraints:
+        generator=name_pattern(SD_GENERATORS),
         shard=r"\d+",
     conda:
         "../envs/synthmed.yaml"
@@ -211,7 +229,64 @@ rule collect_samples:
         samples_manifest("{generator}"),
     log:
         "logs/diffusion/collect_samples/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(SD_GENERATORS),
     conda:
         "../envs/synthmed.yaml"
     shell:
         "python -m scripts.diffusion collect_samples --samples {output} {input} 2> {log}"
+
+
+rule train_mask_guided:
+    input:
+        dataset=DATASET,
+    output:
+        model=directory(f"{MODEL}/model"),
+        report=f"{MODEL}/train_report.json",
+        loss=report(
+            f"{MODEL}/loss.png",
+            caption="../resources/report/loss.rst",
+            category="3. Diffusion",
+            subcategory="{generator}",
+        ),
+    log:
+        "logs/diffusion/train_mask_guided/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(MASK_GUIDED),
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 8  # as train_tiny_vae
+    resources:
+        gpu=DIFFUSION["mask_guided"]["train"]["gpus"],
+    params:
+        settings=MaskGuidedTrainSettings.of(config).to_json(),
+        checkpoints=f"{MODEL}/checkpoints",
+    # trap: the shell waits while training saves a checkpoint on SIGTERM (Slurm's time limit)
+    shell:
+        "trap '' TERM; python -m scripts.diffusion train_mask_guided --dataset {input.dataset}"
+        " --settings {params.settings:q} --gpus {resources.gpu} --model {output.model}"
+        " --report {output.report} --loss {output.loss} --checkpoints {params.checkpoints} 2> {log}"
+
+
+rule sample_mask_guided:
+    input:
+        dataset=DATASET,
+        model=rules.train_mask_guided.output.model,
+    output:
+        images=directory(f"{SAMPLES}/images/masks"),
+        samples=samples_manifest("{generator}"),
+    log:
+        "logs/diffusion/sample_mask_guided/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(MASK_GUIDED),
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 8  # as train_tiny_vae
+    resources:
+        gpu=DIFFUSION["mask_guided"]["sample"]["gpus"],
+    params:
+        settings=MaskGuidedSampleSettings.of(config).to_json(),
+    shell:
+        "python -m scripts.diffusion sample_mask_guided --dataset {input.dataset} --model {input.model}"
+        " --settings {params.settings:q} --gpus {resources.gpu} --images {output.images}"
+        " --samples {output.samples} 2> {log}"

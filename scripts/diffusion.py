@@ -2,7 +2,14 @@
 function of the same name in workflow.diffusion.stage. finetune_sd is started by ``accelerate launch``."""
 
 from workflow.common.cli import Arg, command, main
-from workflow.diffusion.settings import CacheSettings, SampleSettings, TinyVaeSettings, TrainSettings
+from workflow.diffusion.settings import (
+    CacheSettings,
+    MaskGuidedSampleSettings,
+    MaskGuidedTrainSettings,
+    SampleSettings,
+    TinyVaeSettings,
+    TrainSettings,
+)
 from workflow.prompts.settings import CaptionSettings
 
 BASE_MODEL = Arg("--base-model", help="folder or hub id of the base model")
@@ -68,6 +75,27 @@ COMMANDS = [
         "--table",
     ),
     command("collect_samples", "merge shard tables into the generator's manifest", "--samples", Arg("parts")),
+    command(
+        "train_mask_guided",
+        "train segmentation-guided diffusion on the training images and masks; resumes by itself",
+        "--dataset",
+        Arg("--settings", MaskGuidedTrainSettings.from_json, "mask-guided train settings (JSON)"),
+        GPUS,
+        "--model",
+        "--report",
+        "--loss",
+        Arg("--checkpoints", help="checkpoint folder (kept across a killed job)"),
+    ),
+    command(
+        "sample_mask_guided",
+        "one image per real mask of a split, as a synthetic dataset",
+        "--dataset",
+        "--model",
+        Arg("--settings", MaskGuidedSampleSettings.from_json, "mask-guided sample settings (JSON)"),
+        GPUS,
+        "--images",
+        "--samples",
+    ),
 ]
 
 if __name__ == "__main__":

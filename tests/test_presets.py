@@ -71,6 +71,8 @@ GPU_RULES = {
     "train_classifier",
     "image_metrics",
     "conditional_fidelity",
+    "train_mask_guided",
+    "sample_mask_guided",
 }
 
 

@@ -18,10 +18,16 @@ in the number of images).
 Arms that share their prompt strategies share the cached latents (``results/models/cache/<variant>``, one
 VAE pass); an arm with other strategies is trained on the same images with its own captions
 (:mod:`workflow.prompts.variants`).
+
+A generator of ``kind: mask-guided`` is no Stable Diffusion fine-tune: segmentation-guided diffusion (Konz et
+al. 2024, :mod:`workflow.diffusion.mask_guided`) trained on the real masks (rule ``train_mask_guided``) and
+sampled once per real mask of a split (rule ``sample_mask_guided``), into the same two folders; the rules of
+each kind take only their generators (:func:`name_pattern`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +48,7 @@ class Generator:
     method: str
     strategies: tuple[str, ...]
     images_per_prompt: int | None = None
+    kind: str = "sd"
 
     @property
     def variant(self) -> str:
@@ -71,7 +78,8 @@ def generators(config: Mapping[str, Any]) -> dict[str, Generator]:
             s for s in strategies if s in chosen
         )  # the study's order, so equal sets share a cache
         method = entry.get("method") or diffusion["method"]
-        out[name] = Generator(name, method, ordered, entry.get("images_per_prompt"))
+        kind = entry.get("kind") or "sd"
+        out[name] = Generator(name, method, ordered, entry.get("images_per_prompt"), kind)
     return out
 
 
@@ -80,9 +88,19 @@ def generator_names(config: Mapping[str, Any]) -> list[str]:
     return list(generators(config))
 
 
+def names_of_kind(config: Mapping[str, Any], kind: str) -> list[str]:
+    """The generators of ``kind`` (``sd``, ``mask-guided``) in the study ``config``, in config order."""
+    return [name for name, g in generators(config).items() if g.kind == kind]
+
+
+def name_pattern(names: list[str]) -> str:
+    """A ``{generator}`` wildcard constraint matching exactly ``names`` (none: a pattern matching nothing)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
 def prompt_variants(config: Mapping[str, Any]) -> list[str]:
-    """The prompt variants the generators train on, each once, in config order."""
-    return list(dict.fromkeys(g.variant for g in generators(config).values()))
+    """The prompt variants the Stable Diffusion generators train on, each once, in config order."""
+    return list(dict.fromkeys(g.variant for g in generators(config).values() if g.kind == "sd"))
 
 
 def model_dir(generator: str) -> str:

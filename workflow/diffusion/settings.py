@@ -1,8 +1,9 @@
 """Settings of the diffusion stage: config section ``diffusion`` (resources/config.schema.yaml documents
 each key), one class per rule: caching (:class:`CacheSettings`), fine-tuning (:class:`TrainSettings`) and
 sampling (:class:`SampleSettings`), and for ``diffusion.base_model: tiny`` training the tiny SD's VAE
-(:class:`TinyVaeSettings`). ``diffusion.base_model`` reaches the rules as a model location
-(:mod:`workflow.diffusion.base_models`).
+(:class:`TinyVaeSettings`); generators of kind ``mask-guided`` train and sample with ``diffusion.mask_guided``
+(:class:`MaskGuidedTrainSettings`, :class:`MaskGuidedSampleSettings`). ``diffusion.base_model`` reaches the
+rules as a model location (:mod:`workflow.diffusion.base_models`).
 """
 
 from __future__ import annotations
@@ -164,3 +165,52 @@ class SampleSettings(Settings):
         """The section, with a generator's own ``images_per_prompt`` when it sets one."""
         values = _section(config, "sample") | {"resolution": config["diffusion"]["resolution"]}
         return cls.from_dict(values | ({"images_per_prompt": images_per_prompt} if images_per_prompt else {}))
+
+
+@dataclass(frozen=True)
+class MaskGuidedTrainSettings(Settings):
+    """``diffusion.mask_guided.train`` and ``dataset.mask_classes`` (rule ``train_mask_guided``: the 2D
+    segmentation-guided diffusion of Konz et al. 2024, :mod:`workflow.diffusion.mask_guided`)."""
+
+    resolution: int
+    batch_size: int
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    max_grad_norm: float
+    timesteps: int
+    channels: tuple[int, ...]
+    attention_levels: tuple[bool, ...]
+    num_res_blocks: int
+    norm_num_groups: int
+    ablation_probability: float
+    seed: int
+    checkpoint_steps: int
+    mask_classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        section = {
+            k: v for k, v in config["diffusion"]["mask_guided"]["train"].items() if k not in RESOURCE_KEYS
+        }
+        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
+
+
+@dataclass(frozen=True)
+class MaskGuidedSampleSettings(Settings):
+    """``diffusion.mask_guided.sample`` and ``dataset.mask_classes`` (rule ``sample_mask_guided``: one image
+    per real mask of a split, :mod:`workflow.diffusion.mask_guided`)."""
+
+    split: str
+    steps: int
+    batch_size: int
+    ablation_probability: float
+    seed: int
+    mask_classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        section = {
+            k: v for k, v in config["diffusion"]["mask_guided"]["sample"].items() if k not in RESOURCE_KEYS
+        }
+        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})

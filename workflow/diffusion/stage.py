@@ -14,7 +14,11 @@ provenance), per generator (:mod:`workflow.diffusion.generators`):
   :mod:`workflow.diffusion.training`);
 - ``results/samples/<generator>/``: ``plan.parquet`` (:func:`plan_samples`), ``shards/<k>.parquet`` and
   ``images/shard<k>/`` (:func:`sample_images`), ``manifest.parquet`` (:func:`collect_samples`), see
-  :mod:`workflow.diffusion.sampling`.
+  :mod:`workflow.diffusion.sampling`;
+- for a generator of kind ``mask-guided``, ``results/models/<generator>/`` holds ``model/`` (MONAI UNet
+  weights and the card with its architecture), ``train_report.json`` and ``loss.png``
+  (:func:`train_mask_guided`), and ``results/samples/<generator>/`` the images sampled once per real mask and
+  ``manifest.parquet`` (:func:`sample_mask_guided`), see :mod:`workflow.diffusion.mask_guided`.
 
 torch and diffusers are imported only by the steps that run a model: planning and collecting start in a
 second.
@@ -35,7 +39,14 @@ from workflow.common.model_card import read_card, weights_label, write_card
 from workflow.common.provenance import config_hash, provenance
 from workflow.diffusion import sampling
 from workflow.diffusion.latent_cache import training_rows
-from workflow.diffusion.settings import CacheSettings, SampleSettings, TinyVaeSettings, TrainSettings
+from workflow.diffusion.settings import (
+    CacheSettings,
+    MaskGuidedSampleSettings,
+    MaskGuidedTrainSettings,
+    SampleSettings,
+    TinyVaeSettings,
+    TrainSettings,
+)
 from workflow.prompts.settings import CaptionSettings
 
 
@@ -222,5 +233,146 @@ def collect_samples(parts: Sequence[str], samples: str) -> None:
     weights = read_parquet_meta(parts[0]).get("weights", "unknown")
     meta = provenance(
         {"shards": len(parts)}, inputs={f"shard{i}": p for i, p in enumerate(parts)}, weights=weights
+    )
+    write_parquet(samples, result, meta | {"images": len(result)})
+
+
+def masked_rows(dataset: str, split: str) -> pd.DataFrame:
+    """The rows of ``split`` in the preprocessed ``dataset`` that have a mask (column ``mask``).
+
+    Raises:
+        InputError: when there are none.
+    """
+    rows = pd.read_parquet(dataset)
+    rows = rows[(rows["split"] == split) & rows["mask"].notna()].reset_index(drop=True)
+    if rows.empty:
+        raise InputError(
+            f"{dataset}: split '{split}' has no images with masks; a mask-guided generator needs the "
+            "dataset's segmentation masks (manifest column mask_path, classes in dataset.mask_classes)"
+        )
+    return rows
+
+
+def train_mask_guided(
+    dataset: str,
+    settings: MaskGuidedTrainSettings,
+    gpus: int,
+    model: str,
+    report: str,
+    loss: str,
+    checkpoints: str,
+) -> None:
+    """Train segmentation-guided diffusion on the training split's images and masks, resuming from the newest
+    checkpoint in ``checkpoints`` (:func:`workflow.diffusion.mask_guided.train`); a SIGTERM saves one and
+    stops (:mod:`workflow.common.interruption`).
+
+    Args:
+        gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
+    """
+    import time
+
+    from workflow.common.devices import pick_device
+    from workflow.common.figures import loss_curve
+    from workflow.common.files import write_json
+    from workflow.common.interruption import attempt_log, stop_on_signal
+    from workflow.diffusion import mask_guided
+
+    with attempt_log(checkpoints):
+        rows = masked_rows(dataset, "train")
+        architecture = mask_guided.architecture_of(settings)
+        pairs = mask_guided.read_pairs(
+            rows["image"].tolist(), rows["mask"].tolist(), architecture["classes"], settings.resolution
+        )
+        meta = provenance(settings, seeds={"train": settings.seed}, inputs={"dataset": dataset})
+        fingerprint = config_hash({"config": meta["config_hash"], "inputs": meta["inputs"]})
+        started = time.perf_counter()
+        with stop_on_signal() as stop:
+            network, losses = mask_guided.train(
+                pairs, settings, fingerprint, checkpoints, pick_device(gpus), stop
+            )
+        seconds = time.perf_counter() - started
+        weights = (
+            f"segmentation-guided diffusion (Konz et al. 2024) trained from random init on {len(rows)} "
+            f"images and masks ({settings.steps} steps at {settings.resolution} px)"
+        )
+        with atomic_output(model) as tmp:
+            tmp.mkdir()
+            mask_guided.save_model(network, tmp)
+            write_card(tmp, {"weights": weights, "architecture": architecture, "provenance": meta})
+        write_json(
+            report,
+            {
+                "images": len(rows),
+                "steps": settings.steps,
+                "loss_first_10": sum(losses[:10]) / len(losses[:10]),
+                "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+                "seconds_this_attempt": round(seconds, 1),
+                "provenance": meta | {"weights": weights},
+            },
+        )
+        loss_curve(losses, loss, "mask-guided diffusion: training loss")
+
+
+def sample_mask_guided(
+    dataset: str, model: str, settings: MaskGuidedSampleSettings, gpus: int, images: str, samples: str
+) -> None:
+    """One image per real mask of ``settings.split``, seeded per image (:func:`workflow.diffusion.mask_guided
+    .generate`), as a synthetic dataset in the manifest schema: each row carries the labels and demographics
+    of the real image whose mask conditioned it, that mask as ``mask_path`` and the real image's id as
+    ``source_image_id``; ``image_id`` and ``patient_id`` are ``synthetic/<real image id>``."""
+    import torch
+
+    from workflow.common.devices import pick_device
+    from workflow.diffusion import mask_guided
+
+    card = read_card(model)
+    architecture = card["architecture"]
+    if architecture["classes"] != len(settings.mask_classes):
+        raise InputError(
+            f"{model}: trained on {architecture['classes']} mask classes, dataset.mask_classes has "
+            f"{len(settings.mask_classes)}; retrain the generator"
+        )
+    rows = masked_rows(dataset, settings.split)
+    network = mask_guided.load_model(model, architecture, pick_device(gpus))
+    seeds = [mask_guided.image_seed(settings.seed, str(i)) for i in rows["image_id"]]
+    paths = [str(Path(images) / f"{i:06d}.png") for i in range(len(rows))]
+    with atomic_output(images) as tmp:
+        for start in range(0, len(rows), settings.batch_size):
+            part = slice(start, start + settings.batch_size)
+            _, masks = mask_guided.read_pairs(
+                rows["image"][part].tolist(),
+                rows["mask"][part].tolist(),
+                architecture["classes"],
+                architecture["resolution"],
+            ).batch(slice(None))
+            with torch.no_grad():
+                out = mask_guided.generate(network, masks, seeds[part], settings, architecture["timesteps"])
+            for index, image in enumerate(out, start):
+                target = Path(tmp) / Path(paths[index]).relative_to(images)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                mask_guided.to_png(image).save(target)
+    frame = rows.assign(
+        image_id=[f"synthetic/{i}" for i in rows["image_id"]],
+        path=paths,
+        image=paths,
+        mask_path=rows["mask"],
+        seed=seeds,
+        split="train",
+        prompt=pd.Series(pd.NA, index=rows.index, dtype="string"),
+        prompt_id=pd.Series(pd.NA, index=rows.index, dtype="string"),
+        source_images=1,
+        source_image_id=rows["image_id"],
+    )
+    frame["patient_id"] = frame["image_id"]
+    result = pd.concat(
+        [
+            manifest.normalise(frame, manifest.label_names(frame)),
+            frame[[*sampling.EXTRA_COLUMNS, "source_image_id"]],
+        ],
+        axis=1,
+    )
+    manifest.validate(result, samples)
+    meta = provenance(
+        settings, seeds={"sample": settings.seed}, inputs={"dataset": dataset}, weights=card["weights"]
     )
     write_parquet(samples, result, meta | {"images": len(result)})

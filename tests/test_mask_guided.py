@@ -1,0 +1,180 @@
+"""Segmentation-guided diffusion (workflow/diffusion/mask_guided.py): mask ablation, per-image seeding, bad
+masks, resume, and its rules in the DAG (a Snakemake dry run)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from configs import validated
+from PIL import Image
+from test_workflow_data import snakemake, write_config
+
+from workflow.common.errors import InputError
+from workflow.common.interruption import Stopped, StopRequest
+from workflow.diffusion import mask_guided
+from workflow.diffusion.generators import generators, name_pattern, names_of_kind
+from workflow.diffusion.settings import MaskGuidedSampleSettings, MaskGuidedTrainSettings
+
+CLASSES = ("background", "lungs", "heart", "devices")
+TINY = {
+    "resolution": 16,
+    "batch_size": 4,
+    "steps": 3,
+    "warmup_steps": 1,
+    "timesteps": 50,
+    "channels": [8, 8],
+    "attention_levels": [False, True],
+    "num_res_blocks": 1,
+    "norm_num_groups": 8,
+    "checkpoint_steps": 2,
+}
+
+
+def config(train: dict | None = None, sample: dict | None = None) -> dict:
+    section = {"train": TINY | (train or {}), "sample": {"steps": 3} | (sample or {})}
+    return validated({"dataset": {"mask_classes": list(CLASSES)}, "diffusion": {"mask_guided": section}})
+
+
+def striped_masks(images: int, size: int = 16) -> torch.Tensor:
+    """Masks with every class present: four horizontal bands of class 0..3."""
+    band = torch.arange(size) * len(CLASSES) // size
+    return band[:, None].expand(size, size).expand(images, size, size).clone()
+
+
+def test_ablation_drops_exactly_the_classes_it_says():
+    masks = striped_masks(3)
+    dropped = torch.tensor(
+        [[False, True, False, True], [False, False, False, False], [False, True, True, True]]
+    )
+    ablated = mask_guided.ablate(masks, dropped)
+    for image in range(3):
+        for c in range(len(CLASSES)):
+            where = masks[image] == c
+            expected = 0 if dropped[image, c] else c
+            assert (ablated[image][where] == expected).all()
+        assert set(ablated[image].unique().tolist()) == {0} | {
+            c for c in range(len(CLASSES)) if not dropped[image, c]
+        }
+    one_hot = mask_guided.conditioning(masks, dropped, len(CLASSES))
+    assert one_hot.shape == (3, len(CLASSES), 16, 16)
+    assert one_hot[0, 1].sum() == 0 and one_hot[0, 3].sum() == 0 and one_hot[0, 2].sum() > 0
+    assert torch.equal(one_hot.sum(1), torch.ones(3, 16, 16))
+
+
+def test_ablation_draws_per_image_never_background_at_the_rate_asked():
+    drawn = mask_guided.draw_ablation(torch.Generator().manual_seed(0), 4000, len(CLASSES), 0.5)
+    assert not drawn[:, 0].any()
+    assert drawn[:, 1:].float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert len({tuple(row.tolist()) for row in drawn}) == 8  # images get their own draws, not the batch's
+    assert not mask_guided.draw_ablation(torch.Generator().manual_seed(0), 10, 4, 0.0).any()
+
+
+class Spy(torch.nn.Module):
+    """A denoiser predicting zero noise that records the mask channels it is given at every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: None = None) -> torch.Tensor:
+        self.seen.append(x[:, 1:].clone())
+        return x[:, :1] * self.weight
+
+
+def test_sampling_ablation_is_drawn_once_per_image_and_kept_at_every_step():
+    settings = MaskGuidedSampleSettings.of(config(sample={"ablation_probability": 0.5, "steps": 5}))
+    spy, masks, seeds = Spy(), striped_masks(6), list(range(6))
+    mask_guided.generate(spy, masks, seeds, settings, timesteps=50)
+    assert len(spy.seen) == 5
+    assert all(torch.equal(seen, spy.seen[0]) for seen in spy.seen)
+    present = spy.seen[0].sum((2, 3)) > 0  # B x classes: which classes each image was conditioned on
+    assert len({tuple(row.tolist()) for row in present}) > 1  # some images lost other classes than others
+    again = Spy()
+    mask_guided.generate(again, masks[2:3], seeds[2:3], settings, timesteps=50)  # alone: the same draw
+    assert torch.equal(again.seen[0][0], spy.seen[0][2])
+
+
+def test_same_seed_same_image_whatever_the_batch():
+    settings = MaskGuidedTrainSettings.of(config())
+    torch.manual_seed(0)
+    model = mask_guided.network(mask_guided.architecture_of(settings)).eval()
+    sample = MaskGuidedSampleSettings.of(config())
+    masks = striped_masks(3, size=8)
+    first = mask_guided.generate(model, masks, [7, 8, 9], sample, timesteps=50)
+    alone = mask_guided.generate(model, masks[1:2], [8], sample, timesteps=50)
+    assert torch.allclose(first[1], alone[0], atol=1e-5)
+    assert not torch.allclose(first[0], first[1])
+    assert mask_guided.image_seed(0, "p1/s1/v1") == mask_guided.image_seed(0, "p1/s1/v1")
+    assert mask_guided.image_seed(0, "p1/s1/v1") != mask_guided.image_seed(1, "p1/s1/v1")
+
+
+def write_pair(folder, mask: np.ndarray, size: int = 16) -> tuple[str, str]:
+    image, mask_file = folder / "image.png", folder / "image_mask.png"
+    Image.fromarray(np.full((size, size), 128, np.uint8)).save(image)
+    Image.fromarray(mask.astype(np.uint8)).save(mask_file)
+    return str(image), str(mask_file)
+
+
+def test_bad_masks_are_refused_naming_the_file(tmp_path):
+    image, mask = write_pair(tmp_path, np.full((16, 16), 7))
+    with pytest.raises(InputError, match=r"image_mask\.png: class ids \[7\] are not in dataset.mask_classes"):
+        mask_guided.read_pair(image, mask, len(CLASSES), 16)
+    image, mask = write_pair(tmp_path, np.zeros((12, 16)))
+    with pytest.raises(InputError, match=r"image_mask\.png: mask shape \(12, 16\) does not match"):
+        mask_guided.read_pair(image, mask, len(CLASSES), 16)
+    image, mask = write_pair(tmp_path, striped_masks(1)[0].numpy())
+    pixels, classes = mask_guided.Pairs(*(t[None] for t in mask_guided.read_pair(image, mask, 4, 8))).batch(
+        [0]
+    )
+    assert pixels.shape == (1, 1, 8, 8) and (pixels - (128 / 127.5 - 1)).abs().max() < 0.01
+    assert classes.dtype == torch.int64 and set(classes.unique().tolist()) == set(range(len(CLASSES)))
+
+
+def test_a_stopped_training_resumes_where_it_stopped(tmp_path):
+    light = {"steps": 2, "batch_size": 2, "attention_levels": [False, False], "checkpoint_steps": 1}
+    settings = MaskGuidedTrainSettings.of(config(train=light))
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    pairs = mask_guided.Pairs(images, striped_masks(5, size=8).to(torch.uint8))
+    cpu = torch.device("cpu")
+    _, straight = mask_guided.train(pairs, settings, "a", str(tmp_path / "straight"), cpu, StopRequest())
+    with pytest.raises(Stopped):
+        mask_guided.train(pairs, settings, "b", str(tmp_path / "resumed"), cpu, StopRequest(15))
+    _, resumed = mask_guided.train(pairs, settings, "b", str(tmp_path / "resumed"), cpu, StopRequest())
+    assert len(straight) == settings.steps
+    assert resumed == pytest.approx(straight, rel=1e-5)
+
+
+def test_generator_kind_defaults_to_sd_and_each_kind_has_its_rules_pattern():
+    study = validated({"diffusion": {"generators": {"sd-a": {}, "seg": {"kind": "mask-guided"}}}})
+    assert [g.kind for g in generators(study).values()] == ["sd", "mask-guided"]
+    assert names_of_kind(study, "mask-guided") == ["seg"]
+    assert {g.kind for g in generators(validated({})).values()} == {"sd"}  # existing configs: unchanged
+    assert re.fullmatch(name_pattern(["seg", "a.b"]), "a.b") and not re.fullmatch(
+        name_pattern(["a.b"]), "axb"
+    )
+    assert not re.fullmatch(name_pattern([]), "") and not re.fullmatch(name_pattern([]), "seg")
+
+
+def job(plan: str, rule: str, generator: str) -> str:
+    """The block of a dry run's plan describing ``rule``'s job for ``generator``."""
+    blocks = [b for b in plan.split("rule ")[1:] if b.startswith(f"{rule}:")]
+    return next(b for b in blocks if f"generator={generator}" in b)
+
+
+@pytest.mark.integration
+def test_a_mask_guided_generator_feeds_image_metrics_in_the_dag(tmp_path):
+    """Next to an SD arm, a mask-guided generator is trained and sampled by its own rules (not the SD
+    ones), and its samples reach image quality and the report like any generator's."""
+    write_config(tmp_path, diffusion={"generators": {"sd-lora": {}, "seg": {"kind": "mask-guided"}}})
+    plan = snakemake(tmp_path, "--dry-run").stdout
+    assert "results/models/seg/train_report.json" in job(plan, "train_mask_guided", "seg")
+    assert "results/samples/seg/manifest.parquet" in job(plan, "sample_mask_guided", "seg")
+    for rule in ("image_metrics", "real_vs_synthetic", "conditional_fidelity"):
+        assert "results/samples/seg/manifest.parquet" in job(plan, rule, "seg"), rule
+    for rule in ("finetune_sd", "collect_samples"):
+        assert "generator=seg" not in "".join(b for b in plan.split("rule ") if b.startswith(f"{rule}:"))
+        assert job(plan, rule, "sd-lora")
