@@ -1,0 +1,1 @@
+"""Counterfactual editing of real images (issue 14)."""
