@@ -74,6 +74,47 @@ def sdedit(
     return EditOutput(edited=edited.float() * 2 - 1, reconstruction=None)
 
 
+def ddim_p2p(
+    pipe: StableDiffusionPipeline,
+    images: torch.Tensor,
+    source_prompts: list[str],
+    target_prompts: list[str],
+    edit_words: list[list[str]],
+    settings: Mapping[str, Any],
+    seed: int,
+) -> EditOutput:
+    """Method ``ddim-p2p``: plain DDIM inversion (Song et al. 2021), then prompt-to-prompt (Hertz et al.
+    2022) with the empty prompt as the unconditional embedding at every step
+    (:func:`workflow.editing.p2p.edit`): the cheap ablation of null-text inversion, whose reconstruction
+    drifts at guidance above 1. Deterministic: ``seed`` is unused."""
+    from workflow.editing import p2p
+
+    edited, reconstruction = p2p.edit(
+        pipe, images, source_prompts, target_prompts, edit_words, settings, null_text=False
+    )
+    return EditOutput(edited=edited, reconstruction=reconstruction)
+
+
+def null_text_p2p(
+    pipe: StableDiffusionPipeline,
+    images: torch.Tensor,
+    source_prompts: list[str],
+    target_prompts: list[str],
+    edit_words: list[list[str]],
+    settings: Mapping[str, Any],
+    seed: int,
+) -> EditOutput:
+    """Method ``null-text-p2p`` (PRISM, LANCE): null-text inversion (Mokady et al. 2023, Alg. 1), then
+    prompt-to-prompt (Hertz et al. 2022) with the optimised unconditional embeddings
+    (:func:`workflow.editing.p2p.edit`). Deterministic: ``seed`` is unused."""
+    from workflow.editing import p2p
+
+    edited, reconstruction = p2p.edit(
+        pipe, images, source_prompts, target_prompts, edit_words, settings, null_text=True
+    )
+    return EditOutput(edited=edited, reconstruction=reconstruction)
+
+
 Method = Callable[..., EditOutput]
-METHODS: dict[str, Method] = {"sdedit": sdedit}
+METHODS: dict[str, Method] = {"sdedit": sdedit, "ddim-p2p": ddim_p2p, "null-text-p2p": null_text_p2p}
 """Config name -> method function (the signature of :func:`sdedit`)."""
