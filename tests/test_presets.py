@@ -62,6 +62,7 @@ TINY: dict[str, Any] = {
         "focus": {"images": 2, "overlays": 2},
     },
     "evaluation": {"extractor": "tiny", "also": [], "gpus": 0, "min_images": 2},
+    "editing": {"max_images": 1, "steps": 2, "gpus": 0, "null_text": {"inner_steps": 2}},
 }
 GPU_RULES = {
     "embed_images",
@@ -73,6 +74,8 @@ GPU_RULES = {
     "conditional_fidelity",
     "train_mask_guided",
     "sample_mask_guided",
+    "edit_images",
+    "counterfactual_soundness",
 }
 
 
