@@ -62,7 +62,7 @@ def test_target_captions_come_from_the_training_strategies_with_the_edit_applied
     row = plan.loc["p1/s1/v1"]
     assert row["source_prompt"] == "Chest X-ray showing Cardiomegaly, morphology type two"
     assert row["target_prompt"] == "Chest X-ray showing Cardiomegaly, Pleural Effusion, morphology type two"
-    assert list(row["edit_words"]) == ["pleural", "effusion"]
+    assert list(row["edit_words"]) == ["Pleural", "Effusion"]
     assert row[label_column("Pleural Effusion")] == 1 and row["source_label_Pleural Effusion"] == 0
     # an unknown label (NaN) may be added; the No Finding of the devices-only image is cleared
     assert plan.loc["p2/s1/v1", label_column("No Finding")] == 0
@@ -210,3 +210,20 @@ def test_counterfactual_regime_trains_on_every_editing_method():
     assert run_sources(config, "real+counterfactual/sdedit") == {
         "counterfactual": "results/counterfactuals/sdedit/manifest.parquet"
     }
+
+
+def test_edit_words_are_found_among_the_caption_tokens_of_a_case_sensitive_tokenizer():
+    """The demo's ddim-p2p edits failed: edit words were lower-cased, and the tiny SD's word-level tokenizer
+    (unlike CLIP's) keeps case, so prompt-to-prompt could not place ``cardiomegaly`` in '... Cardiomegaly'."""
+    from types import SimpleNamespace
+
+    from workflow.diffusion.base_models import word_tokenizer
+    from workflow.editing import p2p
+
+    pipe = SimpleNamespace(tokenizer=word_tokenizer())
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels", "mep"])
+    row = plan.loc["p1/s1/v1"]
+    assert list(row["edit_words"]) == ["No", "Finding", "Cardiomegaly"]
+    source, target = p2p.token_ids(pipe, [row["source_prompt"], row["target_prompt"]])
+    for word in row["edit_words"]:
+        assert p2p.word_positions(pipe, source, word) or p2p.word_positions(pipe, target, word), word

@@ -51,7 +51,7 @@ PROGRAMS = ["slurmctld", "slurmd", "slurmdbd", "sbatch", "srun", "sacct", "sacct
 PROGRAMS += ["munged", "mungekey", "mariadbd", "mariadb-install-db", "mariadb", "mariadb-admin"]
 # What a user exports for the profile (see profiles/slurm/profile.yaml); the partitions of our test cluster.
 USER_ENV = {"SLURM_ACCOUNT": "synthmed", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu"}
-RUN_TIMEOUT = 600
+RUN_TIMEOUT = 900  # seconds for one Snakemake run through the profile (the whole demo DAG is the longest)
 FAKE_GPUS = 16  # on the test node: more than a real node has, so that all probe jobs run at once
 # The end products of the whole default DAG the demo run must leave behind (besides the data stage's).
 DEMO_OUTPUTS = [

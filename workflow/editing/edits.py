@@ -158,13 +158,18 @@ def apply_edit(
 
 
 def changed_words(source: str, target: str) -> list[str]:
-    """The words of ``target`` not in ``source`` and of ``source`` not in ``target``, in order, once each."""
+    """The words of ``target`` not in ``source`` and of ``source`` not in ``target`` (compared without case),
+    in order, once each, spelled as their caption writes them: prompt-to-prompt finds them among the
+    caption's tokens, and a case-sensitive tokenizer (the tiny SD's) knows ``Cardiomegaly`` apart from
+    ``cardiomegaly``."""
 
     def split(text: str) -> list[str]:
-        return re.findall(r"[\w'-]+", text.lower())
+        return re.findall(r"[\w'-]+", text)
 
     old, new = split(source), split(target)
-    return list(dict.fromkeys([w for w in new if w not in old] + [w for w in old if w not in new]))
+    old_keys, new_keys = {w.lower() for w in old}, {w.lower() for w in new}
+    changed = [w for w in new if w.lower() not in old_keys] + [w for w in old if w.lower() not in new_keys]
+    return list(dict.fromkeys(changed))
 
 
 def edit_id(image_id: str, edit: Edit) -> str:
