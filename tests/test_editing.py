@@ -117,6 +117,17 @@ def test_unknown_finding_or_field_is_a_config_error():
         Edit(kind="add")
 
 
+def test_only_a_stable_diffusion_generator_edits():
+    """A mask-guided generator (first in the study, or named) has no text encoder to edit with: it was taken
+    and the job failed inside diffusers."""
+    study = {"seg": {"kind": "mask-guided"}, "sd": {"method": "full"}}
+    config = validated({"diffusion": {"generators": study}})
+    assert edits.editing_generator(config).name == "sd"
+    config["editing"]["generator"] = "seg"
+    with pytest.raises(InputError, match=r"editing\.generator = 'seg' is not a Stable Diffusion generator"):
+        edits.editing_generator(config)
+
+
 def test_the_true_counterfactual_is_attached_to_the_edit_that_switches_the_same_finding(tmp_path):
     (tmp_path / "d").mkdir()
     csv = tmp_path / "d" / "counterfactuals.csv"

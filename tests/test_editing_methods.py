@@ -70,7 +70,7 @@ def test_method_functions_return_edited_and_reconstruction_images(pipe):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     settings = SETTINGS | {"steps": 2, "inner_steps": 2, "early_stop": 1e-5, "learning_rate": 1e-2}
     for name in ("ddim-p2p", "null-text-p2p"):
-        out = METHODS[name](pipe, images, SOURCE, TARGET, WORDS, settings, seed=0)
+        out = METHODS[name](pipe, images, SOURCE, TARGET, WORDS, settings, seeds=[0, 1])
         assert out.edited.shape == out.reconstruction.shape == images.shape
         assert out.edited.abs().max() <= 1 and not torch.equal(out.edited, out.reconstruction)
 
@@ -178,3 +178,22 @@ def test_an_edit_word_the_tokenizer_cannot_place_is_named(pipe):
         p2p.sample_edits(
             pipe, plain(pipe, latents(8)), SOURCE, TARGET, [["Cardiomegaly"], ["zebra"]], SETTINGS
         )
+
+
+def test_an_sdedit_edit_depends_on_its_own_seed_not_on_its_batch(pipe):
+    """Each image was noised from the batch's first seed and its position: adding an edit to the plan
+    re-noised every later one."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    settings = {"steps": 4, "guidance_scale": 7.5, "strength": 0.6}
+    both = METHODS["sdedit"](pipe, images, SOURCE, TARGET, WORDS, settings, seeds=[11, 12]).edited
+    alone = METHODS["sdedit"](pipe, images[1:], SOURCE[1:], TARGET[1:], WORDS[1:], settings, seeds=[12])
+    torch.testing.assert_close(both[1:], alone.edited, atol=1e-5, rtol=1e-4)
+
+
+def test_null_text_optimisation_runs_more_than_a_hundred_steps(pipe):
+    """The learning rate fell as lr x (1 - i/100): negative from step 101 on, which Adam refuses."""
+    steps = 102
+    trajectory = [latents(4) * (1 - k / (2 * steps)) for k in range(steps + 1)]
+    cond, empty = inversion.embed(pipe, SOURCE), inversion.embed(pipe, [""] * 2)
+    null = inversion.null_text_optimisation(pipe, trajectory, cond, empty, 7.5, 1, 1e-5, 1e-2)
+    assert null.shape == (steps, *empty.shape)

@@ -178,3 +178,30 @@ def test_a_mask_guided_generator_feeds_image_metrics_in_the_dag(tmp_path):
     for rule in ("finetune_sd", "collect_samples"):
         assert "generator=seg" not in "".join(b for b in plan.split("rule ") if b.startswith(f"{rule}:"))
         assert job(plan, rule, "sd-lora")
+
+
+def test_samples_keep_their_real_patient_so_the_leak_guard_sees_them(tmp_path):
+    """Samples of val or test masks were given patient_id ``synthetic/<image id>``: the classifier regimes'
+    leak guard then let a test patient's anatomy and labels train the synthetic and mixed classifiers."""
+    import pandas as pd
+    from classifier_data import fabricate
+
+    from workflow.diffusion import stage
+
+    rows = fabricate(tmp_path / "data", n=10)
+    dataset = str(tmp_path / "dataset.parquet")
+    rows.to_parquet(dataset)
+    light = {"steps": 1, "batch_size": 2, "attention_levels": [False, False], "checkpoint_steps": 1}
+    study = config(train=light, sample={"split": "test", "steps": 1})
+    model, out = tmp_path / "model", tmp_path / "samples"
+    stage.train_mask_guided(
+        dataset, MaskGuidedTrainSettings.of(study), 0, str(model), str(tmp_path / "report.json"),
+        str(tmp_path / "loss.png"), str(tmp_path / "checkpoints"),
+    )  # fmt: skip
+    settings = MaskGuidedSampleSettings.of(study)
+    stage.sample_mask_guided(
+        dataset, str(model), settings, 0, str(out / "images"), str(out / "manifest.parquet")
+    )
+    samples = pd.read_parquet(out / "manifest.parquet")
+    test = rows[rows["split"] == "test"]
+    assert sorted(samples["patient_id"]) == sorted(test["patient_id"]) and len(test) > 0

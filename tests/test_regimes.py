@@ -66,6 +66,15 @@ def test_counterfactuals_of_held_out_patients_never_train(frames):
     assert not test_patients & set(data.train["patient_id"])
 
 
+def test_counterfactuals_all_of_held_out_patients_stop_the_regime(frames):
+    """The default editing split is test: the guard removed every row and the regime silently trained on the
+    real images alone, reported as real+counterfactual."""
+    extras = _extras(frames)
+    extras["counterfactual"] = extras["counterfactual"].iloc[:2]  # the two edits of val and test images
+    with pytest.raises(InputError, match=r"editing.split: train"):
+        regimes.training_data("real+counterfactual", frames["real"], extras, 1.0, 0)
+
+
 def test_missing_label_columns_are_noted_and_missing_sources_named(frames, tmp_path):
     path = tmp_path / "no_b.parquet"
     frames["synthetic"].drop(columns=[label_column("B")]).to_parquet(path)

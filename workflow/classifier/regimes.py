@@ -186,7 +186,13 @@ def training_data(
             synthetic = synthetic.iloc[chosen]
         parts.append(synthetic)
     if regime == "real+counterfactual":
-        parts.append(_guarded(extras["counterfactual"], "counterfactual", held_out, notes))
+        counterfactual = _guarded(extras["counterfactual"], "counterfactual", held_out, notes)
+        if counterfactual.empty:
+            raise InputError(
+                f"regime '{regime}': every counterfactual row edits a real val or test patient's image, so "
+                "none may be trained on; edit training images (editing.split: train) for this regime"
+            )
+        parts.append(counterfactual)
     train = pd.concat(parts, ignore_index=True)
     if train.empty:
         raise InputError(f"regime '{regime}' has no training rows left")

@@ -319,7 +319,8 @@ def sample_mask_guided(
     """One image per real mask of ``settings.split``, seeded per image (:func:`workflow.diffusion.mask_guided
     .generate`), as a synthetic dataset in the manifest schema: each row carries the labels and demographics
     of the real image whose mask conditioned it, that mask as ``mask_path`` and the real image's id as
-    ``source_image_id``; ``image_id`` and ``patient_id`` are ``synthetic/<real image id>``."""
+    ``source_image_id``; ``image_id`` is ``synthetic/<real image id>``, ``patient_id`` the real patient (the
+    classifier regimes never train on samples of a val or test patient's mask)."""
     import torch
 
     from workflow.common.devices import pick_device
@@ -363,7 +364,7 @@ def sample_mask_guided(
         source_images=1,
         source_image_id=rows["image_id"],
     )
-    frame["patient_id"] = frame["image_id"]
+    frame["patient_id"] = rows["patient_id"].astype(str)  # the leak guard of the classifier regimes
     result = pd.concat(
         [
             manifest.normalise(frame, manifest.label_names(frame)),

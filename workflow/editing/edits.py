@@ -89,10 +89,14 @@ def editing_methods(config: Mapping[str, Any]) -> list[str]:
 
 def editing_generator(config: Mapping[str, Any]) -> Generator:
     """The generator whose fine-tuned model edits: ``editing.generator``, default the study's first."""
-    study = generators(config)
+    study = {name: g for name, g in generators(config).items() if g.kind == "sd"}
+    if not study:
+        raise InputError("editing: the study has no Stable Diffusion generator to edit with (kind: sd)")
     name = config["editing"]["generator"] or next(iter(study))
     if name not in study:
-        raise InputError(f"editing.generator = '{name}' is not a generator of the study: {list(study)}")
+        raise InputError(
+            f"editing.generator = '{name}' is not a Stable Diffusion generator of the study: {list(study)}"
+        )
     return study[name]
 
 

@@ -10,8 +10,9 @@ trajectory z*_0 .. z*_T is kept.
 **Null-text optimisation** (Mokady et al. 2023, Alg. 1): sampling back from z*_T with classifier-free guidance
 (guidance w, usually 7.5) drifts from the pivot trajectory; for each sampling step i (t from T down) an
 unconditional embedding ∅_i, initialised with the previous step's, is optimised with Adam (learning rate
-``learning_rate`` x (1 - i/100)) for at most ``inner_steps`` iterations so that one guided DDIM step from the
-current latent lands on the pivot z*_{t-1} (MSE); the iterations stop early once the loss is below
+``learning_rate`` x (1 - i/(2 x steps)): the notebook's 1 - i/100 at its 50 steps, and never negative) for
+at most ``inner_steps`` iterations so that one guided DDIM step from the current latent lands on the pivot
+z*_{t-1} (MSE); the iterations stop early once the loss is below
 ``early_stop`` + 2e-5 x i (the schedule of the authors' notebook). The current latent then takes the guided
 step with the optimised ∅_i. Sampling from z*_T with the ∅_i reproduces the image.
 
@@ -143,7 +144,7 @@ def null_text_optimisation(
         with torch.no_grad():
             eps_cond = noise(pipe, current, t, cond)
         null.requires_grad_(True)
-        optimizer = torch.optim.Adam([null], lr=learning_rate * (1 - i / 100))
+        optimizer = torch.optim.Adam([null], lr=learning_rate * (1 - i / (2 * steps)))
         active = torch.ones(len(null), dtype=torch.bool, device=device)
         bound = early_stop + EARLY_STOP_SLOPE * i
         for _ in range(inner_steps):

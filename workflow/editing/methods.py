@@ -2,7 +2,8 @@
 
 A method gets the fine-tuned pipeline (:func:`workflow.diffusion.saving.load_trained`), a batch of source
 images ``(B, 3, H, W)`` in [-1, 1] on the pipeline's device, per image the source and target caption and the
-words that change, its settings (:meth:`workflow.editing.settings.EditSettings.method_settings`) and a seed,
+words that change, its settings (:meth:`workflow.editing.settings.EditSettings.method_settings`) and each
+edit's seed (from the plan: an edit's pixels do not depend on the batch it is in),
 and returns an :class:`EditOutput`. The stage (:mod:`workflow.editing.stage`) looks methods up in
 :data:`METHODS` by their config name; DDIM inversion and prompt-to-prompt (``ddim-p2p``, ``null-text-p2p``)
 are registered here beside ``sdedit``.
@@ -10,11 +11,9 @@ are registered here beside ``sdedit``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from workflow.common.seeding import derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -37,13 +36,13 @@ def sdedit(
     target_prompts: list[str],
     edit_words: list[list[str]],
     settings: Mapping[str, Any],
-    seed: int,
+    seeds: Sequence[int],
 ) -> EditOutput:
     """SDEdit (Meng et al., ICLR 2022, sec. 3): noise each source latent to ``strength`` of the schedule
     (eq. 2's forward process) and denoise it with the target caption under classifier-free guidance (Ho &
     Salimans 2022) against the empty prompt, with DDIM (Song et al. 2021), via diffusers'
     ``StableDiffusionImg2ImgPipeline`` on the fine-tuned pipeline's components. Image ``i`` of the batch is
-    noised from its own generator seeded with ``derive_seed(seed, i)``. No inversion, so no reconstruction;
+    noised from its own generator seeded with its edit's seed. No inversion, so no reconstruction;
     the source captions and edit words are not used.
     """
     import torch
@@ -59,7 +58,7 @@ def sdedit(
     device, dtype = pipe.unet.device, pipe.unet.dtype
     embeddings = encode_prompts(pipe, list(target_prompts)).to(device, dtype)
     empty = encode_prompts(pipe, [""]).to(device, dtype).expand_as(embeddings)
-    generators = [torch.Generator().manual_seed(derive_seed(seed, i)) for i in range(len(images))]
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     with torch.no_grad():
         edited = img2img(
             image=(images.to(device, dtype) + 1) / 2,
@@ -81,12 +80,12 @@ def ddim_p2p(
     target_prompts: list[str],
     edit_words: list[list[str]],
     settings: Mapping[str, Any],
-    seed: int,
+    seeds: Sequence[int],
 ) -> EditOutput:
     """Method ``ddim-p2p``: plain DDIM inversion (Song et al. 2021), then prompt-to-prompt (Hertz et al.
     2022) with the empty prompt as the unconditional embedding at every step
     (:func:`workflow.editing.p2p.edit`): the cheap ablation of null-text inversion, whose reconstruction
-    drifts at guidance above 1. Deterministic: ``seed`` is unused."""
+    drifts at guidance above 1. Deterministic: ``seeds`` are unused."""
     from workflow.editing import p2p
 
     edited, reconstruction = p2p.edit(
@@ -102,11 +101,11 @@ def null_text_p2p(
     target_prompts: list[str],
     edit_words: list[list[str]],
     settings: Mapping[str, Any],
-    seed: int,
+    seeds: Sequence[int],
 ) -> EditOutput:
     """Method ``null-text-p2p`` (PRISM, LANCE): null-text inversion (Mokady et al. 2023, Alg. 1), then
     prompt-to-prompt (Hertz et al. 2022) with the optimised unconditional embeddings
-    (:func:`workflow.editing.p2p.edit`). Deterministic: ``seed`` is unused."""
+    (:func:`workflow.editing.p2p.edit`). Deterministic: ``seeds`` are unused."""
     from workflow.editing import p2p
 
     edited, reconstruction = p2p.edit(

@@ -125,7 +125,7 @@ def edit_images(
             batch["target_prompt"].tolist(),
             [list(words) for words in batch["edit_words"]],
             method_settings,
-            int(batch["seed"].iloc[0]),
+            [int(seed) for seed in batch["seed"]],
         )
         edited = output.edited.detach().float().cpu().numpy()
         recon = (
