@@ -73,47 +73,37 @@ def sdedit(
     return EditOutput(edited=edited.float() * 2 - 1, reconstruction=None)
 
 
-def ddim_p2p(
-    pipe: StableDiffusionPipeline,
-    images: torch.Tensor,
-    source_prompts: list[str],
-    target_prompts: list[str],
-    edit_words: list[list[str]],
-    settings: Mapping[str, Any],
-    seeds: Sequence[int],
-) -> EditOutput:
-    """Method ``ddim-p2p``: plain DDIM inversion (Song et al. 2021), then prompt-to-prompt (Hertz et al.
-    2022) with the empty prompt as the unconditional embedding at every step
-    (:func:`workflow.editing.p2p.edit`): the cheap ablation of null-text inversion, whose reconstruction
-    drifts at guidance above 1. Deterministic: ``seeds`` are unused."""
-    from workflow.editing import p2p
+def prompt_to_prompt(null_text: bool) -> Callable[..., EditOutput]:
+    """The methods that invert, then edit with prompt-to-prompt (Hertz et al. 2022;
+    :func:`workflow.editing.p2p.edit`), with :func:`sdedit`'s signature. ``ddim-p2p``: plain DDIM inversion
+    (Song et al. 2021) with the empty prompt as the unconditional embedding at every step, the cheap ablation
+    of ``null-text-p2p`` (PRISM, LANCE): null-text inversion (Mokady et al. 2023, Alg. 1), whose optimised
+    unconditional embeddings keep the reconstruction on the source at guidance above 1. Both are
+    deterministic (``seeds`` are unused) and return the null edit as the reconstruction."""
 
-    edited, reconstruction = p2p.edit(
-        pipe, images, source_prompts, target_prompts, edit_words, settings, null_text=False
-    )
-    return EditOutput(edited=edited, reconstruction=reconstruction)
+    def method(
+        pipe: StableDiffusionPipeline,
+        images: torch.Tensor,
+        source_prompts: list[str],
+        target_prompts: list[str],
+        edit_words: list[list[str]],
+        settings: Mapping[str, Any],
+        seeds: Sequence[int],
+    ) -> EditOutput:
+        from workflow.editing import p2p
 
+        edited, reconstruction = p2p.edit(
+            pipe, images, source_prompts, target_prompts, edit_words, settings, null_text=null_text
+        )
+        return EditOutput(edited=edited, reconstruction=reconstruction)
 
-def null_text_p2p(
-    pipe: StableDiffusionPipeline,
-    images: torch.Tensor,
-    source_prompts: list[str],
-    target_prompts: list[str],
-    edit_words: list[list[str]],
-    settings: Mapping[str, Any],
-    seeds: Sequence[int],
-) -> EditOutput:
-    """Method ``null-text-p2p`` (PRISM, LANCE): null-text inversion (Mokady et al. 2023, Alg. 1), then
-    prompt-to-prompt (Hertz et al. 2022) with the optimised unconditional embeddings
-    (:func:`workflow.editing.p2p.edit`). Deterministic: ``seeds`` are unused."""
-    from workflow.editing import p2p
-
-    edited, reconstruction = p2p.edit(
-        pipe, images, source_prompts, target_prompts, edit_words, settings, null_text=True
-    )
-    return EditOutput(edited=edited, reconstruction=reconstruction)
+    return method
 
 
 Method = Callable[..., EditOutput]
-METHODS: dict[str, Method] = {"sdedit": sdedit, "ddim-p2p": ddim_p2p, "null-text-p2p": null_text_p2p}
+METHODS: dict[str, Method] = {
+    "sdedit": sdedit,
+    "ddim-p2p": prompt_to_prompt(null_text=False),
+    "null-text-p2p": prompt_to_prompt(null_text=True),
+}
 """Config name -> method function (the signature of :func:`sdedit`)."""
