@@ -173,7 +173,8 @@ def learned(tmp_path_factory, tiny) -> Path:
         0,
         paths["cache"],
     )
-    outputs = [str(root / name) for name in ("report.json", "loss.png", "grid.png", "checkpoints", "grids")]
+    names = ("report.json", "loss.png", "grid.png", "checkpoints", "grids", "logs")
+    outputs = [str(root / name) for name in names]
     stage.finetune_sd(paths["cache"], paths["trained"], TrainSettings.of(config), 0, paths["model"], *outputs)
     samples = SampleSettings.of(config)
     stage.plan_samples(str(root / "prompts.parquet"), str(dataset), samples, None, paths["plan"])

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 
 COMPARISON = "results/classifier/comparison.csv"
 EXTERNAL = "external/counterfactuals.parquet"  # a manifest no rule makes
+NO_EDITING = {"enabled": False}  # the study's own counterfactuals would be a counterfactual source too
 CLASSIFIER = {
     "training": {"backbone": "small-cnn", "image_size": 32, "epochs": 2, "batch_size": 16, "seed": 1},
     "evaluation": {"bootstrap_resamples": 20, "seed": 2},
@@ -61,11 +62,11 @@ def test_synthetic_regimes_run_per_generator_and_wait_for_its_samples(tmp_path):
 
 
 def test_counterfactual_regime_names_its_missing_manifest_or_key(tmp_path):
-    write_config(tmp_path, classifier=CLASSIFIER | {"regimes": ["real+counterfactual"]})
+    write_config(tmp_path, classifier=CLASSIFIER | {"regimes": ["real+counterfactual"]}, editing=NO_EDITING)
     done = snakemake(tmp_path, COMPARISON, "--dry-run", check=False)
     assert done.returncode != 0 and "set classifier.counterfactuals" in done.stdout + done.stderr
     counterfactual = {"regimes": ["real+counterfactual"], "counterfactuals": EXTERNAL}
-    write_config(tmp_path, classifier=CLASSIFIER | counterfactual)
+    write_config(tmp_path, classifier=CLASSIFIER | counterfactual, editing=NO_EDITING)
     done = snakemake(tmp_path, COMPARISON, "--dry-run", check=False)
     assert done.returncode != 0
     output = done.stdout + done.stderr
@@ -77,7 +78,7 @@ def test_counterfactual_regime_is_planned_once_its_manifest_exists(real, tmp_pat
     workdir = tmp_path / "counterfactual"
     shutil.copytree(real / "results", workdir / "results")  # keeps modification times
     regimes = {"regimes": ["real", "real+counterfactual"], "counterfactuals": EXTERNAL}
-    write_config(workdir, classifier=CLASSIFIER | regimes)
+    write_config(workdir, classifier=CLASSIFIER | regimes, editing=NO_EDITING)
     dataset = pd.read_parquet(workdir / "results/data/dataset.parquet")
     (workdir / EXTERNAL).parent.mkdir()
     dataset.assign(image_id="counterfactual/" + dataset["image_id"]).to_parquet(workdir / EXTERNAL)
