@@ -62,7 +62,7 @@ TINY: dict[str, Any] = {
         "focus": {"images": 2, "overlays": 2},
     },
     "evaluation": {"extractor": "tiny", "also": [], "gpus": 0, "min_images": 2},
-    "editing": {"max_images": 1, "steps": 2, "gpus": 0, "null_text": {"inner_steps": 2}},
+    "editing": {"max_images": 1, "steps": 2, "gpus": 0, "shards": 1, "null_text": {"inner_steps": 2}},
 }
 GPU_RULES = {
     "embed_images",
