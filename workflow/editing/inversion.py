@@ -74,11 +74,11 @@ def decode_latents(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> torc
 
 
 def embed(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
-    """CLIP text embeddings ``(n, 77, d)`` of ``prompts`` on the pipeline's device (diffusers'
-    ``encode_prompt``)."""
-    with torch.no_grad():
-        embeddings, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
-    return embeddings
+    """CLIP text embeddings ``(n, 77, d)`` of ``prompts`` on the pipeline's device, encoded as training and
+    sampling encode them (:func:`workflow.diffusion.base_models.encode_prompts`)."""
+    from workflow.diffusion.base_models import encode_prompts
+
+    return encode_prompts(pipe, list(prompts)).to(pipe.device)
 
 
 def noise(
