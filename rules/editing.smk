@@ -48,6 +48,7 @@ rule plan_edits:
             else []
         ),
         truth=EDITING["ground_truth"] or [],
+        model=f"{model_dir(EDIT_GENERATOR.name)}/model" if EDIT_GENERATOR else [],
     output:
         plan_file(),
     log:
@@ -63,6 +64,7 @@ rule plan_edits:
         labels=LABELS,
     shell:
         "python -m scripts.editing plan_edits --dataset {input.dataset} --prompts {input.prompts}"
+        " --model {input.model}"
         " {params.truth} --settings {params.settings:q} --prompt-settings {params.prompts:q}"
         " --labels {params.labels:q} --plan {output} 2> {log}"
 

@@ -13,6 +13,7 @@ COMMANDS = [
         "every (image, edit): captions, target labels, status and reason, seed, batch and shard",
         Arg("--dataset", help="results/data/dataset.parquet"),
         Arg("--prompts", help="the editing generator's prompts table of editing.split"),
+        Arg("--model", help="the editing generator's fine-tuned model folder (its tokenizer)"),
         Arg("--ground-truth", optional=True, help="the phantoms' counterfactuals.csv (editing.ground_truth)"),
         Arg("--settings", PlanSettings.from_json, "editing plan settings (JSON)"),
         Arg("--prompt-settings", PromptSettings.from_json, "prompts section with the generator's strategies"),

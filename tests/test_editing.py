@@ -226,15 +226,156 @@ def test_counterfactual_regime_trains_on_every_editing_method():
 def test_edit_words_are_found_among_the_caption_tokens_of_a_case_sensitive_tokenizer():
     """The demo's ddim-p2p edits failed: edit words were lower-cased, and the tiny SD's word-level tokenizer
     (unlike CLIP's) keeps case, so prompt-to-prompt could not place ``cardiomegaly`` in '... Cardiomegaly'."""
-    from types import SimpleNamespace
-
     from workflow.diffusion.base_models import word_tokenizer
     from workflow.editing import p2p
 
-    pipe = SimpleNamespace(tokenizer=word_tokenizer())
+    tokenizer = word_tokenizer()
     plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels", "mep"])
     row = plan.loc["p1/s1/v1"]
     assert list(row["edit_words"]) == ["No", "Finding", "Cardiomegaly"]
-    source, target = p2p.token_ids(pipe, [row["source_prompt"], row["target_prompt"]])
+    source, target = p2p.token_ids(tokenizer, [row["source_prompt"], row["target_prompt"]])
     for word in row["edit_words"]:
-        assert p2p.word_positions(pipe, source, word) or p2p.word_positions(pipe, target, word), word
+        assert p2p.word_positions(tokenizer, source, word) or p2p.word_positions(tokenizer, target, word), (
+            word
+        )
+
+
+def test_edits_the_text_encoder_cannot_see_are_skipped_with_their_reason():
+    """A caption past the tokenizer's model_max_length lost its edited word to truncation: prompt-to-prompt
+    raised an InputError that killed the whole shard; the plan now refuses such edits."""
+    from workflow.diffusion.base_models import word_tokenizer
+
+    frame = rows()
+    settings = prompt_settings(["labels"])
+    from workflow.prompts import strategies as build
+
+    frame["prompt"] = build.build(frame, LABELS, settings)
+    plan_settings = PlanSettings((Edit(kind="remove", finding="Cardiomegaly"),), "test", None, 1, 1, 2)
+    tokenizer = word_tokenizer()
+    whole = edits.plan(frame, LABELS, settings, plan_settings, tokenizer=tokenizer).set_index("image_id")
+    row = whole.loc["p1/s1/v1"]
+    assert row["status"] == edits.EDITED
+    source = tokenizer(row["source_prompt"]).input_ids
+    target = tokenizer(row["target_prompt"]).input_ids
+    first = next(k for k, (a, b) in enumerate(zip(source, target, strict=False)) if a != b)
+    reasons = {}
+    for limit in (first + 1, first + 2):  # both cut before the change; the last changed word cut
+        tokenizer.model_max_length = limit
+        cut = edits.plan(frame, LABELS, settings, plan_settings, tokenizer=tokenizer).set_index("image_id")
+        assert cut.loc["p1/s1/v1", "status"] == edits.SKIPPED
+        assert cut.loc["p1/s1/v1", "batch"] == -1
+        reasons[limit] = cut.loc["p1/s1/v1", "reason"]
+    assert "differ only past the tokenizer's" in reasons[first + 1]
+    assert "['Finding'] are in neither caption's first" in reasons[first + 2]
+
+
+def test_ground_truth_paths_are_matched_resolved(tmp_path, monkeypatch):
+    """Paths were compared as strings: a relative dataset path, or one through a symbolic link, never met
+    the csv's absolute one, and no edit was scored against its true counterfactual."""
+    (tmp_path / "real" / "d").mkdir(parents=True)
+    (tmp_path / "root").symlink_to(tmp_path / "real")
+    (tmp_path / "x").mkdir()
+    csv = tmp_path / "x" / "counterfactuals.csv"
+    csv.write_text("Path,Source Path,Finding,Value\nreal/d/cf1.png,real/d/p1.png,Cardiomegaly,0\n")
+    monkeypatch.chdir(tmp_path)  # rows() has path root/d/p1.png, relative, through the link
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels"], edits.ground_truth(str(csv)))
+    assert plan.loc["p1/s1/v1", "true_counterfactual"] == str((tmp_path / "real/d/cf1.png").resolve())
+    assert plan.loc["p1/s1/v1", "true_source"] == str((tmp_path / "real/d/p1.png").resolve())
+
+
+def _gray_png(path, value: float, size: int = 16) -> str:
+    from PIL import Image
+
+    Image.fromarray(np.full((size, size), round(value * 255), np.uint8), mode="L").save(path)
+    return str(path)
+
+
+def test_soundness_scores_before_the_edit_on_its_reference_and_notes_unmatched_ground_truth(
+    tmp_path, monkeypatch
+):
+    """Effectiveness took the classifier's probability before the edit on the source PNG, so the VAE and
+    inversion round trip counted as the edit; and a ground truth matching nothing went unsaid."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+    from configs import validated
+
+    from workflow.classifier import networks, training
+    from workflow.common.files import write_parquet
+    from workflow.evaluation import stage
+    from workflow.evaluation.settings import ConditionalSettings
+
+    images = {
+        name: _gray_png(tmp_path / f"{name}.png", v) for name, v in (("s", 1.0), ("r", 0.6), ("e", 0.2))
+    }
+    spec = SimpleNamespace(labels=["Cardiomegaly"])
+    monkeypatch.setattr(networks, "load", lambda path: (torch.nn.Identity(), spec, {}))
+    monkeypatch.setattr(networks, "trained_weights", lambda trained, path: "stub")
+
+    def predict(network, frame, spec, batch_size, where):  # the classifier: the image's mean brightness
+        from PIL import Image
+
+        return pd.DataFrame(
+            {"Cardiomegaly": [np.asarray(Image.open(p)).mean() / 255 for p in frame["image"]]}
+        )
+
+    monkeypatch.setattr(training, "predict", predict)
+    counterfactuals = tmp_path / "manifest.parquet"
+    row = {"image_id": "cf/1", "source_image": images["s"], "reference": images["r"], "image": images["e"]}
+    row |= {"edit": "remove Cardiomegaly", "edit_kind": "remove", "edit_target": "Cardiomegaly"}
+    row |= {"method": "sdedit", "true_counterfactual": None}
+    write_parquet(counterfactuals, pd.DataFrame([row]), {"weights": "tiny"})
+    plan = tmp_path / "plan.parquet"
+    planned_rows = pd.DataFrame({"edit_id": ["1"], "edit": ["remove Cardiomegaly"], "status": ["edited"]})
+    write_parquet(plan, planned_rows.assign(reason=None), {"ground_truth": {"file": "cf.csv", "matched": 0}})
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"labels": {"Cardiomegaly": {"threshold": {"value": 0.5}}}}))
+    settings = ConditionalSettings.of(validated({}))
+    (tmp_path / "model").write_text("stub classifier")
+    report = tmp_path / "soundness.json"
+    model = str(tmp_path / "model")
+    stage.counterfactual_soundness(
+        str(counterfactuals), str(plan), model, str(metrics), settings, str(report), 1
+    )
+    result = json.loads(report.read_text())
+    effect = result["overall"]["effectiveness"]
+    assert effect["mean_source_probability"] == pytest.approx(0.6, abs=0.01)
+    assert effect["mean_change_toward_target"] == pytest.approx(0.4, abs=0.01)
+    assert any("cf.csv" in note and "matches none" in note for note in result["notes"])
+
+
+@pytest.mark.parametrize("reconstructed", [True, False])
+def test_the_difference_map_is_the_edit_minus_its_reference_not_minus_the_source(tmp_path, reconstructed):
+    """The map was edited - source: the VAE, resizing and inversion round trip showed as change everywhere."""
+    from workflow.editing import stage
+    from workflow.editing.settings import EditSettings
+
+    source = np.zeros((3, 16, 16), np.float32)
+    reference = source + 0.2  # the round trip brightened everything
+    edited = reference.copy()
+    edited[:, 4:8, 4:8] += 0.5  # the edit
+    settings = EditSettings.of(validated({}))
+    row = {"edit_id": "e", "true_counterfactual": None, "mask": None}
+    record = stage.measure_edit(tmp_path / "e", row, source, reference, reconstructed, edited, settings, ())
+    diff = np.load(record["difference_map"])
+    assert np.allclose(diff[4:8, 4:8], 0.25) and np.count_nonzero(diff) == 16  # 0.5 in [-1, 1] is 0.25
+    assert record["reference"].endswith("reconstruction.png" if reconstructed else "round_trip.png")
+    assert (tmp_path / "e" / "cross_fade.gif").exists()
+    if reconstructed:  # composition stays the reconstruction against the source
+        assert record["reconstruction_psnr"] == pytest.approx(10 * np.log10(1 / 0.1**2), abs=0.1)
+    else:
+        assert "reconstruction_psnr" not in record and "reconstruction" not in record
+
+
+def test_editing_weights_dtype_auto_is_float32_on_a_cpu_and_float16_needs_a_gpu():
+    import torch
+
+    from workflow.diffusion.sampling import weights_dtype
+
+    config = validated({})
+    assert config["editing"]["dtype"] == "auto" and config["editing"]["tf32"] is True
+    assert weights_dtype("auto", torch.device("cpu"), "editing.dtype") == torch.float32
+    assert weights_dtype("auto", torch.device("cuda"), "editing.dtype") == torch.float16
+    with pytest.raises(InputError, match=r"editing\.dtype: float16 needs a GPU"):
+        weights_dtype("float16", torch.device("cpu"), "editing.dtype")
