@@ -379,3 +379,60 @@ def test_editing_weights_dtype_auto_is_float32_on_a_cpu_and_float16_needs_a_gpu(
     assert weights_dtype("auto", torch.device("cuda"), "editing.dtype") == torch.float16
     with pytest.raises(InputError, match=r"editing\.dtype: float16 needs a GPU"):
         weights_dtype("float16", torch.device("cpu"), "editing.dtype")
+
+
+def test_edit_images_undoes_each_edit_with_the_captions_swapped(tmp_path, monkeypatch):
+    """Reversibility (Monteiro et al. 2023): the same method from the edited image, target caption back to
+    the source caption, same seed; the undone image is scored against the source."""
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image
+
+    from workflow.common.files import write_parquet
+    from workflow.common.model_card import write_card
+    from workflow.diffusion import saving
+    from workflow.editing import methods, stage
+    from workflow.editing.settings import EditSettings
+
+    calls = []
+
+    def halve(pipe, images, sources, targets, words, settings, seeds):  # a method: halves the image
+        calls.append((sources, targets, seeds))
+        return methods.EditOutput(edited=images * 0.5, reconstruction=images)
+
+    fake = SimpleNamespace(device=torch.device("cpu"), set_progress_bar_config=lambda **kw: None)
+    fake.to = lambda device: fake
+    monkeypatch.setitem(methods.METHODS, "halve", halve)
+    monkeypatch.setattr(saving, "load_trained", lambda model, dtype=None: fake)
+    write_card(tmp_path, {"weights": "stub"})
+    frame = rows()
+    frame["image"] = [str(tmp_path / f"i{k}.png") for k in range(3)]
+    for path in frame["image"]:
+        Image.fromarray(np.full((8, 8), 255, np.uint8), mode="L").save(path)
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels"]).reset_index()
+    plan["image"] = plan["image_id"].map(dict(zip(frame["image_id"], frame["image"], strict=True)))
+    write_parquet(tmp_path / "plan.parquet", plan)
+    config = validated({"diffusion": {"resolution": 8}, "editing": {"reversibility": True}})
+    table = tmp_path / "shard.parquet"
+    stage.edit_images(
+        str(tmp_path / "plan.parquet"),
+        str(tmp_path),
+        "halve",
+        EditSettings.of(config),
+        [],
+        0,
+        0,
+        str(tmp_path / "images"),
+        str(table),
+    )
+    edit = plan[plan["status"] == edits.EDITED].iloc[0]
+    assert calls == [
+        ([edit["source_prompt"]], [edit["target_prompt"]], [edit["seed"]]),
+        ([edit["target_prompt"]], [edit["source_prompt"]], [edit["seed"]]),
+    ]
+    done = pd.read_parquet(table).set_index("edit_id").loc[edit["edit_id"]]
+    assert done["reversibility_mae"] == pytest.approx(
+        0.375
+    )  # white: 1 halved twice in [-1, 1], 0.625 in [0, 1]
+    assert done["undone"].endswith("undone.png")

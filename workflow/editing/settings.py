@@ -94,8 +94,8 @@ class NullTextSettings(Settings):
 @dataclass(frozen=True)
 class EditSettings(Settings):
     """``editing`` as rules ``edit_images`` and ``collect_edits`` read it: the sampler, each method's
-    section, the edited images' resolution (``diffusion.resolution``), the changed-region threshold, and
-    the weights' ``dtype`` and ``tf32`` of the job."""
+    section, the edited images' resolution (``diffusion.resolution``), the changed-region threshold,
+    whether edits are undone (``reversibility``), and the weights' ``dtype`` and ``tf32`` of the job."""
 
     steps: int
     guidance_scale: float
@@ -103,6 +103,7 @@ class EditSettings(Settings):
     p2p: P2pSettings
     null_text: NullTextSettings
     region_percentile: float
+    reversibility: bool
     dtype: str
     tf32: bool
     resolution: int

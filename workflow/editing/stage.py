@@ -8,8 +8,9 @@ One function per rule of ``rules/editing.smk``, named after it. Files written (a
 - ``results/counterfactuals/<method>/shards/<k>.parquet`` and ``images/shard<k>/<edit_id>/``: per edit
   ``edited.png``, the image it is measured against (``reference``: ``reconstruction.png``, the null edit,
   for methods that invert; ``round_trip.png``, the source through the VAE, for the others),
-  ``difference.png`` (``edited - reference``, signed, colour-mapped), ``difference.npy`` (the raw float map)
-  and ``cross_fade.gif`` (reference to edit and back) (:func:`edit_images`, :func:`measure_edit`);
+  ``difference.png`` (``edited - reference``, signed, colour-mapped), ``difference.npy`` (the raw float map),
+  ``cross_fade.gif`` (reference to edit and back) and, with ``editing.reversibility``, ``undone.png`` (the
+  edit undone) (:func:`edit_images`, :func:`measure_edit`);
 - ``results/counterfactuals/<method>/manifest.parquet``: the edited images in the manifest schema, the
   labels being the *target* labels (``source_label_<name>`` the source's), ``image`` (the edited PNG),
   ``split`` (``train``: training data only), the source's ``source_image_id``, ``source_split``,
@@ -131,13 +132,16 @@ def measure_edit(
     edited: np.ndarray,
     settings: EditSettings,
     mask_classes: Sequence[str],
+    undone: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write one edit's files into ``folder`` and return its record: ``edited.png``; the reference
     (:func:`reference_images`) as ``reconstruction.png`` when ``reconstructed``, else ``round_trip.png``;
     the signed difference ``edited - reference`` (``difference.png``, ``difference.npy``) and its region
     statistics (minimality); ``cross_fade.gif`` from the reference to the edit; composition (the
     reconstruction against the ``source``) and the error against the true counterfactual
-    (:func:`workflow.editing.soundness.image_measures`). Images ``(3, H, W)`` float in [-1, 1].
+    (:func:`workflow.editing.soundness.image_measures`); with ``undone`` (the edit undone), ``undone.png``
+    and its error against the source (:func:`workflow.editing.soundness.reversibility`). Images
+    ``(3, H, W)`` float in [-1, 1].
     """
     from PIL import Image
 
@@ -179,6 +183,11 @@ def measure_edit(
         difference.grayscale(source), before if reconstructed else None, truth, gray
     )
     record["mask_mean_abs_change"] = json.dumps(per_class) if per_class is not None else None
+    if undone is not None:
+        back = difference.grayscale(undone)
+        _save_gray(back, folder / "undone.png")
+        record["undone"] = str(folder / "undone.png")
+        record |= soundness.reversibility(difference.grayscale(source), back)
     return record
 
 
@@ -195,7 +204,9 @@ def edit_images(
 ) -> None:
     """Run ``method`` on the edits of one shard of the plan with the fine-tuned ``model`` (weights in
     ``editing.dtype``, TF32 per ``editing.tf32``, progress in the log); write each edit's images and
-    difference map, and the shard's table with its per-edit measures (:func:`measure_edit`).
+    difference map, and the shard's table with its per-edit measures (:func:`measure_edit`). With
+    ``editing.reversibility`` each edit is undone by the same method with the captions swapped and the same
+    seeds.
 
     Args:
         mask_classes: ``dataset.mask_classes`` (names of the mask ids, for the per-class change).
@@ -222,15 +233,14 @@ def edit_images(
     with progress(total=len(mine), desc=f"edit_images {method} shard {shard}", unit="edit") as bar:
         for _, batch in mine.groupby("batch", sort=True):
             sources = torch.stack([load_image(p, settings.resolution) for p in batch["image"]])
-            output = METHODS[method](
-                pipe,
-                sources.to(pipe.device),
-                batch["source_prompt"].tolist(),
-                batch["target_prompt"].tolist(),
-                [list(words) for words in batch["edit_words"]],
-                method_settings,
-                [int(seed) for seed in batch["seed"]],
-            )
+            captions = batch["source_prompt"].tolist(), batch["target_prompt"].tolist()
+            words = [list(words) for words in batch["edit_words"]]
+            seeds = [int(seed) for seed in batch["seed"]]
+            output = METHODS[method](pipe, sources.to(pipe.device), *captions, words, method_settings, seeds)
+            undone = None
+            if settings.reversibility:
+                back = METHODS[method](pipe, output.edited, *captions[::-1], words, method_settings, seeds)
+                undone = back.edited.detach().float().cpu().numpy()
             edited = output.edited.detach().float().cpu().numpy()
             reference = reference_images(pipe, sources, output).detach().float().cpu().numpy()
             for k, row in enumerate(batch.to_dict("records")):
@@ -244,6 +254,7 @@ def edit_images(
                         edited[k],
                         settings,
                         mask_classes,
+                        None if undone is None else undone[k],
                     )
                 )
             bar.update(len(batch))
