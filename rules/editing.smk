@@ -4,6 +4,7 @@
 # Functions: workflow/editing/stage.py (one per rule); settings: workflow/editing/settings.py.
 import re
 
+from workflow.common.tiny_models import tiny_model_inputs
 from workflow.diffusion.generators import model_dir
 from workflow.editing.edits import (
     counterfactual_manifest,
@@ -73,6 +74,7 @@ rule edit_images:
     input:
         plan=rules.plan_edits.output[0],
         model=f"{model_dir(EDIT_GENERATOR.name)}/model" if EDIT_GENERATOR else [],
+        clip=tiny_model_inputs(config, "clip"),
     output:
         table=f"{EDITS}/shards/{{shard}}.parquet",
         images=directory(f"{EDITS}/images/shard{{shard}}"),
@@ -88,11 +90,16 @@ rule edit_images:
     params:
         settings=EditSettings.of(config).to_json(),
         mask_classes=json.dumps(config["dataset"]["mask_classes"]),
+        clip=lambda wildcards, input: (
+            f"--clip-model {input.clip or EDITING['clip']['model']}"
+            if EDITING["clip"]["model"]
+            else ""
+        ),
     shell:
         "python -m scripts.editing edit_images --plan {input.plan} --model {input.model}"
         " --method {wildcards.method} --settings {params.settings:q}"
         " --mask-classes {params.mask_classes:q} --shard {wildcards.shard} --gpus {resources.gpu}"
-        " --images {output.images} --table {output.table} 2> {log}"
+        " --images {output.images} --table {output.table} {params.clip} 2> {log}"
 
 
 rule collect_edits:

@@ -32,6 +32,11 @@ COMMANDS = [
         Arg("--gpus", int, "GPUs of the job (0: CPU)"),
         "--images",
         "--table",
+        Arg(
+            "--clip-model",
+            optional=True,
+            help="the CLIP filter's model (editing.clip.model; tiny: its folder)",
+        ),
     ),
     command(
         "collect_edits",

@@ -436,3 +436,91 @@ def test_edit_images_undoes_each_edit_with_the_captions_swapped(tmp_path, monkey
         0.375
     )  # white: 1 halved twice in [-1, 1], 0.625 in [0, 1]
     assert done["undone"].endswith("undone.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    import torch
+
+    from workflow.editing import clip_filter
+
+    folder = tmp_path_factory.mktemp("clip")
+    clip_filter.build_tiny(folder, seed=0)
+    return clip_filter.load(str(folder), torch.device("cpu"))
+
+
+def test_clip_scores_follow_lances_formulas(tiny_clip):
+    import torch
+
+    from workflow.editing import clip_filter
+
+    rng = np.random.default_rng(0)
+    reference, edited = [rng.random((16, 16))], [rng.random((16, 16))]
+    source, target = "Chest X-ray showing Cardiomegaly, Edema", "Chest X-ray showing Edema"
+    changes = [edits.word_changes(source, target)]
+    assert changes == [([], ["Cardiomegaly"])]
+    (score,) = clip_filter.scores(tiny_clip, reference, edited, [source], [target], changes, [["Edema"]])
+    i0, i1 = tiny_clip.images(reference)[0], tiny_clip.images(edited)[0]
+    t0, t1 = tiny_clip.texts([source])[0], tiny_clip.texts([target])[0]
+    assert score["clip_image_image"] == pytest.approx(float(i0 @ i1), abs=1e-5)
+    assert score["clip_caption_source"] == pytest.approx(float(i0 @ t0), abs=1e-5)
+    assert score["clip_caption_edited"] == pytest.approx(float(i1 @ t1), abs=1e-5)
+    direction = torch.nn.functional.cosine_similarity(i1 - i0, t1 - t0, dim=0)
+    assert score["clip_direction"] == pytest.approx(float(direction), abs=1e-5)
+    assert score["clip_consistency"] is None  # nothing added: not applicable
+    removed, kept = tiny_clip.texts(["Cardiomegaly", "Edema"])
+    assert score["clip_text_similarity"] == pytest.approx(float(removed @ kept), abs=1e-5)
+    (same,) = clip_filter.scores(tiny_clip, reference, reference, [source], [source], [([], [])], [[]])
+    assert same["clip_image_image"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_clip_filter_names_every_failed_criterion():
+    from workflow.editing import clip_filter
+    from workflow.editing.settings import ClipSettings
+
+    settings = ClipSettings("tiny", 0.5, 0.7, 0.2, 0.2)
+    good = {
+        "clip_image_image": 0.9,
+        "clip_caption_source": 0.3,
+        "clip_caption_edited": 0.3,
+        "clip_direction": 0.3,
+        "clip_consistency": None,
+        "clip_text_similarity": None,
+    }
+    assert clip_filter.failed_criteria(good, settings) == []
+    bad = good | {"clip_image_image": 0.5, "clip_consistency": False, "clip_text_similarity": 0.9}
+    assert clip_filter.failed_criteria(bad, settings) == ["text_prefilter", "image_image", "consistency"]
+
+
+def test_rejected_edits_stay_in_the_shard_table_with_the_failed_criterion(tiny_clip):
+    from workflow.editing import stage
+    from workflow.editing.settings import EditSettings
+
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels"]).reset_index()
+    batch = plan[plan["status"] == edits.EDITED]
+    images = np.random.default_rng(1).random((len(batch), 3, 16, 16)) * 2 - 1
+    config = validated({"editing": {"clip": {"model": "tiny", "clip_img_thresh": 2.0}}})  # none can pass
+    (scored,) = stage.clip_scores(tiny_clip, batch, images, images, EditSettings.of(config))
+    failed = scored["clip_failed"].split(",")
+    assert scored["clip_passed"] is False and failed[0] == "image_image" and "text_prefilter" not in failed
+    assert scored["clip_text_similarity"] is None  # No Finding follows the edit: nothing kept to protect
+
+
+def test_real_plus_counterfactual_leaves_out_edits_the_clip_filter_rejected():
+    from workflow.classifier import regimes
+
+    dataset = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "patient_id": ["pa", "pb", "pc"],
+            "split": ["train", "val", "test"],
+            "image": ["a.png", "b.png", "c.png"],
+        }
+    )
+    counterfactual = pd.DataFrame(
+        {"image_id": ["cf1", "cf2"], "patient_id": ["pa", "pa"], "image": ["1.png", "2.png"]}
+    ).assign(clip_passed=[True, False])
+    data = regimes.training_data("real+counterfactual", dataset, {"counterfactual": counterfactual}, 1.0, 0)
+    assert data.counts == {"real": 1, "counterfactual": 1}
+    assert list(data.train["image_id"]) == ["a", "cf1"]
+    assert any("CLIP filter rejected" in note for note in data.notes)

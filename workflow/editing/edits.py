@@ -165,19 +165,26 @@ def apply_edit(
     return edited, None
 
 
-def changed_words(source: str, target: str) -> list[str]:
-    """The words of ``target`` not in ``source`` and of ``source`` not in ``target`` (compared without case),
-    in order, once each, spelled as their caption writes them: prompt-to-prompt finds them among the
-    caption's tokens, and a case-sensitive tokenizer (the tiny SD's) knows ``Cardiomegaly`` apart from
-    ``cardiomegaly``."""
+def word_changes(source: str, target: str) -> tuple[list[str], list[str]]:
+    """The words ``target`` adds (not in ``source``) and those it removes (in ``source``, not in ``target``),
+    compared without case, in order, once each, spelled as their caption writes them: prompt-to-prompt finds
+    them among the caption's tokens, and a case-sensitive tokenizer (the tiny SD's) knows ``Cardiomegaly``
+    apart from ``cardiomegaly``."""
 
     def split(text: str) -> list[str]:
         return re.findall(r"[\w'-]+", text)
 
     old, new = split(source), split(target)
     old_keys, new_keys = {w.lower() for w in old}, {w.lower() for w in new}
-    changed = [w for w in new if w.lower() not in old_keys] + [w for w in old if w.lower() not in new_keys]
-    return list(dict.fromkeys(changed))
+    added = [w for w in new if w.lower() not in old_keys]
+    removed = [w for w in old if w.lower() not in new_keys]
+    return list(dict.fromkeys(added)), list(dict.fromkeys(removed))
+
+
+def changed_words(source: str, target: str) -> list[str]:
+    """The added, then the removed words of :func:`word_changes`, once each."""
+    added, removed = word_changes(source, target)
+    return list(dict.fromkeys(added + removed))
 
 
 def edit_id(image_id: str, edit: Edit) -> str:

@@ -12,7 +12,9 @@ Per edit (rule ``edit_images``, from the float images, :func:`image_measures`):
 - **minimality**: the changed-region statistics of the difference map (:mod:`workflow.editing.difference`);
 - **reversibility** (with ``editing.reversibility``): the edit undone by the same method (the edited image,
   target caption back to the source caption) against the source: MAE, PSNR and SSIM
-  (:func:`reversibility`); the composition error is its floor, since the undo passes the round trip twice.
+  (:func:`reversibility`); the composition error is its floor, since the undo passes the round trip twice;
+- **CLIP filter** (with ``editing.clip.model``): its scores and whether the edit passed
+  (:mod:`workflow.editing.clip_filter`); the mean of ``clip_passed`` is the acceptance rate.
 
 Per set (rule ``counterfactual_soundness``, :func:`summarise`): **effectiveness**, the real-trained
 classifier's probability of the edited finding on the source and on the edited image: the mean change,
@@ -208,6 +210,11 @@ MEASURES = (
     "reversibility_mae",
     "reversibility_psnr",
     "reversibility_ssim",
+    "clip_passed",
+    "clip_image_image",
+    "clip_caption_source",
+    "clip_caption_edited",
+    "clip_direction",
     "truth_region_fraction",
     *(
         f"truth_{image}_{metric}_{where}"

@@ -11,6 +11,8 @@ One function per rule of ``rules/editing.smk``, named after it. Files written (a
   ``difference.png`` (``edited - reference``, signed, colour-mapped), ``difference.npy`` (the raw float map),
   ``cross_fade.gif`` (reference to edit and back) and, with ``editing.reversibility``, ``undone.png`` (the
   edit undone) (:func:`edit_images`, :func:`measure_edit`);
+- with ``editing.clip.model``, per edit the CLIP filter's scores, ``clip_passed`` and ``clip_failed`` (the
+  failed criteria; a rejected edit stays in the set) (:func:`clip_scores`);
 - ``results/counterfactuals/<method>/manifest.parquet``: the edited images in the manifest schema, the
   labels being the *target* labels (``source_label_<name>`` the source's), ``image`` (the edited PNG),
   ``split`` (``train``: training data only), the source's ``source_image_id``, ``source_split``,
@@ -46,6 +48,7 @@ from workflow.prompts.settings import PromptSettings
 if TYPE_CHECKING:
     import torch
 
+    from workflow.editing.clip_filter import Clip
     from workflow.editing.methods import EditOutput
 
 log = logging.getLogger(__name__)
@@ -191,6 +194,48 @@ def measure_edit(
     return record
 
 
+def clip_scores(
+    clip: Clip,
+    batch: pd.DataFrame,
+    reference: np.ndarray,
+    edited: np.ndarray,
+    settings: EditSettings,
+) -> list[dict[str, Any]]:
+    """Per edit of ``batch`` (plan rows), the CLIP filter's scores, ``clip_passed`` and ``clip_failed``
+    (:mod:`workflow.editing.clip_filter`), from the references and edits ``(B, 3, H, W)`` in [-1, 1]; the
+    pre-filter protects the findings positive in the target labels, the edited one and No Finding (which
+    follows the others) aside."""
+    from workflow.editing import clip_filter
+    from workflow.editing.difference import grayscale
+
+    labels = manifest.label_names(batch)
+    kept = [
+        [
+            n
+            for n in labels
+            if row[manifest.label_column(n)] == 1 and n not in (row["edit_target"], edits.NO_FINDING)
+        ]
+        for row in batch.to_dict("records")
+    ]
+    changes = [
+        edits.word_changes(s, t) for s, t in zip(batch["source_prompt"], batch["target_prompt"], strict=True)
+    ]
+    scores = clip_filter.scores(
+        clip,
+        [grayscale(r) for r in reference],
+        [grayscale(e) for e in edited],
+        batch["source_prompt"].tolist(),
+        batch["target_prompt"].tolist(),
+        changes,
+        kept,
+    )
+    out = []
+    for score in scores:
+        failed = clip_filter.failed_criteria(score, settings.clip)
+        out.append(score | {"clip_passed": not failed, "clip_failed": ",".join(failed)})
+    return out
+
+
 def edit_images(
     plan: str,
     model: str,
@@ -201,16 +246,18 @@ def edit_images(
     gpus: int,
     images: str,
     table: str,
+    clip_model: str | None = None,
 ) -> None:
     """Run ``method`` on the edits of one shard of the plan with the fine-tuned ``model`` (weights in
     ``editing.dtype``, TF32 per ``editing.tf32``, progress in the log); write each edit's images and
     difference map, and the shard's table with its per-edit measures (:func:`measure_edit`). With
     ``editing.reversibility`` each edit is undone by the same method with the captions swapped and the same
-    seeds.
+    seeds. With ``clip_model`` each edit is scored and filtered by CLIP (:func:`clip_scores`).
 
     Args:
         mask_classes: ``dataset.mask_classes`` (names of the mask ids, for the per-class change).
         gpus: GPUs of the job (``resources.gpu``); 0 edits on the CPU.
+        clip_model: the CLIP of ``editing.clip.model`` (the tiny stand-in's folder for ``tiny``), or None.
     """
     import torch
 
@@ -219,6 +266,7 @@ def edit_images(
     from workflow.diffusion import saving
     from workflow.diffusion.latent_cache import load_image
     from workflow.diffusion.sampling import weights_dtype
+    from workflow.editing import clip_filter
     from workflow.editing.methods import METHODS
 
     items = pd.read_parquet(plan)
@@ -229,6 +277,7 @@ def edit_images(
     pipe = saving.load_trained(model, weights_dtype(settings.dtype, device, "editing.dtype")).to(device)
     pipe.set_progress_bar_config(disable=True)
     method_settings = settings.method_settings(method)
+    clip = clip_filter.load(clip_model, device) if clip_model else None
     records = []
     with progress(total=len(mine), desc=f"edit_images {method} shard {shard}", unit="edit") as bar:
         for _, batch in mine.groupby("batch", sort=True):
@@ -243,8 +292,9 @@ def edit_images(
                 undone = back.edited.detach().float().cpu().numpy()
             edited = output.edited.detach().float().cpu().numpy()
             reference = reference_images(pipe, sources, output).detach().float().cpu().numpy()
+            measured = []
             for k, row in enumerate(batch.to_dict("records")):
-                records.append(
+                measured.append(
                     measure_edit(
                         Path(images) / row["edit_id"],
                         row,
@@ -257,12 +307,18 @@ def edit_images(
                         None if undone is None else undone[k],
                     )
                 )
+            if clip is not None:
+                scored = clip_scores(clip, batch, reference, edited, settings)
+                measured = [m | c for m, c in zip(measured, scored, strict=True)]
+            records += measured
             bar.update(len(batch))
     done = mine.rename(columns={"image": "source_image"}).merge(
         pd.DataFrame(records, columns=None if records else ["edit_id"]), on="edit_id", how="left"
     )
     done = done.assign(method=method)
     weights = read_card(model).get("weights", model)
+    if clip is not None:
+        weights = f"{weights}; CLIP filter: {clip.weights}"
     meta = provenance(
         settings.to_dict() | {"method": method},
         inputs={"plan": plan},
