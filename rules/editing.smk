@@ -37,6 +37,7 @@ wildcard_constraints:
 EDITING_OUTPUTS = [
     *expand(counterfactual_manifest("{method}"), method=EDIT_METHODS),
     *expand(f"{EDITS}/examples.png", method=EDIT_METHODS),
+    *expand(f"{EDITS}/cross_fades.html", method=EDIT_METHODS),
 ]
 
 
@@ -118,10 +119,17 @@ rule collect_edits:
             category="6. Counterfactuals",
             subcategory="{method}",
         ),
+        cross_fades=report(
+            f"{EDITS}/cross_fades.html",
+            caption="../resources/report/cross_fades.rst",
+            category="6. Counterfactuals",
+            subcategory="{method}",
+        ),
     log:
         "logs/editing/collect_edits/{method}.log",
     conda:
         "../envs/synthmed.yaml"
     shell:
         "python -m scripts.editing collect_edits --method {wildcards.method} --plan {input.plan}"
-        " --counterfactuals {output.manifest} --examples {output.examples} {input.parts} 2> {log}"
+        " --counterfactuals {output.manifest} --examples {output.examples}"
+        " --cross-fades {output.cross_fades} {input.parts} 2> {log}"

@@ -45,6 +45,7 @@ COMMANDS = [
         "--plan",
         "--counterfactuals",
         "--examples",
+        "--cross-fades",
         Arg("parts"),
     ),
 ]

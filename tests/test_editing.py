@@ -524,3 +524,28 @@ def test_real_plus_counterfactual_leaves_out_edits_the_clip_filter_rejected():
     assert data.counts == {"real": 1, "counterfactual": 1}
     assert list(data.train["image_id"]) == ["a", "cf1"]
     assert any("CLIP filter rejected" in note for note in data.notes)
+
+
+def test_the_cross_fade_page_plays_one_gif_per_edit_type(tmp_path):
+    """The report shows PNG results inline but not GIFs: the cross-fades go into an HTML page."""
+    from workflow.editing import difference, stage
+
+    paths = []
+    for k in range(3):
+        paths.append(str(tmp_path / f"{k}.gif"))
+        difference.cross_fade(np.zeros((8, 8)), np.full((8, 8), k / 2), paths[-1], frames=3)
+    frame = pd.DataFrame(
+        {
+            "edit": ["remove Cardiomegaly", "add Edema", "remove Cardiomegaly"],
+            "source_image_id": ["p1", "p2", "p3"],
+            "source_prompt": ["a <b>", "c", "d"],
+            "target_prompt": ["e", "f", "g"],
+            "cross_fade": paths,
+        }
+    )
+    page = tmp_path / "cross_fades.html"
+    stage.cross_fade_page(frame, "sdedit", str(page))
+    text = page.read_text()
+    assert text.count("data:image/gif;base64,") == 2  # the first edit of each type
+    assert text.index("add Edema") < text.index("remove Cardiomegaly")
+    assert "a &lt;b&gt;" in text

@@ -19,8 +19,8 @@ One function per rule of ``rules/editing.smk``, named after it. Files written (a
   ``source_path`` and ``source_image``, the plan's columns (``edit_id``, ``edit``, ``edit_kind``,
   ``edit_target``, ``source_prompt``, ``target_prompt``, ``edit_words``, ``seed``, ``true_counterfactual``),
   ``method``, the files ``reference``, ``difference``, ``difference_map`` (and ``reconstruction``) and the
-  per-edit measures of :mod:`workflow.editing.soundness`; and ``examples.png``, one original / edited /
-  difference row per edit type (:func:`collect_edits`).
+  per-edit measures of :mod:`workflow.editing.soundness`; ``examples.png``, one original / edited /
+  difference row per edit type, and ``cross_fades.html``, their cross-fade GIFs (:func:`collect_edits`).
 
 The set's soundness (``soundness.json``) needs the classifier trained on real images and is written by the
 evaluation stage (:func:`workflow.evaluation.stage.counterfactual_soundness`).
@@ -167,6 +167,7 @@ def measure_edit(
         "reference": str(reference_path),
         "difference": str(folder / "difference.png"),
         "difference_map": str(folder / "difference.npy"),
+        "cross_fade": str(folder / "cross_fade.gif"),
     }
     if reconstructed:
         record["reconstruction"] = str(reference_path)
@@ -327,9 +328,38 @@ def edit_images(
     write_parquet(table, done, meta | {"shard": shard, "method": method})
 
 
-def collect_edits(parts: Sequence[str], method: str, plan: str, counterfactuals: str, examples: str) -> None:
-    """Merge the shard tables into the method's counterfactual manifest and draw one original / edited /
-    difference row per edit type (the first edit of each)."""
+def cross_fade_page(frame: pd.DataFrame, method: str, page: str) -> None:
+    """An HTML page with the cross-fade GIF (reference to edit and back) of the first edit of each edit type
+    of ``frame`` (the method's manifest rows), embedded as data URIs so the Snakemake report, which shows
+    PNG but not GIF results inline, plays them; written atomically."""
+    import base64
+    import html
+
+    from workflow.common.files import write_text
+
+    body = []
+    for name, rows in frame.groupby("edit", sort=True):
+        row = rows.iloc[0]
+        data = base64.b64encode(Path(row["cross_fade"]).read_bytes()).decode("ascii")
+        caption = f"{row['source_image_id']}: {row['source_prompt']} -> {row['target_prompt']}"
+        body.append(
+            f"<figure><img src='data:image/gif;base64,{data}' width='256' style='image-rendering:pixelated'>"
+            f"<figcaption><b>{html.escape(str(name))}</b><br>{html.escape(caption)}</figcaption></figure>"
+        )
+    title = f"Cross-fades by {method}"
+    write_text(
+        page,
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+        f"<body><h2>{html.escape(title)}</h2>{''.join(body) or '<p>no edits were run</p>'}</body></html>\n",
+    )
+
+
+def collect_edits(
+    parts: Sequence[str], method: str, plan: str, counterfactuals: str, examples: str, cross_fades: str
+) -> None:
+    """Merge the shard tables into the method's counterfactual manifest, draw one original / edited /
+    difference row per edit type (the first edit of each) and write their cross-fades
+    (:func:`cross_fade_page`)."""
     from workflow.common.figures import image_grid
 
     frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
@@ -366,6 +396,7 @@ def collect_edits(parts: Sequence[str], method: str, plan: str, counterfactuals:
             (_rgb(row["difference"]), "difference (red brighter)"),
         ]
     image_grid(cells, examples, f"Counterfactuals by {method}", columns=3, empty="no edits were run")
+    cross_fade_page(result, method, cross_fades)
 
 
 def _rgb(path: str) -> np.ndarray:
