@@ -4,6 +4,7 @@
 # Functions: workflow/editing/stage.py (one per rule); settings: workflow/editing/settings.py.
 import re
 
+from workflow.common.tiny_models import tiny_model_inputs
 from workflow.diffusion.generators import model_dir
 from workflow.editing.edits import (
     counterfactual_manifest,
@@ -36,6 +37,7 @@ wildcard_constraints:
 EDITING_OUTPUTS = [
     *expand(counterfactual_manifest("{method}"), method=EDIT_METHODS),
     *expand(f"{EDITS}/examples.png", method=EDIT_METHODS),
+    *expand(f"{EDITS}/cross_fades.html", method=EDIT_METHODS),
 ]
 
 
@@ -48,6 +50,7 @@ rule plan_edits:
             else []
         ),
         truth=EDITING["ground_truth"] or [],
+        model=f"{model_dir(EDIT_GENERATOR.name)}/model" if EDIT_GENERATOR else [],
     output:
         plan_file(),
     log:
@@ -63,6 +66,7 @@ rule plan_edits:
         labels=LABELS,
     shell:
         "python -m scripts.editing plan_edits --dataset {input.dataset} --prompts {input.prompts}"
+        " --model {input.model}"
         " {params.truth} --settings {params.settings:q} --prompt-settings {params.prompts:q}"
         " --labels {params.labels:q} --plan {output} 2> {log}"
 
@@ -71,6 +75,7 @@ rule edit_images:
     input:
         plan=rules.plan_edits.output[0],
         model=f"{model_dir(EDIT_GENERATOR.name)}/model" if EDIT_GENERATOR else [],
+        clip=tiny_model_inputs(config, "clip"),
     output:
         table=f"{EDITS}/shards/{{shard}}.parquet",
         images=directory(f"{EDITS}/images/shard{{shard}}"),
@@ -86,11 +91,16 @@ rule edit_images:
     params:
         settings=EditSettings.of(config).to_json(),
         mask_classes=json.dumps(config["dataset"]["mask_classes"]),
+        clip=lambda wildcards, input: (
+            f"--clip-model {input.clip or EDITING['clip']['model']}"
+            if EDITING["clip"]["model"]
+            else ""
+        ),
     shell:
         "python -m scripts.editing edit_images --plan {input.plan} --model {input.model}"
         " --method {wildcards.method} --settings {params.settings:q}"
         " --mask-classes {params.mask_classes:q} --shard {wildcards.shard} --gpus {resources.gpu}"
-        " --images {output.images} --table {output.table} 2> {log}"
+        " --images {output.images} --table {output.table} {params.clip} 2> {log}"
 
 
 rule collect_edits:
@@ -109,10 +119,17 @@ rule collect_edits:
             category="6. Counterfactuals",
             subcategory="{method}",
         ),
+        cross_fades=report(
+            f"{EDITS}/cross_fades.html",
+            caption="../resources/report/cross_fades.rst",
+            category="6. Counterfactuals",
+            subcategory="{method}",
+        ),
     log:
         "logs/editing/collect_edits/{method}.log",
     conda:
         "../envs/synthmed.yaml"
     shell:
         "python -m scripts.editing collect_edits --method {wildcards.method} --plan {input.plan}"
-        " --counterfactuals {output.manifest} --examples {output.examples} {input.parts} 2> {log}"
+        " --counterfactuals {output.manifest} --examples {output.examples}"
+        " --cross-fades {output.cross_fades} {input.parts} 2> {log}"

@@ -13,6 +13,7 @@ COMMANDS = [
         "every (image, edit): captions, target labels, status and reason, seed, batch and shard",
         Arg("--dataset", help="results/data/dataset.parquet"),
         Arg("--prompts", help="the editing generator's prompts table of editing.split"),
+        Arg("--model", help="the editing generator's fine-tuned model folder (its tokenizer)"),
         Arg("--ground-truth", optional=True, help="the phantoms' counterfactuals.csv (editing.ground_truth)"),
         Arg("--settings", PlanSettings.from_json, "editing plan settings (JSON)"),
         Arg("--prompt-settings", PromptSettings.from_json, "prompts section with the generator's strategies"),
@@ -31,6 +32,11 @@ COMMANDS = [
         Arg("--gpus", int, "GPUs of the job (0: CPU)"),
         "--images",
         "--table",
+        Arg(
+            "--clip-model",
+            optional=True,
+            help="the CLIP filter's model (editing.clip.model; tiny: its folder)",
+        ),
     ),
     command(
         "collect_edits",
@@ -39,6 +45,7 @@ COMMANDS = [
         "--plan",
         "--counterfactuals",
         "--examples",
+        "--cross-fades",
         Arg("parts"),
     ),
 ]

@@ -226,15 +226,326 @@ def test_counterfactual_regime_trains_on_every_editing_method():
 def test_edit_words_are_found_among_the_caption_tokens_of_a_case_sensitive_tokenizer():
     """The demo's ddim-p2p edits failed: edit words were lower-cased, and the tiny SD's word-level tokenizer
     (unlike CLIP's) keeps case, so prompt-to-prompt could not place ``cardiomegaly`` in '... Cardiomegaly'."""
-    from types import SimpleNamespace
-
     from workflow.diffusion.base_models import word_tokenizer
     from workflow.editing import p2p
 
-    pipe = SimpleNamespace(tokenizer=word_tokenizer())
+    tokenizer = word_tokenizer()
     plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels", "mep"])
     row = plan.loc["p1/s1/v1"]
     assert list(row["edit_words"]) == ["No", "Finding", "Cardiomegaly"]
-    source, target = p2p.token_ids(pipe, [row["source_prompt"], row["target_prompt"]])
+    source, target = p2p.token_ids(tokenizer, [row["source_prompt"], row["target_prompt"]])
     for word in row["edit_words"]:
-        assert p2p.word_positions(pipe, source, word) or p2p.word_positions(pipe, target, word), word
+        assert p2p.word_positions(tokenizer, source, word) or p2p.word_positions(tokenizer, target, word), (
+            word
+        )
+
+
+def test_edits_the_text_encoder_cannot_see_are_skipped_with_their_reason():
+    """A caption past the tokenizer's model_max_length lost its edited word to truncation: prompt-to-prompt
+    raised an InputError that killed the whole shard; the plan now refuses such edits."""
+    from workflow.diffusion.base_models import word_tokenizer
+
+    frame = rows()
+    settings = prompt_settings(["labels"])
+    from workflow.prompts import strategies as build
+
+    frame["prompt"] = build.build(frame, LABELS, settings)
+    plan_settings = PlanSettings((Edit(kind="remove", finding="Cardiomegaly"),), "test", None, 1, 1, 2)
+    tokenizer = word_tokenizer()
+    whole = edits.plan(frame, LABELS, settings, plan_settings, tokenizer=tokenizer).set_index("image_id")
+    row = whole.loc["p1/s1/v1"]
+    assert row["status"] == edits.EDITED
+    source = tokenizer(row["source_prompt"]).input_ids
+    target = tokenizer(row["target_prompt"]).input_ids
+    first = next(k for k, (a, b) in enumerate(zip(source, target, strict=False)) if a != b)
+    reasons = {}
+    for limit in (first + 1, first + 2):  # both cut before the change; the last changed word cut
+        tokenizer.model_max_length = limit
+        cut = edits.plan(frame, LABELS, settings, plan_settings, tokenizer=tokenizer).set_index("image_id")
+        assert cut.loc["p1/s1/v1", "status"] == edits.SKIPPED
+        assert cut.loc["p1/s1/v1", "batch"] == -1
+        reasons[limit] = cut.loc["p1/s1/v1", "reason"]
+    assert "differ only past the tokenizer's" in reasons[first + 1]
+    assert "['Finding'] are in neither caption's first" in reasons[first + 2]
+
+
+def test_ground_truth_paths_are_matched_resolved(tmp_path, monkeypatch):
+    """Paths were compared as strings: a relative dataset path, or one through a symbolic link, never met
+    the csv's absolute one, and no edit was scored against its true counterfactual."""
+    (tmp_path / "real" / "d").mkdir(parents=True)
+    (tmp_path / "root").symlink_to(tmp_path / "real")
+    (tmp_path / "x").mkdir()
+    csv = tmp_path / "x" / "counterfactuals.csv"
+    csv.write_text("Path,Source Path,Finding,Value\nreal/d/cf1.png,real/d/p1.png,Cardiomegaly,0\n")
+    monkeypatch.chdir(tmp_path)  # rows() has path root/d/p1.png, relative, through the link
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels"], edits.ground_truth(str(csv)))
+    assert plan.loc["p1/s1/v1", "true_counterfactual"] == str((tmp_path / "real/d/cf1.png").resolve())
+    assert plan.loc["p1/s1/v1", "true_source"] == str((tmp_path / "real/d/p1.png").resolve())
+
+
+def _gray_png(path, value: float, size: int = 16) -> str:
+    from PIL import Image
+
+    Image.fromarray(np.full((size, size), round(value * 255), np.uint8), mode="L").save(path)
+    return str(path)
+
+
+def test_soundness_scores_before_the_edit_on_its_reference_and_notes_unmatched_ground_truth(
+    tmp_path, monkeypatch
+):
+    """Effectiveness took the classifier's probability before the edit on the source PNG, so the VAE and
+    inversion round trip counted as the edit; and a ground truth matching nothing went unsaid."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+    from configs import validated
+
+    from workflow.classifier import networks, training
+    from workflow.common.files import write_parquet
+    from workflow.evaluation import stage
+    from workflow.evaluation.settings import ConditionalSettings
+
+    images = {
+        name: _gray_png(tmp_path / f"{name}.png", v) for name, v in (("s", 1.0), ("r", 0.6), ("e", 0.2))
+    }
+    spec = SimpleNamespace(labels=["Cardiomegaly"])
+    monkeypatch.setattr(networks, "load", lambda path: (torch.nn.Identity(), spec, {}))
+    monkeypatch.setattr(networks, "trained_weights", lambda trained, path: "stub")
+
+    def predict(network, frame, spec, batch_size, where):  # the classifier: the image's mean brightness
+        from PIL import Image
+
+        return pd.DataFrame(
+            {"Cardiomegaly": [np.asarray(Image.open(p)).mean() / 255 for p in frame["image"]]}
+        )
+
+    monkeypatch.setattr(training, "predict", predict)
+    counterfactuals = tmp_path / "manifest.parquet"
+    row = {"image_id": "cf/1", "source_image": images["s"], "reference": images["r"], "image": images["e"]}
+    row |= {"edit": "remove Cardiomegaly", "edit_kind": "remove", "edit_target": "Cardiomegaly"}
+    row |= {"method": "sdedit", "true_counterfactual": None}
+    write_parquet(counterfactuals, pd.DataFrame([row]), {"weights": "tiny"})
+    plan = tmp_path / "plan.parquet"
+    planned_rows = pd.DataFrame({"edit_id": ["1"], "edit": ["remove Cardiomegaly"], "status": ["edited"]})
+    write_parquet(plan, planned_rows.assign(reason=None), {"ground_truth": {"file": "cf.csv", "matched": 0}})
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"labels": {"Cardiomegaly": {"threshold": {"value": 0.5}}}}))
+    settings = ConditionalSettings.of(validated({}))
+    (tmp_path / "model").write_text("stub classifier")
+    report = tmp_path / "soundness.json"
+    model = str(tmp_path / "model")
+    stage.counterfactual_soundness(
+        str(counterfactuals), str(plan), model, str(metrics), settings, str(report), 1
+    )
+    result = json.loads(report.read_text())
+    effect = result["overall"]["effectiveness"]
+    assert effect["mean_source_probability"] == pytest.approx(0.6, abs=0.01)
+    assert effect["mean_change_toward_target"] == pytest.approx(0.4, abs=0.01)
+    assert any("cf.csv" in note and "matches none" in note for note in result["notes"])
+
+
+@pytest.mark.parametrize("reconstructed", [True, False])
+def test_the_difference_map_is_the_edit_minus_its_reference_not_minus_the_source(tmp_path, reconstructed):
+    """The map was edited - source: the VAE, resizing and inversion round trip showed as change everywhere."""
+    from workflow.editing import stage
+    from workflow.editing.settings import EditSettings
+
+    source = np.zeros((3, 16, 16), np.float32)
+    reference = source + 0.2  # the round trip brightened everything
+    edited = reference.copy()
+    edited[:, 4:8, 4:8] += 0.5  # the edit
+    settings = EditSettings.of(validated({}))
+    row = {"edit_id": "e", "true_counterfactual": None, "mask": None}
+    record = stage.measure_edit(tmp_path / "e", row, source, reference, reconstructed, edited, settings, ())
+    diff = np.load(record["difference_map"])
+    assert np.allclose(diff[4:8, 4:8], 0.25) and np.count_nonzero(diff) == 16  # 0.5 in [-1, 1] is 0.25
+    assert record["reference"].endswith("reconstruction.png" if reconstructed else "round_trip.png")
+    assert (tmp_path / "e" / "cross_fade.gif").exists()
+    if reconstructed:  # composition stays the reconstruction against the source
+        assert record["reconstruction_psnr"] == pytest.approx(10 * np.log10(1 / 0.1**2), abs=0.1)
+    else:
+        assert "reconstruction_psnr" not in record and "reconstruction" not in record
+
+
+def test_editing_weights_dtype_auto_is_float32_on_a_cpu_and_float16_needs_a_gpu():
+    import torch
+
+    from workflow.diffusion.sampling import weights_dtype
+
+    config = validated({})
+    assert config["editing"]["dtype"] == "auto" and config["editing"]["tf32"] is True
+    assert weights_dtype("auto", torch.device("cpu"), "editing.dtype") == torch.float32
+    assert weights_dtype("auto", torch.device("cuda"), "editing.dtype") == torch.float16
+    with pytest.raises(InputError, match=r"editing\.dtype: float16 needs a GPU"):
+        weights_dtype("float16", torch.device("cpu"), "editing.dtype")
+
+
+def test_edit_images_undoes_each_edit_with_the_captions_swapped(tmp_path, monkeypatch):
+    """Reversibility (Monteiro et al. 2023): the same method from the edited image, target caption back to
+    the source caption, same seed; the undone image is scored against the source."""
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image
+
+    from workflow.common.files import write_parquet
+    from workflow.common.model_card import write_card
+    from workflow.diffusion import saving
+    from workflow.editing import methods, stage
+    from workflow.editing.settings import EditSettings
+
+    calls = []
+
+    def halve(pipe, images, sources, targets, words, settings, seeds):  # a method: halves the image
+        calls.append((sources, targets, seeds))
+        return methods.EditOutput(edited=images * 0.5, reconstruction=images)
+
+    fake = SimpleNamespace(device=torch.device("cpu"), set_progress_bar_config=lambda **kw: None)
+    fake.to = lambda device: fake
+    monkeypatch.setitem(methods.METHODS, "halve", halve)
+    monkeypatch.setattr(saving, "load_trained", lambda model, dtype=None: fake)
+    write_card(tmp_path, {"weights": "stub"})
+    frame = rows()
+    frame["image"] = [str(tmp_path / f"i{k}.png") for k in range(3)]
+    for path in frame["image"]:
+        Image.fromarray(np.full((8, 8), 255, np.uint8), mode="L").save(path)
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels"]).reset_index()
+    plan["image"] = plan["image_id"].map(dict(zip(frame["image_id"], frame["image"], strict=True)))
+    write_parquet(tmp_path / "plan.parquet", plan)
+    config = validated({"diffusion": {"resolution": 8}, "editing": {"reversibility": True}})
+    table = tmp_path / "shard.parquet"
+    stage.edit_images(
+        str(tmp_path / "plan.parquet"),
+        str(tmp_path),
+        "halve",
+        EditSettings.of(config),
+        [],
+        0,
+        0,
+        str(tmp_path / "images"),
+        str(table),
+    )
+    edit = plan[plan["status"] == edits.EDITED].iloc[0]
+    assert calls == [
+        ([edit["source_prompt"]], [edit["target_prompt"]], [edit["seed"]]),
+        ([edit["target_prompt"]], [edit["source_prompt"]], [edit["seed"]]),
+    ]
+    done = pd.read_parquet(table).set_index("edit_id").loc[edit["edit_id"]]
+    assert done["reversibility_mae"] == pytest.approx(
+        0.375
+    )  # white: 1 halved twice in [-1, 1], 0.625 in [0, 1]
+    assert done["undone"].endswith("undone.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    import torch
+
+    from workflow.editing import clip_filter
+
+    folder = tmp_path_factory.mktemp("clip")
+    clip_filter.build_tiny(folder, seed=0)
+    return clip_filter.load(str(folder), torch.device("cpu"))
+
+
+def test_clip_scores_follow_lances_formulas(tiny_clip):
+    import torch
+
+    from workflow.editing import clip_filter
+
+    rng = np.random.default_rng(0)
+    reference, edited = [rng.random((16, 16))], [rng.random((16, 16))]
+    source, target = "Chest X-ray showing Cardiomegaly, Edema", "Chest X-ray showing Edema"
+    changes = [edits.word_changes(source, target)]
+    assert changes == [([], ["Cardiomegaly"])]
+    (score,) = clip_filter.scores(tiny_clip, reference, edited, [source], [target], changes, [["Edema"]])
+    i0, i1 = tiny_clip.images(reference)[0], tiny_clip.images(edited)[0]
+    t0, t1 = tiny_clip.texts([source])[0], tiny_clip.texts([target])[0]
+    assert score["clip_image_image"] == pytest.approx(float(i0 @ i1), abs=1e-5)
+    assert score["clip_caption_source"] == pytest.approx(float(i0 @ t0), abs=1e-5)
+    assert score["clip_caption_edited"] == pytest.approx(float(i1 @ t1), abs=1e-5)
+    direction = torch.nn.functional.cosine_similarity(i1 - i0, t1 - t0, dim=0)
+    assert score["clip_direction"] == pytest.approx(float(direction), abs=1e-5)
+    assert score["clip_consistency"] is None  # nothing added: not applicable
+    removed, kept = tiny_clip.texts(["Cardiomegaly", "Edema"])
+    assert score["clip_text_similarity"] == pytest.approx(float(removed @ kept), abs=1e-5)
+    (same,) = clip_filter.scores(tiny_clip, reference, reference, [source], [source], [([], [])], [[]])
+    assert same["clip_image_image"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_clip_filter_names_every_failed_criterion():
+    from workflow.editing import clip_filter
+    from workflow.editing.settings import ClipSettings
+
+    settings = ClipSettings("tiny", 0.5, 0.7, 0.2, 0.2)
+    good = {
+        "clip_image_image": 0.9,
+        "clip_caption_source": 0.3,
+        "clip_caption_edited": 0.3,
+        "clip_direction": 0.3,
+        "clip_consistency": None,
+        "clip_text_similarity": None,
+    }
+    assert clip_filter.failed_criteria(good, settings) == []
+    bad = good | {"clip_image_image": 0.5, "clip_consistency": False, "clip_text_similarity": 0.9}
+    assert clip_filter.failed_criteria(bad, settings) == ["text_prefilter", "image_image", "consistency"]
+
+
+def test_rejected_edits_stay_in_the_shard_table_with_the_failed_criterion(tiny_clip):
+    from workflow.editing import stage
+    from workflow.editing.settings import EditSettings
+
+    plan = planned([{"kind": "remove", "finding": "Cardiomegaly"}], ["labels"]).reset_index()
+    batch = plan[plan["status"] == edits.EDITED]
+    images = np.random.default_rng(1).random((len(batch), 3, 16, 16)) * 2 - 1
+    config = validated({"editing": {"clip": {"model": "tiny", "clip_img_thresh": 2.0}}})  # none can pass
+    (scored,) = stage.clip_scores(tiny_clip, batch, images, images, EditSettings.of(config))
+    failed = scored["clip_failed"].split(",")
+    assert scored["clip_passed"] is False and failed[0] == "image_image" and "text_prefilter" not in failed
+    assert scored["clip_text_similarity"] is None  # No Finding follows the edit: nothing kept to protect
+
+
+def test_real_plus_counterfactual_leaves_out_edits_the_clip_filter_rejected():
+    from workflow.classifier import regimes
+
+    dataset = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "patient_id": ["pa", "pb", "pc"],
+            "split": ["train", "val", "test"],
+            "image": ["a.png", "b.png", "c.png"],
+        }
+    )
+    counterfactual = pd.DataFrame(
+        {"image_id": ["cf1", "cf2"], "patient_id": ["pa", "pa"], "image": ["1.png", "2.png"]}
+    ).assign(clip_passed=[True, False])
+    data = regimes.training_data("real+counterfactual", dataset, {"counterfactual": counterfactual}, 1.0, 0)
+    assert data.counts == {"real": 1, "counterfactual": 1}
+    assert list(data.train["image_id"]) == ["a", "cf1"]
+    assert any("CLIP filter rejected" in note for note in data.notes)
+
+
+def test_the_cross_fade_page_plays_one_gif_per_edit_type(tmp_path):
+    """The report shows PNG results inline but not GIFs: the cross-fades go into an HTML page."""
+    from workflow.editing import difference, stage
+
+    paths = []
+    for k in range(3):
+        paths.append(str(tmp_path / f"{k}.gif"))
+        difference.cross_fade(np.zeros((8, 8)), np.full((8, 8), k / 2), paths[-1], frames=3)
+    frame = pd.DataFrame(
+        {
+            "edit": ["remove Cardiomegaly", "add Edema", "remove Cardiomegaly"],
+            "source_image_id": ["p1", "p2", "p3"],
+            "source_prompt": ["a <b>", "c", "d"],
+            "target_prompt": ["e", "f", "g"],
+            "cross_fade": paths,
+        }
+    )
+    page = tmp_path / "cross_fades.html"
+    stage.cross_fade_page(frame, "sdedit", str(page))
+    text = page.read_text()
+    assert text.count("data:image/gif;base64,") == 2  # the first edit of each type
+    assert text.index("add Edema") < text.index("remove Cardiomegaly")
+    assert "a &lt;b&gt;" in text

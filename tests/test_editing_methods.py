@@ -159,17 +159,17 @@ def test_a_sweep_gives_one_output_per_value(pipe):
 
 
 def test_alignment_replaces_equal_lengths_and_refines_others(pipe):
-    ids = p2p.token_ids(pipe, [SOURCE[0], TARGET[0], TARGET[1]])
+    ids = p2p.token_ids(pipe.tokenizer, [SOURCE[0], TARGET[0], TARGET[1]])
     mapper, alphas = p2p.alignment(ids[0], ids[1])
     assert torch.equal(mapper, torch.arange(ids.shape[1])) and bool(alphas.all())
     mapper, alphas = p2p.alignment(
         ids[0], ids[2]
     )  # "... showing Edema, Cardiomegaly" from "... Cardiomegaly"
-    cardiomegaly = p2p.word_positions(pipe, ids[2], "Cardiomegaly")
+    cardiomegaly = p2p.word_positions(pipe.tokenizer, ids[2], "Cardiomegaly")
     assert (
         alphas[cardiomegaly].all() and ids[0][mapper[cardiomegaly]].tolist() == ids[2][cardiomegaly].tolist()
     )
-    new = p2p.word_positions(pipe, ids[2], "Edema")
+    new = p2p.word_positions(pipe.tokenizer, ids[2], "Edema")
     assert not alphas[new].any()
 
 
@@ -197,3 +197,38 @@ def test_null_text_optimisation_runs_more_than_a_hundred_steps(pipe):
     cond, empty = inversion.embed(pipe, SOURCE), inversion.embed(pipe, [""] * 2)
     null = inversion.null_text_optimisation(pipe, trajectory, cond, empty, 7.5, 1, 1e-5, 1e-2)
     assert null.shape == (steps, *empty.shape)
+
+
+def test_untouched_attention_runs_sdpa_on_four_dimensional_tensors(pipe, monkeypatch):
+    """The untouched path passed 3-D (batch x heads, seq, dim) tensors, on which PyTorch's SDPA takes the
+    math kernel (the full seq x seq scores: 4096² per head at 512 px)."""
+    shapes = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, *args, **kwargs):
+        shapes.append(query.ndim)
+        return sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(p2p.F, "scaled_dot_product_attention", recording)
+    untouched = SETTINGS | {"cross_replace_steps": 0.0, "self_replace_steps": 0.0, "local_blend": False}
+    p2p.sample_edits(pipe, plain(pipe, latents(8), steps=2), SOURCE, TARGET, WORDS, untouched | {"steps": 2})
+    assert shapes and set(shapes) == {4}
+
+
+def test_an_edit_without_reconstruction_is_measured_against_the_source_through_the_vae(pipe):
+    """sdedit's difference map and effectiveness compared the edit with the source PNG, so the VAE round
+    trip counted as the edit."""
+    from workflow.editing import inversion
+    from workflow.editing.methods import EditOutput
+    from workflow.editing.stage import reference_images
+
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    reference = reference_images(pipe, images, EditOutput(edited=images, reconstruction=None))
+    expected = inversion.decode_latents(pipe, inversion.encode_images(pipe, images))
+    torch.testing.assert_close(reference, expected)
+    assert (reference - images).abs().mean() > 0.01  # the tiny VAE does not reproduce its input
+    reconstruction = images.flip(0)
+    assert (
+        reference_images(pipe, images, EditOutput(edited=images, reconstruction=reconstruction))
+        is reconstruction
+    )

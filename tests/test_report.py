@@ -61,7 +61,7 @@ EXPECTED = {
     ("5. Classifiers", "All runs"): ["classifier_regimes.html"],
     ("5. Classifiers", "real"): ["roc.png", "subgroup_auroc.png", "cam_examples.png"],
     ("6. Counterfactuals", "All methods"): ["counterfactuals.html"],
-    ("6. Counterfactuals", "sdedit"): ["examples.png"],
+    ("6. Counterfactuals", "sdedit"): ["examples.png", "cross_fades.html"],
 }
 
 

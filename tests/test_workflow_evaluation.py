@@ -146,3 +146,4 @@ def test_counterfactuals_are_edited_and_scored_against_the_true_ones(run, tmp_pa
         assert overall["truth_source_mae_outside"] < overall["truth_source_mae_inside"]
         assert overall["truth_edited_mae_inside"] is not None
     assert (out / "examples.png").is_file()
+    assert "data:image/gif;base64," in (out / "cross_fades.html").read_text()

@@ -11,7 +11,8 @@ synthetic              every row of a generator's synthetic manifest
 mixed                  the real ``train`` split plus ``round(synthetic_per_real * n_real_train)`` synthetic
                        rows drawn without replacement with the training seed (all of them, with a note,
                        when there are fewer)
-real+counterfactual    the real ``train`` split plus every row of a counterfactual manifest
+real+counterfactual    the real ``train`` split plus every row of a counterfactual manifest that the
+                       editing stage's CLIP filter did not reject (``clip_passed`` false; with a note)
 =====================  ===============================================================================
 
 **Runs.** A regime that adds images trains once per source of them (:data:`SOURCES`): the synthetic and
@@ -192,6 +193,15 @@ def training_data(
                 f"regime '{regime}': every counterfactual row edits a real val or test patient's image, so "
                 "none may be trained on; edit training images (editing.split: train) for this regime"
             )
+        if (
+            "clip_passed" in counterfactual
+        ):  # rejected by the editing stage's CLIP filter: kept, not trained on
+            rejected = counterfactual["clip_passed"].eq(False)
+            if rejected.any():
+                notes.append(
+                    f"{int(rejected.sum())} counterfactual rows excluded: the CLIP filter rejected them"
+                )
+            counterfactual = counterfactual[~rejected]
         parts.append(counterfactual)
     train = pd.concat(parts, ignore_index=True)
     if train.empty:

@@ -69,6 +69,12 @@ TINY_MODELS: dict[str, TinyModel] = {
         ("evaluation", "tiny_seed"),
         "workflow.evaluation.extractors:build_tiny_inception",
     ),
+    "clip": TinyModel(
+        "OpenAI CLIP ViT-L/14 of the editing stage's CLIP filter (LANCE, PRISM)",
+        ("editing", "clip", "model"),
+        ("editing", "seed"),
+        "workflow.editing.clip_filter:build_tiny",
+    ),
 }
 
 

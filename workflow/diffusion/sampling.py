@@ -149,16 +149,21 @@ def assign_seeds(items: pd.DataFrame, settings: SampleSettings) -> pd.DataFrame:
     return items
 
 
-def sampling_dtype(settings: SampleSettings, device: Any) -> Any:
-    """The weights' dtype of ``diffusion.sample.dtype``: ``auto`` is float16 on a GPU, float32 on a CPU."""
+def weights_dtype(name: str, device: Any, key: str) -> Any:
+    """The torch dtype of an inference job's weights setting ``name`` (config key ``key``): ``auto`` is
+    float16 on a GPU, float32 on a CPU; float16 on a CPU is refused."""
     import torch
 
-    name = settings.dtype
     if name == "auto":
         name = "float16" if device.type == "cuda" else "float32"
     if name == "float16" and device.type == "cpu":
-        raise InputError("diffusion.sample.dtype: float16 needs a GPU; use float32 or bfloat16 on a CPU")
+        raise InputError(f"{key}: float16 needs a GPU; use float32 or bfloat16 on a CPU")
     return getattr(torch, name)
+
+
+def sampling_dtype(settings: SampleSettings, device: Any) -> Any:
+    """The weights' dtype of ``diffusion.sample.dtype`` (:func:`weights_dtype`)."""
+    return weights_dtype(settings.dtype, device, "diffusion.sample.dtype")
 
 
 def load_sampler(model: str, settings: SampleSettings, device: Any) -> Any:

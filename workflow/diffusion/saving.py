@@ -81,3 +81,13 @@ def load_trained(
             pipe.unload_lora_weights()
         return pipe
     return base_models.load_pipeline(model_dir, dtype=dtype)
+
+
+def load_tokenizer(model_dir: str) -> Any:
+    """The tokenizer of a :func:`save_trained` folder (the base model's for ``lora``) alone, without the
+    pipeline's weights: for jobs that only need to know how captions are tokenized."""
+    from transformers import AutoTokenizer
+
+    card = read_card(model_dir)
+    location = card["base_location"] if card.get("method") == "lora" else model_dir
+    return AutoTokenizer.from_pretrained(location, subfolder="tokenizer")

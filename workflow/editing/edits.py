@@ -17,12 +17,16 @@ blending and reweighting).
 **Refused edits.** An edit that makes no sense is kept in the plan with ``status`` ``skipped`` and the reason,
 and never run: adding a finding the image has, removing one it does not have (0 or unknown), setting a field
 to the value it has, and an edit the captions cannot express (the strategies do not mention the field: the
-target caption equals the source caption). A finding or field the dataset does not have is a config error.
+target caption equals the source caption). Given the editing model's tokenizer, also an edit the text encoder
+cannot see: captions equal once truncated to its ``model_max_length`` tokens, or a changed word that neither
+truncated caption contains as the tokenizer splits it (past the limit, or unknown), which prompt-to-prompt
+could not place. A finding or field the dataset does not have is a config error.
 
 **Ground truth.** With ``editing.ground_truth`` (the demo phantoms' ``counterfactuals.csv``: the same patient
 and acquisition noise rendered with one finding switched), an edit that switches the same finding the same way
 gets the true counterfactual's path in ``true_counterfactual`` (and the phantom's original render in
-``true_source``), measured against in :mod:`workflow.editing.soundness`.
+``true_source``), measured against in :mod:`workflow.editing.soundness`. Paths are matched resolved (absolute,
+symbolic links followed) on both sides, so a relative dataset path and the csv's own root meet.
 
 **Seeds, batches, shards.** Each planned edit's seed is derived from (``editing.seed``, image id, edit); edits
 to run are batched by ``batch_size`` in plan order and whole batches are dealt to ``shards`` jobs in
@@ -161,24 +165,57 @@ def apply_edit(
     return edited, None
 
 
-def changed_words(source: str, target: str) -> list[str]:
-    """The words of ``target`` not in ``source`` and of ``source`` not in ``target`` (compared without case),
-    in order, once each, spelled as their caption writes them: prompt-to-prompt finds them among the
-    caption's tokens, and a case-sensitive tokenizer (the tiny SD's) knows ``Cardiomegaly`` apart from
-    ``cardiomegaly``."""
+def word_changes(source: str, target: str) -> tuple[list[str], list[str]]:
+    """The words ``target`` adds (not in ``source``) and those it removes (in ``source``, not in ``target``),
+    compared without case, in order, once each, spelled as their caption writes them: prompt-to-prompt finds
+    them among the caption's tokens, and a case-sensitive tokenizer (the tiny SD's) knows ``Cardiomegaly``
+    apart from ``cardiomegaly``."""
 
     def split(text: str) -> list[str]:
         return re.findall(r"[\w'-]+", text)
 
     old, new = split(source), split(target)
     old_keys, new_keys = {w.lower() for w in old}, {w.lower() for w in new}
-    changed = [w for w in new if w.lower() not in old_keys] + [w for w in old if w.lower() not in new_keys]
-    return list(dict.fromkeys(changed))
+    added = [w for w in new if w.lower() not in old_keys]
+    removed = [w for w in old if w.lower() not in new_keys]
+    return list(dict.fromkeys(added)), list(dict.fromkeys(removed))
+
+
+def changed_words(source: str, target: str) -> list[str]:
+    """The added, then the removed words of :func:`word_changes`, once each."""
+    added, removed = word_changes(source, target)
+    return list(dict.fromkeys(added + removed))
 
 
 def edit_id(image_id: str, edit: Edit) -> str:
     """A planned edit's id, safe as a file name: the image id and the edit, non-word characters as ``_``."""
     return re.sub(r"[^\w.=-]+", "_", f"{image_id}/{edit.name}")
+
+
+def unseen_edit(tokenizer: Any, source: str, target: str, words: Sequence[str]) -> str | None:
+    """Why the text encoder cannot see the edit ``source`` -> ``target`` (module docstring), or None.
+
+    Args:
+        tokenizer: the editing model's tokenizer (``model_max_length`` tokens reach the text encoder).
+        words: the edit words (:func:`changed_words`).
+    """
+    from workflow.editing.p2p import token_ids, word_positions
+
+    limit = tokenizer.model_max_length
+    source_ids, target_ids = token_ids(tokenizer, [source, target])
+    if bool((source_ids == target_ids).all()):
+        return f"the captions differ only past the tokenizer's {limit} tokens"
+    lost = [
+        w
+        for w in words
+        if not word_positions(tokenizer, source_ids, w) and not word_positions(tokenizer, target_ids, w)
+    ]
+    if lost:
+        return (
+            f"edit words {lost} are in neither caption's first {limit} tokens as the tokenizer splits them "
+            "(truncated or unknown)"
+        )
+    return None
 
 
 def plan(
@@ -187,6 +224,7 @@ def plan(
     prompt_settings: PromptSettings,
     settings: PlanSettings,
     truth: pd.DataFrame | None = None,
+    tokenizer: Any = None,
 ) -> pd.DataFrame:
     """One row per (image, edit): source and target captions and labels, ``status`` and ``reason``, seed,
     batch and shard, and the true counterfactual where ``truth`` has it (module docstring).
@@ -195,6 +233,8 @@ def plan(
         rows: the generator's prompts table of every split joined with the dataset rows (``prompt``,
             ``cluster``, ``class_name``, labels, demographics, ``path``).
         truth: :func:`ground_truth` or None.
+        tokenizer: the editing model's tokenizer, to refuse edits its text encoder cannot see; None: no
+            such check.
     """
     if not settings.edits:
         raise InputError("editing.edits is empty: list the edits to make (remove, add or set)")
@@ -208,8 +248,11 @@ def plan(
     label_columns = [manifest.label_column(n) for n in labels]
     records = []
     for (row, edited, edit, reason), target in zip(items, targets, strict=True):
+        words = changed_words(row["prompt"], target)
         if reason is None and target == row["prompt"]:
             reason = f"the captions ({'+'.join(prompt_settings.strategies)}) do not express '{edit.name}'"
+        if reason is None and tokenizer is not None:
+            reason = unseen_edit(tokenizer, row["prompt"], target, words)
         record = {k: row[k] for k in ("image_id", "patient_id", "split", "image", "path")}
         record["mask"] = row.get("mask")  # the preprocessed segmentation mask, when the dataset has one
         record |= {
@@ -219,7 +262,7 @@ def plan(
             "edit_target": edit.finding if edit.kind != "set" else edit.field,
             "source_prompt": row["prompt"],
             "target_prompt": target,
-            "edit_words": changed_words(row["prompt"], target),
+            "edit_words": words,
             "status": SKIPPED if reason else EDITED,
             "reason": reason,
             "seed": derive_seed(settings.seed, text_key(row["image_id"]), text_key(edit.name)),
@@ -256,12 +299,16 @@ def ground_truth(path: str) -> pd.DataFrame:
     root = Path(path).parent.parent
     return pd.DataFrame(
         {
-            "source": [str(root / p) for p in table["Source Path"]],
+            "source": [_resolved(root / p) for p in table["Source Path"]],
             "finding": table["Finding"],
             "value": table["Value"].astype(float),
-            "counterfactual": [str(root / p) for p in table["Path"]],
+            "counterfactual": [_resolved(root / p) for p in table["Path"]],
         }
     )
+
+
+def _resolved(path: str | Path) -> str:
+    return str(Path(path).resolve())
 
 
 def _with_truth(table: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFrame:
@@ -270,14 +317,14 @@ def _with_truth(table: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFrame
     if truth is None:
         return table
     known = {
-        (str(Path(s)), f, v): c
+        (_resolved(s), f, v): c
         for s, f, v, c in truth[["source", "finding", "value", "counterfactual"]].itertuples(index=False)
     }
     for i, row in table.iterrows():
         if row["edit_kind"] == "set" or row["status"] != EDITED:
             continue
         value = 1.0 if row["edit_kind"] == "add" else 0.0
-        found = known.get((str(Path(row["path"])), row["edit_target"], value))
+        found = known.get((_resolved(row["path"]), row["edit_target"], value))
         if found is not None:
-            table.loc[i, ["true_counterfactual", "true_source"]] = [found, row["path"]]
+            table.loc[i, ["true_counterfactual", "true_source"]] = [found, _resolved(row["path"])]
     return table

@@ -58,15 +58,16 @@ from workflow.editing.inversion import Inversion, decode_latents, embed, guided,
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
     from diffusers.models.attention_processor import Attention
+    from transformers import PreTrainedTokenizerBase
 
 START_BLEND = 0.2
 """Fraction of the sampling steps after which local blending starts (prompt-to-prompt's and PRISM's 0.2)."""
 NULL_TEXT_KEYS = ("inner_steps", "early_stop", "learning_rate")
 
 
-def token_ids(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:
-    """Token ids ``(n, 77)`` of ``prompts`` as the text encoder sees them (start, words, end padding)."""
-    tokenizer = pipe.tokenizer
+def token_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids ``(n, 77)`` of ``prompts`` as the text encoder sees them (start, words, end padding;
+    truncated to the tokenizer's ``model_max_length``)."""
     return tokenizer(
         list(prompts),
         padding="max_length",
@@ -76,10 +77,9 @@ def token_ids(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Te
     ).input_ids
 
 
-def word_positions(pipe: StableDiffusionPipeline, ids: torch.Tensor, word: str) -> list[int]:
+def word_positions(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, word: str) -> list[int]:
     """Positions in ``ids`` (one caption's tokens) of every occurrence of ``word``'s tokens; ``[]`` when it
-    does not occur or the tokenizer does not know it."""
-    tokenizer = pipe.tokenizer
+    does not occur (e.g. truncated away) or the tokenizer does not know it."""
     pieces = tokenizer(word, add_special_tokens=False).input_ids
     if not pieces or tokenizer.unk_token_id in pieces:
         return []
@@ -167,7 +167,9 @@ class P2PAttnProcessor:
     """A diffusers attention processor that hands the attention probabilities to a :class:`Controller`
     before they weight the values. Its body is diffusers' ``AttnProcessor`` (which materialises the
     probabilities, where the default ``AttnProcessor2_0`` fuses them away); layers and steps the controller
-    leaves alone take ``scaled_dot_product_attention`` as ``AttnProcessor2_0`` does."""
+    leaves alone take ``scaled_dot_product_attention`` on 4-D ``(batch, heads, seq, dim)`` tensors as
+    ``AttnProcessor2_0`` does (on 3-D ones PyTorch falls back to the math kernel, which materialises the
+    ``(seq, seq)`` scores: 4096² per head at 512 px)."""
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
@@ -198,20 +200,26 @@ class P2PAttnProcessor:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        query, key, value = (
-            attn.head_to_batch_dim(x)
-            for x in (query, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states))
-        )
+        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
         queries = query.shape[1]
         if self.controller.edits(is_cross, queries):
+            query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
             probs = attn.get_attention_scores(query, key, attention_mask)
             grouped = probs.view(2, batch // 4, 2, attn.heads, queries, keys)
             hidden_states = torch.bmm(self.controller(grouped, is_cross).view_as(probs), value)
-        else:
+            hidden_states = attn.batch_to_head_dim(hidden_states)
+        else:  # (batch, heads, seq, dim), as AttnProcessor2_0: 3-D inputs fall back to the math kernel
+            head_dim = query.shape[-1] // attn.heads
+            query, key, value = (
+                x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value)
+            )
+            if attention_mask is not None:
+                attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
             hidden_states = F.scaled_dot_product_attention(
                 query, key, value, attention_mask, scale=attn.scale
             )
-        hidden_states = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(hidden_states)))
+            hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
         if attn.residual_connection:
@@ -245,7 +253,8 @@ def build_controller(
         InputError: naming an edit word that occurs in neither caption as the tokenizer splits it.
     """
     device = pipe.device
-    source_ids, target_ids = token_ids(pipe, source_prompts), token_ids(pipe, target_prompts)
+    tokenizer = pipe.tokenizer
+    source_ids, target_ids = token_ids(tokenizer, source_prompts), token_ids(tokenizer, target_prompts)
     mappers, alphas = zip(
         *(alignment(s, t) for s, t in zip(source_ids, target_ids, strict=True)), strict=True
     )
@@ -253,8 +262,8 @@ def build_controller(
     equalizer = torch.ones(len(source_ids), source_ids.shape[1])
     for item, words in enumerate(edit_words):
         for word in words:
-            in_source = word_positions(pipe, source_ids[item], word)
-            in_target = word_positions(pipe, target_ids[item], word)
+            in_source = word_positions(tokenizer, source_ids[item], word)
+            in_target = word_positions(tokenizer, target_ids[item], word)
             if not in_source and not in_target:
                 raise InputError(
                     f"edit word '{word}' (edit {item}: '{source_prompts[item]}' -> '{target_prompts[item]}') "

@@ -92,9 +92,22 @@ class NullTextSettings(Settings):
 
 
 @dataclass(frozen=True)
+class ClipSettings(Settings):
+    """``editing.clip``: the CLIP filter (:mod:`workflow.editing.clip_filter`), its model and thresholds."""
+
+    model: str | None
+    text_similarity_threshold: float
+    clip_img_thresh: float
+    clip_thresh: float
+    clip_dir_thresh: float
+
+
+@dataclass(frozen=True)
 class EditSettings(Settings):
     """``editing`` as rules ``edit_images`` and ``collect_edits`` read it: the sampler, each method's
-    section, the edited images' resolution (``diffusion.resolution``) and the changed-region threshold."""
+    section, the edited images' resolution (``diffusion.resolution``), the changed-region threshold, the
+    CLIP filter (``clip``), whether edits are undone (``reversibility``), and the weights' ``dtype`` and
+    ``tf32`` of the job."""
 
     steps: int
     guidance_scale: float
@@ -102,6 +115,10 @@ class EditSettings(Settings):
     p2p: P2pSettings
     null_text: NullTextSettings
     region_percentile: float
+    clip: ClipSettings
+    reversibility: bool
+    dtype: str
+    tf32: bool
     resolution: int
 
     @classmethod

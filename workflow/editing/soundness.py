@@ -9,7 +9,12 @@ Per edit (rule ``edit_images``, from the float images, :func:`image_measures`):
   finding switched, :mod:`workflow.editing.edits`): MAE and SSIM of the edited image against it, inside and
   outside the finding's region, the pixels where the true counterfactual differs from the phantom's render by
   more than ``TRUTH_THRESHOLD`` (so "inside" scores the finding and "outside" what should not have changed);
-- **minimality**: the changed-region statistics of the difference map (:mod:`workflow.editing.difference`).
+- **minimality**: the changed-region statistics of the difference map (:mod:`workflow.editing.difference`);
+- **reversibility** (with ``editing.reversibility``): the edit undone by the same method (the edited image,
+  target caption back to the source caption) against the source: MAE, PSNR and SSIM
+  (:func:`reversibility`); the composition error is its floor, since the undo passes the round trip twice;
+- **CLIP filter** (with ``editing.clip.model``): its scores and whether the edit passed
+  (:mod:`workflow.editing.clip_filter`); the mean of ``clip_passed`` is the acceptance rate.
 
 Per set (rule ``counterfactual_soundness``, :func:`summarise`): **effectiveness**, the real-trained
 classifier's probability of the edited finding on the source and on the edited image: the mean change,
@@ -105,6 +110,16 @@ def image_measures(
     return out
 
 
+def reversibility(source: np.ndarray, undone: np.ndarray) -> dict[str, Any]:
+    """MAE, PSNR and SSIM of the undone edit against the source (``(H, W)`` in [0, 1])."""
+    error = np.abs(np.asarray(undone, np.float64) - np.asarray(source, np.float64))
+    return {
+        "reversibility_mae": float(error.mean()),
+        "reversibility_psnr": psnr(source, undone),
+        "reversibility_ssim": ssim(source, undone),
+    }
+
+
 def effectiveness(
     source_probability: np.ndarray,
     edited_probability: np.ndarray,
@@ -192,6 +207,14 @@ MEASURES = (
     "outside_mean_abs_change",
     "reconstruction_psnr",
     "reconstruction_ssim",
+    "reversibility_mae",
+    "reversibility_psnr",
+    "reversibility_ssim",
+    "clip_passed",
+    "clip_image_image",
+    "clip_caption_source",
+    "clip_caption_edited",
+    "clip_direction",
     "truth_region_fraction",
     *(
         f"truth_{image}_{metric}_{where}"

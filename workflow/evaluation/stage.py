@@ -221,9 +221,11 @@ def counterfactual_soundness(
 ) -> None:
     """Soundness of one counterfactual set (:mod:`workflow.editing.soundness`): the per-edit measures of the
     editing stage summarised per edit type and overall, with the effectiveness of every finding edit as the
-    real-data classifier ``model`` sees it (its probability on the source and the edited image; its
-    validation thresholds from ``real_metrics``), and the edits the plan refused. Without a real-data
-    classifier (``real`` not in ``classifier.regimes``) effectiveness is left out and the report says so.
+    real-data classifier ``model`` sees it (its probability before the edit, on the edit's ``reference``:
+    the method's reconstruction, or the source through the VAE, so that the round trip is not counted as the
+    edit; and on the edited image; its validation thresholds from ``real_metrics``), and the edits the plan
+    refused. Without a real-data classifier (``real`` not in ``classifier.regimes``) effectiveness is left
+    out and the report says so; with ``editing.ground_truth`` set but matching no edit, the notes say that.
     """
     from workflow.editing import edits, soundness
 
@@ -245,7 +247,7 @@ def counterfactual_soundness(
         where = pick_device()
         network = network.to(where)
         columns = {}
-        for side, column in (("source", "source_image"), ("edited", "image")):
+        for side, column in (("source", "reference"), ("edited", "image")):
             frame = rows[["image_id", column]].rename(columns={column: "image"})
             frame[[label_column(name) for name in spec.labels]] = np.nan
             predicted = training.predict(network, frame, spec, settings.batch_size, where)
@@ -269,6 +271,12 @@ def counterfactual_soundness(
         if probabilities is not None
         else ["no classifier trained on real images: effectiveness not measured"]
     )
+    truth = read_parquet_meta(plan).get("ground_truth")
+    if truth and not truth["matched"]:
+        notes.append(
+            f"editing.ground_truth ({truth['file']}) matches none of the planned edits: no error against "
+            "the true counterfactual (its Source Path must be the edited images' dataset paths)"
+        )
     write_json(
         report,
         {
