@@ -163,7 +163,9 @@ def step_flops(pipe: Any, args: argparse.Namespace, device: torch.device, on_the
     """FLOPs per image of one full-UNet training step at batch 1: UNet forward and backward, plus for
     diffusers' script the VAE encoder and text encoder."""
     side = args.resolution // pipe.vae_scale_factor
-    settings = argparse.Namespace(noise_offset=0.0, snr_gamma=None)
+    settings = argparse.Namespace(seed=0, caption_dropout=0.0, noise_offset=0.0, snr_gamma=None)
+    timesteps = pipe.scheduler.config.num_train_timesteps
+    draws = training.step_draws(settings, 0, 1, (4, side, side), 1, timesteps, device)
     pixels = torch.rand(1, 3, args.resolution, args.resolution, device=device) * 2 - 1
     ids = pipe.tokenizer(PROMPTS[:1], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with FlopCounterMode(display=False) as counter:
@@ -174,7 +176,7 @@ def step_flops(pipe: Any, args: argparse.Namespace, device: torch.device, on_the
         else:
             latents = torch.randn(1, 4, side, side, device=device)
             text = torch.randn(1, 77, pipe.text_encoder.config.hidden_size, device=device)
-        training.diffusion_loss(pipe.unet, latents, text, pipe.scheduler, settings).backward()
+        training.diffusion_loss(pipe.unet, latents, text, pipe.scheduler, settings, draws).backward()
     pipe.unet.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 

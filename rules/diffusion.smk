@@ -155,14 +155,15 @@ rule finetune_sd:
         base=lambda wildcards, input: input.base or DIFFUSION["base_model"],
         settings=lambda wildcards: TRAIN_SETTINGS[wildcards.generator],
         processes=lambda wildcards, resources: max(resources.gpu, 1),
-        mixed_precision=DIFFUSION["train"]["mixed_precision"],
         checkpoints=f"{MODEL}/checkpoints",
         validation=f"{MODEL}/grids",
         logs=f"{MODEL}/logs",
-    # trap: the shell and accelerate wait while training saves a checkpoint on SIGTERM (Slurm's time limit)
+    # trap: the shell and accelerate wait while training saves a checkpoint on SIGTERM (Slurm's time limit);
+    # the library resolves diffusion.train.mixed_precision (auto: bf16 where the GPU has it) and hands it to
+    # accelerate's Accelerator, whose argument overrides the launcher's --mixed_precision
     shell:
         "trap '' TERM; accelerate launch --num_processes {params.processes} --num_machines 1"
-        " --mixed_precision {params.mixed_precision} --dynamo_backend no"
+        " --mixed_precision no --dynamo_backend no"
         " -m scripts.diffusion finetune_sd --cache {input.cache} --base-model {params.base:q}"
         " --settings {params.settings:q} --gpus {resources.gpu} --model {output.model}"
         " --report {output.report} --loss {output.loss} --grid {output.grid}"

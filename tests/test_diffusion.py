@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +95,20 @@ def study(tmp_path_factory, tiny) -> Path:
         str(root / "cache.safetensors"),
     )  # fmt: skip
     return root
+
+
+def micro_inputs(
+    cache: latent_cache.LatentCache, settings: TrainSettings, micro: int, scheduler
+) -> tuple[torch.Tensor, torch.Tensor, training.StepDraws]:
+    """Latents, text embeddings and draws of one-process micro-step ``micro`` on the CPU, as training makes
+    them."""
+    cpu = torch.device("cpu")
+    rows = training.batch_indices(len(cache), settings, 1, 0, micro)
+    shape = (cache.latent_channels, cache.latent_size, cache.latent_size)
+    steps = scheduler.config.num_train_timesteps
+    draws = training.step_draws(settings, micro, settings.batch_size, shape, cache.flips, steps, cpu)
+    batch = (cache.posteriors(rows), cache.prompt_index[rows])
+    return *training.batch_inputs(cache, batch, draws, settings, cpu), draws
 
 
 def test_seeds_are_stable_and_distinct():
@@ -241,10 +256,8 @@ def test_lora_save_and_reload_give_identical_samples(tiny, study, tmp_path):
     optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-2)
     scheduler = base_models.load_pipeline(str(tiny)).scheduler
     for micro in range(3):
-        latents, text = training.batch_inputs(
-            cache, training.batch_indices(11, settings, 1, 0, micro), settings, "cpu"
-        )
-        training.diffusion_loss(unet, latents, text, scheduler, settings).backward()
+        latents, text, draws = micro_inputs(cache, settings, micro, scheduler)
+        training.diffusion_loss(unet, latents, text, scheduler, settings, draws).backward()
         optimizer.step()
         optimizer.zero_grad()
     saving.save_trained(unet, None, "lora", str(tiny), str(tmp_path / "lora"), "random-init tiny SD")
@@ -311,10 +324,8 @@ def test_fast_path_gives_the_same_training_steps_on_the_cpu(tiny, study):
         optimizer = training.adamw([p for p in unet.parameters() if p.requires_grad], settings)
         ema, losses = training.weight_average(unet, settings), []
         for micro in range(3):
-            torch.manual_seed(micro)
-            indices = training.batch_indices(len(cache), settings, 1, 0, micro)
-            latents, text = training.batch_inputs(cache, indices, settings, torch.device("cpu"))
-            loss = training.diffusion_loss(unet, latents, text, scheduler, settings)
+            latents, text, draws = micro_inputs(cache, settings, micro, scheduler)
+            loss = training.diffusion_loss(unet, latents, text, scheduler, settings, draws)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -360,8 +371,11 @@ def test_fingerprint_ignores_how_often_a_run_checkpoints_or_validates():
     assert training.trajectory_fingerprint(settings, "other cache", "base") != same
 
 
-def run_training(study: Path, tiny: Path, out: Path, settings: TrainSettings) -> subprocess.Popen:
-    """Start `scripts.diffusion finetune_sd` (as the rule does, one CPU process) in the background."""
+def run_training(
+    study: Path, tiny: Path, out: Path, settings: TrainSettings, processes: int = 0
+) -> subprocess.Popen:
+    """Start `scripts.diffusion finetune_sd` (as the rule does, one CPU process) in the background; with
+    ``processes``, under `accelerate launch` with that many CPU processes (gloo)."""
     paths = {
         name: str(out / name)
         for name in ("model", "report", "loss", "grid", "checkpoints", "validation", "logs")
@@ -374,6 +388,15 @@ def run_training(study: Path, tiny: Path, out: Path, settings: TrainSettings) ->
         "--base-model", str(tiny), "--settings", settings.to_json(), "--gpus", "0",
         *[arg for name, path in paths.items() for arg in (f"--{name}", path)],
     ]  # fmt: skip
+    if processes:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        # --multi_gpu picks accelerate's torchrun launcher; on a CPU (--gpus 0) the processes use gloo
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+        launcher += ["--num_processes", str(processes), "--main_process_port", port]
+        launcher += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        command = [*launcher, *command[1:]]
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -541,3 +564,124 @@ def test_restored_ema_weights_are_on_the_training_device():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     training.TrainingState(accelerator, model, optimizer, schedule, ema).restore(state)
     assert {p.device.type for p in ema.shadow_params} == {"meta"}
+
+
+def test_two_processes_train_the_same_weights_as_one_with_the_global_batch(tiny, study, tmp_path):
+    """`accelerate launch --num_processes 2` (gloo on the CPU) at batch 2 trains the weights of one process at
+    batch 4: each process takes its slice of the global batch and of the step's random draws (latent
+    samples, noise, offsets, timesteps, caption dropout, flip views), and DDP averages the gradients. They
+    agree to float32 rounding: the losses to 1e-4 relative, the weights to a quarter of the learning rate
+    (Adam's normalised step can turn a rounding-level change of a near-zero gradient into a step of up to
+    the learning rate), all but 0.1 % of them to 1e-6."""
+    raw = TrainSettings.of(validated({"diffusion": {"method": "full"}})).to_dict()
+    raw |= {"max_steps": 3, "learning_rate": 1e-3, "snr_gamma": 5.0, "noise_offset": 0.05}
+    raw |= {"caption_dropout": 0.3, "validation_prompts": 1, "validation_inference_steps": 1}
+    raw |= {"log_with": "none", "log_steps": 1}
+    single = TrainSettings.from_dict(raw | {"batch_size": 4})
+    two_processes = run_training(study, tiny, tmp_path / "two", replace(single, batch_size=2), processes=2)
+    paths = {name: str(tmp_path / "one" / name) for name in ("model", "checkpoints", "validation", "logs")}
+    paths |= {name: str(tmp_path / "one" / name) for name in ("report.json", "loss.png", "grid.png")}
+    paths = {name.split(".")[0]: path for name, path in paths.items()}
+    training.train(str(study / "cache.safetensors"), str(tiny), single, 0, paths)  # one process, here
+    assert two_processes.wait(timeout=240) == 0, two_processes.stderr.read()
+    runs = ("one", "two")
+    one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in runs)
+    assert (one["processes"], two["processes"]) == (1, 2) and one["images_seen"] == two["images_seen"] == 12
+    assert np.allclose(one["losses"], two["losses"], rtol=1e-4, atol=0)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a, b = (load_file(tmp_path / name / "model" / weights) for name in runs)
+    difference = torch.cat([(a[key] - b[key]).abs().flatten() for key in a])
+    assert difference.max() < single.learning_rate / 4 and (difference > 1e-6).float().mean() < 1e-3
+    base = load_file(tiny / weights)
+    assert max((a[key] - base[key]).abs().max() for key in a) > 1e-4  # it trained
+
+
+def test_step_draws_are_the_global_batch_sliced_per_process():
+    """Process r's draws are the r-th slice of the one-process draws of the global batch."""
+    settings = train_settings(noise_offset=0.1, caption_dropout=0.5)
+    cpu = torch.device("cpu")
+    whole = training.step_draws(settings, 7, 6, (4, 3, 3), 2, 1000, cpu)
+    parts = [training.step_draws(settings, 7, 6, (4, 3, 3), 2, 1000, cpu).part(r, 3) for r in (0, 1)]
+    for name in ("view", "dropped", "latent", "noise", "timesteps"):
+        assert torch.equal(torch.cat([getattr(p, name) for p in parts]), getattr(whole, name)), name
+    other = training.step_draws(settings, 8, 6, (4, 3, 3), 2, 1000, cpu)
+    assert not torch.equal(other.noise, whole.noise)
+
+
+def test_data_loader_reads_the_batches_of_the_seeded_order(study):
+    """The DataLoader gives, from any micro-step on (a resumed run), the rows batch_indices names for this
+    process; on CUDA it reads ahead in a worker into pinned memory."""
+    cache = latent_cache.LatentCache(str(study / "cache.safetensors"))
+    settings = train_settings(batch_size=2)
+    micros = range(3, 9)  # crosses an epoch: 11 images, 2 processes x 2 -> 2 micro-steps per epoch
+    loader = training.micro_batches(cache, settings, 2, 1, micros, torch.device("cpu"))
+    batches = list(loader)
+    assert len(batches) == len(micros)
+    for micro, (posteriors, prompts) in zip(micros, batches, strict=True):
+        rows = training.batch_indices(len(cache), settings, 2, 1, micro)
+        assert torch.equal(posteriors, cache.posteriors(rows))
+        assert torch.equal(prompts, cache.prompt_index[rows])
+    assert loader.num_workers == 0 and not loader.pin_memory
+    cuda = training.micro_batches(cache, settings, 2, 1, micros, torch.device("cuda"))
+    assert cuda.num_workers == 1 and cuda.pin_memory and cuda.prefetch_factor == training.PREFETCH
+
+
+def test_mixed_precision_auto_is_bf16_on_gpus_that_have_it_and_fp32_elsewhere(monkeypatch):
+    """auto (the default) resolves per device; "no" (the LoRA-fairness preset's fp32) stays fp32 on a GPU."""
+    assert train_settings().mixed_precision == "auto"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training.training_precision("auto", cpu) == "no"
+    capability = {"value": (8, 0)}  # A100
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability["value"])
+    assert training.training_precision("auto", cuda) == "bf16"
+    capability["value"] = (7, 0)  # V100 (and T4, 7.5): bf16 only emulated
+    assert training.training_precision("auto", cuda) == "no"
+    preset = yaml.safe_load((ROOT / "resources" / "presets" / "lora-fairness.yaml").read_text())
+    assert training.training_precision(preset["diffusion"]["train"]["mixed_precision"], cuda) == "no"
+    assert training.training_precision("bf16", cpu) == "bf16"
+    with pytest.raises(InputError, match=r"diffusion\.train\.mixed_precision"):
+        training.training_precision("fp16", cpu)
+
+
+def test_sampling_batch_size_auto_follows_free_gpu_memory(monkeypatch):
+    """auto: the free memory (a fake figure here) over the per-image estimate, within 1..MAX_BATCH; a fixed
+    PLANNED_BATCH on a CPU; a number is kept. The shard is then sampled in runs of that size, in plan
+    order, and the plan groups PLANNED_BATCH images."""
+    gib = 2**30
+    per_image = sampling.MEMORY_PER_IMAGE_512
+    assert sampling.memory_batch_size(int(20.5 * per_image / 0.8), 512, 2) == 20
+    assert sampling.memory_batch_size(int(20.5 * per_image / 0.8), 256, 2) == 64  # 82, capped
+    assert sampling.memory_batch_size(int(20.5 * per_image / 0.8), 512, 4) == 10  # float32 weights
+    assert sampling.memory_batch_size(gib // 10, 512, 2) == 1
+    settings = sample_settings(batch_size="auto", resolution=512)
+    gpu = SimpleNamespace(unet=SimpleNamespace(device=torch.device("cuda"), dtype=torch.float16))
+    cpu = SimpleNamespace(unet=SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(5.5 * per_image / 0.8), 80 * gib))
+    assert sampling.batch_size(settings, gpu) == 5
+    assert sampling.batch_size(settings, cpu) == sampling.PLANNED_BATCH
+    assert sampling.batch_size(replace(settings, batch_size=3), gpu) == 3
+    items = pd.DataFrame({"batch": [0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]})
+    assert [len(b) for b in sampling.batches(items, settings, gpu)] == [5, 5, 2]
+    assert [len(b) for b in sampling.batches(items, replace(settings, batch_size=4), gpu)] == [2, 3, 4, 3]
+    planned = sampling.assign_seeds(pd.DataFrame({"prompt_id": [1] * 20, "index": range(20)}), settings)
+    assert planned["batch"].tolist() == [0] * 8 + [1] * 8 + [2] * 4
+    assert defaults()["sample"]["batch_size"] == "auto"
+
+
+def test_dpm_solver_is_offered_beside_ddim_and_documented_as_a_science_setting(tiny, tmp_path):
+    """DPM-Solver++ (multistep, dpmsolver++) swaps in on the same noise schedule and samples at 20 steps; the
+    schema names both settings (DDIM-50, DPM-Solver++ at 20-25 steps) as science settings."""
+    pipe = base_models.load_pipeline(str(tiny))
+    sampling.set_scheduler(pipe, "dpm-solver++")
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    original = base_models.load_pipeline(str(tiny)).scheduler.config
+    assert pipe.scheduler.config.beta_schedule == original.beta_schedule
+    options = sample_settings(scheduler="dpm-solver++", steps=20)
+    dpm = np.stack(sampling.generate(pipe, ["chest x-ray a"], [1], options)).astype(int)
+    sampling.set_scheduler(pipe, "ddim")
+    ddim = np.stack(sampling.generate(pipe, ["chest x-ray a"], [1], replace(options, scheduler="ddim")))
+    assert dpm.shape == ddim.shape and not np.array_equal(dpm, ddim)  # another sampler, other images
+    schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["diffusion"]["properties"]["sample"]
+    text = " ".join(schema["properties"][key]["description"] for key in ("scheduler", "steps"))
+    assert "dpm-solver++" in text and "20-25" in text and "50" in text and "science" in text

@@ -149,6 +149,7 @@ class LatentCache:
         self.prompt_index: torch.Tensor = self._file.get_tensor("prompt_index")
         self._posteriors = memory_map(self.path, "posteriors")
         self.flips: int = self._posteriors.shape[1]
+        self.latent_channels: int = self._posteriors.shape[2] // 2
         self.latent_size: int = self._posteriors.shape[-1]
 
     def __len__(self) -> int:

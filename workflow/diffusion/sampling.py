@@ -21,7 +21,15 @@ samplers offered (DDIM, DPM-Solver++, PNDM) are deterministic given that noise, 
 
 **Shards.** Images are grouped into batches of ``batch_size`` in (prompt id, index) order, and whole
 batches are dealt to ``shards`` jobs in contiguous runs, so a batch (and so every pixel, up to nothing) is the
-same whatever the number of shards.
+same whatever the number of shards. With ``batch_size: auto`` the plan groups :data:`PLANNED_BATCH` images and
+a GPU job samples its shard in runs as large as its free memory allows (:func:`batch_size`): faster, but the
+pixels then depend on the GPU at rounding level (batched kernels); give a number for bit-identical reruns on
+another GPU. A CPU job samples the planned batches.
+
+**Solvers** (``scheduler``, ``steps``). DDIM at 50 steps (Song et al. 2021) is the papers' setting (PRISM,
+RoentGen) and the default. DPM-Solver++ (Lu et al. 2022, the multistep second-order solver) at 20-25 steps
+reaches the quality of DDIM-50 in about half the UNet evaluations: a *science* setting, since it changes the
+images; report it as such, and compare studies only at the same solver and steps.
 
 **Output.** PNGs under ``results/samples/<generator>/images/shard<k>/`` and
 ``results/samples/<generator>/manifest.parquet`` in the manifest schema (:mod:`workflow.common.manifest`) plus
@@ -49,6 +57,16 @@ from workflow.prompts.settings import CaptionSettings
 
 TEXT_ATTRIBUTES = ("sex", "race", "site", "view", "projection")
 EXTRA_COLUMNS = ["image", "prompt", "prompt_id", "seed", "split", "source_images"]
+PLANNED_BATCH = 8
+"""Images per planned batch with ``batch_size: auto`` (the plan is made before any GPU is seen), and per
+pipeline call on a CPU."""
+MEMORY_PER_IMAGE_512 = 1.5 * 2**30
+"""Bytes of GPU memory one 512 px image takes while it is sampled with 16-bit weights: the UNet's
+activations for both halves of classifier-free guidance and, the larger part, the VAE decoder's at full
+resolution; a conservative estimate for SD 1.5 with SDPA attention. Scales with the pixels and the dtype's
+size."""
+MEMORY_FRACTION = 0.8  # of the free memory after the pipeline is loaded: room for the allocator and kernels
+MAX_BATCH = 64  # larger batches no longer raise a GPU's throughput
 SCHEDULERS = {
     "ddim": ("DDIMScheduler", {}),
     "dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
@@ -143,7 +161,8 @@ def assign_seeds(items: pd.DataFrame, settings: SampleSettings) -> pd.DataFrame:
         derive_seed(settings.seed, text_key(str(p)), int(i))
         for p, i in zip(items["prompt_id"], index, strict=True)
     ]
-    items["batch"] = np.arange(len(items)) // settings.batch_size
+    planned = PLANNED_BATCH if settings.batch_size == "auto" else settings.batch_size
+    items["batch"] = np.arange(len(items)) // planned
     n_batches = int(items["batch"].max()) + 1 if len(items) else 0
     items["shard"] = (items["batch"] * settings.shards) // max(n_batches, 1)
     return items
@@ -164,6 +183,37 @@ def weights_dtype(name: str, device: Any, key: str) -> Any:
 def sampling_dtype(settings: SampleSettings, device: Any) -> Any:
     """The weights' dtype of ``diffusion.sample.dtype`` (:func:`weights_dtype`)."""
     return weights_dtype(settings.dtype, device, "diffusion.sample.dtype")
+
+
+def memory_batch_size(free_bytes: int, resolution: int, element_size: int) -> int:
+    """Images per pipeline call that fit :data:`MEMORY_FRACTION` of ``free_bytes`` at ``resolution`` px with
+    weights of ``element_size`` bytes (:data:`MEMORY_PER_IMAGE_512`), from 1 to :data:`MAX_BATCH`."""
+    per_image = MEMORY_PER_IMAGE_512 * (resolution / 512) ** 2 * element_size / 2
+    return int(min(MAX_BATCH, max(1, MEMORY_FRACTION * free_bytes // per_image)))
+
+
+def batch_size(settings: SampleSettings, pipe: Any) -> int:
+    """Images per pipeline call: ``diffusion.sample.batch_size``, or for ``auto`` what the free memory of
+    the pipeline's GPU allows once it is loaded (:func:`memory_batch_size`); :data:`PLANNED_BATCH` on a
+    CPU."""
+    import torch
+
+    if settings.batch_size != "auto":
+        return int(settings.batch_size)
+    device = pipe.unet.device
+    if device.type != "cuda":
+        return PLANNED_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    return memory_batch_size(free, settings.resolution, pipe.unet.dtype.itemsize)
+
+
+def batches(items: pd.DataFrame, settings: SampleSettings, pipe: Any) -> list[pd.DataFrame]:
+    """A shard's planned images in the pipeline calls that sample them: the plan's batches for a numeric
+    ``batch_size``, runs of :func:`batch_size` images (in plan order) for ``auto``."""
+    if settings.batch_size != "auto":
+        return [batch for _, batch in items.groupby("batch", sort=True)]
+    size = batch_size(settings, pipe)
+    return [items.iloc[start : start + size] for start in range(0, len(items), size)]
 
 
 def load_sampler(model: str, settings: SampleSettings, device: Any) -> Any:

@@ -148,7 +148,7 @@ class SampleSettings(Settings):
     images_per_prompt: int
     max_prompts: int | None
     shards: int
-    batch_size: int
+    batch_size: int | str
     scheduler: str
     steps: int
     guidance_scale: float

@@ -209,7 +209,7 @@ def sample_images(
     Path(images).mkdir(parents=True, exist_ok=True)
     paths = [sampling.image_path(images, p, i) for p, i in zip(mine["prompt_id"], mine["index"], strict=True)]
     with progress(total=len(mine), desc=f"sample_images shard {shard}", unit="img") as bar:
-        for _, batch in mine.groupby("batch", sort=True):
+        for batch in sampling.batches(mine, settings, pipe):
             generated = sampling.generate(pipe, batch["prompt"].tolist(), batch["seed"].tolist(), settings)
             for row, image in zip(batch.index, generated, strict=True):
                 save_png(image, paths[row])

@@ -19,36 +19,49 @@ posterior, ``s`` the VAE scaling factor) and text embeddings ``c``:
   UNet weights (diffusers' ``EMAModel``; the saved model then holds the EMA weights, as diffusers does).
 
 **Seeded data order and noise.** Epoch ``e`` visits the images in the permutation seeded by ``(seed, 0, e)``;
-micro-step ``m`` of process ``r`` reseeds torch's generators with ``(seed, 1, m, r)`` before drawing its
-latents, caption dropout, noise, timesteps and LoRA dropout (:func:`workflow.common.seeding.derive_seed`).
-The random state is therefore a function of the step, and a run resumed from a checkpoint draws exactly
-what an uninterrupted run draws.
+micro-step ``m`` draws the flip views, caption dropout, latent samples, noise and timesteps of its whole
+*global* batch from generators seeded with ``(seed, 1, m)`` and each process keeps its slice
+(:func:`step_draws`), so the draws do not depend on the number of processes; torch's default generators,
+which draw LoRA dropout inside the UNet, are reseeded with ``(seed, 1, m, r)`` on process ``r``
+(:func:`workflow.common.seeding.derive_seed`). The random state is therefore a function of the step, and a
+run resumed from a checkpoint draws exactly what an uninterrupted run draws.
 
 **Stopped by the batch system.** On SIGTERM (Slurm's time limit, ``scancel``;
 :mod:`workflow.common.interruption`) the step in progress is finished, every process agrees to stop at the
 same step, a checkpoint is saved and the job exits with status 143; the next attempt resumes from it.
 
 **Data parallel.** With ``n`` processes, every optimizer step consumes ``n * batch_size * accumulation``
-images: process ``r`` takes the ``r``-th slice of each global batch; gradients are averaged by DDP.
+images: process ``r`` takes the ``r``-th slice of each global batch and of its random draws; gradients are
+averaged by DDP. ``n`` processes at ``batch_size`` therefore train the same weights as one process at
+``n * batch_size`` up to rounding (with LoRA, when ``diffusion.lora.dropout`` is 0: dropout masks are drawn
+per process). tests/test_diffusion.py checks it with 2 CPU processes (gloo).
+
+**Precision.** ``mixed_precision: auto`` (the default) is bf16 on a GPU that has it natively (Ampere and
+newer) and fp32 (``no``) elsewhere, the CPU included (:func:`training_precision`); the resolved value is
+passed to accelerate's ``Accelerator``, whose argument overrides ``accelerate launch --mixed_precision``,
+and written to the report. ``no`` keeps fp32 everywhere (the LoRA-fairness study).
 
 **Fast path** (``diffusion.train``; none changes what is computed beyond rounding): TF32 matmuls on CUDA
 (``tf32``), torch's fused AdamW kernel (``fused_adam``, CUDA and CPU), a multi-tensor EMA update
 (``foreach_ema``), a channels-last UNet (``channels_last``), ``torch.compile`` of the UNet (``compile``),
 SDPA attention (always).
-A batch's latents are one gather from the memory-mapped cache, copied to the GPU from pinned memory; the
-epoch's permutation is drawn once. The step never waits for the GPU: losses and gradient norms stay on the
-device and are read back every ``log_steps`` steps (and at checkpoints), when they go to the log, a progress
-line and the tracker (``log_with``, :mod:`workflow.common.tracking`) with the learning rate and, at every
-validation, the validation images.
+A batch's latents are one gather from the memory-mapped cache, read by a torch ``DataLoader`` (one
+worker process prefetching batches into pinned memory on CUDA, in the training process on the CPU;
+:func:`micro_batches`) and copied to the GPU asynchronously; the epoch's permutation is drawn once. The
+step never waits for the GPU: losses and gradient norms stay on the device and are read back every
+``log_steps`` steps (and at checkpoints), when they go to the log, a progress line and the tracker
+(``log_with``, :mod:`workflow.common.tracking`) with the learning rate and, at every validation, the
+validation images.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -75,6 +88,7 @@ from workflow.diffusion.validation import Validator
 log = logging.getLogger(__name__)
 
 ORDER, NOISE = 0, 1  # seed domains: data order per epoch, random draws per micro-step
+PREFETCH = 4  # batches a CUDA run reads ahead
 
 
 @dataclass
@@ -229,22 +243,81 @@ def step_schedule(lr_schedule: Any, accelerator: Any) -> None:
         lr_schedule.step()
 
 
+def training_precision(setting: str, device: torch.device) -> str:
+    """accelerate's mixed precision for ``diffusion.train.mixed_precision`` on ``device``: ``auto`` is bf16 on
+    a GPU with native bf16 (compute capability 8.0 and newer: Ampere, Hopper) and ``no`` (fp32) on older GPUs
+    and the CPU; other values pass through.
+
+    Raises:
+        InputError: fp16 on a CPU.
+    """
+    if setting == "auto":
+        native = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+        return "bf16" if native else "no"
+    if setting == "fp16" and device.type == "cpu":
+        raise InputError(
+            "diffusion.train.mixed_precision: fp16 needs a GPU; use 'no', 'bf16' or 'auto' on a CPU"
+        )
+    return setting
+
+
+@dataclass(frozen=True)
+class StepDraws:
+    """The random draws of one micro-step's batch: per image the cached flip view, whether the caption is
+    dropped (CPU), the standard normal of the latent sample, the diffusion noise (offset included) and the
+    timestep (on the training device)."""
+
+    view: torch.Tensor
+    dropped: torch.Tensor
+    latent: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+    def part(self, rank: int, size: int) -> StepDraws:
+        """The draws of images ``rank * size`` to ``(rank + 1) * size``: process ``rank``'s slice."""
+        part = slice(rank * size, (rank + 1) * size)
+        return StepDraws(*(getattr(self, f.name)[part] for f in fields(self)))
+
+
+def step_draws(
+    settings: TrainSettings,
+    micro: int,
+    images: int,
+    latent_shape: tuple[int, int, int],
+    flips: int,
+    train_timesteps: int,
+    device: torch.device,
+) -> StepDraws:
+    """The draws of micro-step ``micro``'s global batch of ``images`` (all processes together), from a CPU
+    and a device generator seeded with ``(seed, 1, micro)``: the same on every process and for any number of
+    processes (module docstring)."""
+    seed = derive_seed(settings.seed, NOISE, micro)
+    host = torch.Generator().manual_seed(seed)
+    on_device = torch.Generator(device).manual_seed(seed)
+    view = torch.randint(0, flips, (images,), generator=host)
+    dropped = torch.rand(images, generator=host) < settings.caption_dropout
+    latent = torch.randn((images, *latent_shape), generator=on_device, device=device)
+    noise = torch.randn((images, *latent_shape), generator=on_device, device=device)
+    if settings.noise_offset:  # Guttenberg 2023: one normal draw per (image, channel)
+        offset = torch.randn((images, latent_shape[0], 1, 1), generator=on_device, device=device)
+        noise += settings.noise_offset * offset
+    timesteps = torch.randint(0, train_timesteps, (images,), generator=on_device, device=device)
+    return StepDraws(view, dropped, latent, noise, timesteps)
+
+
 def diffusion_loss(
     unet: torch.nn.Module,
     latents: torch.Tensor,
     text: torch.Tensor,
     noise_scheduler: Any,
     settings: TrainSettings,
+    draws: StepDraws,
 ) -> torch.Tensor:
-    """The DDPM training loss of one batch (epsilon or v target, optional noise offset and min-SNR weights);
-    draws from torch's default generators."""
+    """The DDPM training loss of one batch (epsilon or v target, min-SNR weights) with the batch's
+    ``draws`` of noise and timesteps."""
     from diffusers.training_utils import compute_snr
 
-    noise = torch.randn_like(latents)
-    if settings.noise_offset:
-        noise += settings.noise_offset * torch.randn(*latents.shape[:2], 1, 1, device=latents.device)
-    steps = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
+    noise, timesteps = draws.noise, draws.timesteps
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
@@ -257,24 +330,64 @@ def diffusion_loss(
     return (per_sample * weights).mean()
 
 
+class MicroBatches(torch.utils.data.Dataset):
+    """Item ``m``: the cached posteriors (``(batch_size, flips, 2 * channels, h, w)``, float32) and prompt
+    rows of micro-step ``m``'s batch on process ``rank`` (:func:`batch_indices`), read with one gather."""
+
+    def __init__(self, cache: LatentCache, settings: TrainSettings, processes: int, rank: int) -> None:
+        self.cache, self.settings, self.processes, self.rank = cache, settings, processes, rank
+
+    def __getitem__(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = batch_indices(len(self.cache), self.settings, self.processes, self.rank, micro)
+        return self.cache.posteriors(rows), self.cache.prompt_index[rows]
+
+
+def _ignore_sigterm(worker: int) -> None:
+    """A loader worker ignores SIGTERM (Slurm signals every process of the job): the training process
+    finishes its step and stops the worker itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def micro_batches(
+    cache: LatentCache,
+    settings: TrainSettings,
+    processes: int,
+    rank: int,
+    micros: range,
+    device: torch.device,
+) -> torch.utils.data.DataLoader:
+    """The batches of micro-steps ``micros`` on process ``rank`` (:class:`MicroBatches`), in order: on CUDA
+    read ahead by one worker process into pinned memory (``PREFETCH`` batches), on the CPU in the training
+    process."""
+    cuda = device.type == "cuda"
+    return torch.utils.data.DataLoader(
+        MicroBatches(cache, settings, processes, rank),
+        batch_size=None,
+        sampler=micros,
+        num_workers=1 if cuda else 0,
+        pin_memory=cuda,
+        prefetch_factor=PREFETCH if cuda else None,
+        worker_init_fn=_ignore_sigterm if cuda else None,
+    )
+
+
 def batch_inputs(
-    cache: LatentCache, indices: torch.Tensor, settings: TrainSettings, device: torch.device
+    cache: LatentCache,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    draws: StepDraws,
+    settings: TrainSettings,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents ``s * z`` drawn from the cached posteriors (a random flip view each) and text embeddings with
-    caption dropout; draws from torch's default generator."""
+    """Latents ``s * z``, ``z`` sampled from the batch's cached posteriors (each in its drawn flip view), and
+    text embeddings with the drawn caption dropout."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    posteriors = cache.posteriors(indices)
-    view = torch.randint(0, cache.flips, (len(indices),))
-    chosen = posteriors[torch.arange(len(indices)), view]
-    if torch.device(device).type == "cuda":
-        chosen = chosen.pin_memory()
-    chosen = chosen.to(device, non_blocking=True)
-    latents = DiagonalGaussianDistribution(chosen).sample() * cache.scaling_factor
-    prompt_rows = cache.prompt_index[indices]
-    dropped = torch.rand(len(indices)) < settings.caption_dropout
-    prompt_rows = torch.where(dropped, EMPTY_PROMPT, prompt_rows)
-    return latents, cache.embeddings[prompt_rows].to(device)
+    posteriors, prompt_rows = batch
+    chosen = posteriors.to(device, non_blocking=True)[torch.arange(len(prompt_rows)), draws.view]
+    posterior = DiagonalGaussianDistribution(chosen)
+    latents = (posterior.mean + posterior.std * draws.latent) * cache.scaling_factor
+    prompt_rows = torch.where(draws.dropped, EMPTY_PROMPT, prompt_rows)
+    return latents, cache.embeddings[prompt_rows].to(device, non_blocking=True)
 
 
 def build_unet(location: str, settings: TrainSettings, weight_dtype: torch.dtype) -> torch.nn.Module:
@@ -364,12 +477,15 @@ def train(
             every attempt in ``checkpoints``, :func:`workflow.common.interruption.attempt_log`), ``logs``
             (the tracker's folder).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
 
+    cpu = pick_device(gpus).type == "cpu"
+    # the process's device first (this process's GPU, not GPU 0 of every process), then its precision
+    device = PartialState(cpu=cpu).device
     accelerator = Accelerator(
-        mixed_precision=settings.mixed_precision,
+        mixed_precision=training_precision(settings.mixed_precision, device),
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        cpu=pick_device(gpus).type == "cpu",
+        cpu=cpu,
     )
     with attempt_log(paths["checkpoints"]) if accelerator.is_main_process else nullcontext():
         _train(accelerator, cache_path, base_model, settings, paths)
@@ -383,16 +499,15 @@ def _train(
     from diffusers import DDPMScheduler
 
     device, processes, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    if settings.mixed_precision == "fp16" and device.type == "cpu":
-        raise InputError("diffusion.train.mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU")
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        settings.mixed_precision, torch.float32
-    )
+    precision = str(accelerator.mixed_precision)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     use_tf32(settings.tf32)
     location = base_models.resolve_base(base_model)
     cache = LatentCache(cache_path)
     steps = total_steps(len(cache), settings, processes)
-    fingerprint = trajectory_fingerprint(settings, cache.provenance["cache_id"], location)
+    fingerprint = trajectory_fingerprint(
+        replace(settings, mixed_precision=precision), cache.provenance["cache_id"], location
+    )
 
     unet = build_unet(location, settings, weight_dtype).to(device)
     noise_scheduler = DDPMScheduler.from_pretrained(location, subfolder="scheduler")
@@ -462,14 +577,19 @@ def _train(
     started, first_step = time.perf_counter(), step
     running = torch.zeros((), device=device)
     grad_norm = torch.zeros((), device=device)
+    micros = range(step * accumulation, steps * accumulation)
+    latent_shape = (cache.latent_channels, cache.latent_size, cache.latent_size)
+    images = settings.batch_size * processes
+    train_timesteps = noise_scheduler.config.num_train_timesteps
     with stop_on_signal() as stop, bar:
-        for micro in range(step * accumulation, steps * accumulation):
-            torch.manual_seed(derive_seed(settings.seed, NOISE, micro, rank))
-            latents, text = batch_inputs(
-                cache, batch_indices(len(cache), settings, processes, rank, micro), settings, device
-            )
+        loader = micro_batches(cache, settings, processes, rank, micros, device)
+        for micro, batch in zip(micros, loader, strict=True):
+            torch.manual_seed(derive_seed(settings.seed, NOISE, micro, rank))  # LoRA dropout
+            draws = step_draws(settings, micro, images, latent_shape, cache.flips, train_timesteps, device)
+            draws = draws.part(rank, settings.batch_size)
+            latents, text = batch_inputs(cache, batch, draws, settings, device)
             with accelerator.accumulate(unet), accelerator.autocast():
-                loss = diffusion_loss(unet, latents, text.to(weight_dtype), noise_scheduler, settings)
+                loss = diffusion_loss(unet, latents, text.to(weight_dtype), noise_scheduler, settings, draws)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
@@ -520,7 +640,8 @@ def _train(
         saving.save_trained(
             final, ema, settings.method, location, paths["model"], cache.provenance["weights"]
         )
-        run = {"processes": processes, "device": device.type, "steps": step, "resumed_from_step": first_step}
+        run = {"processes": processes, "device": device.type, "mixed_precision": precision}
+        run |= {"steps": step, "resumed_from_step": first_step}
         run |= {"images_seen": images_seen, "process_change": process_change, "stopped_by_signal": stops}
         run |= {"seconds": seconds, "trainable_parameters": sum(p.numel() for p in parameters)}
         write_report(paths["report"], settings, base_model, cache.provenance, run, losses)
