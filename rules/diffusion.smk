@@ -2,7 +2,7 @@
 # seeded sampling -> labelled synthetic dataset, per generator (workflow/diffusion/generators.py); with
 # base_model tiny, the tiny SD's VAE is first trained on the training images (train_tiny_vae). Generators of
 # kind mask-guided (segmentation-guided diffusion) are trained on the real masks and sampled once per mask
-# instead (train_mask_guided, sample_mask_guided), into the same folders.
+# instead (train_mask_guided, sharded sample_mask_guided, collect_mask_guided), into the same folders.
 # Functions: workflow/diffusion/stage.py (one per rule); settings: workflow/diffusion/settings.py.
 import re
 import shlex
@@ -273,12 +273,13 @@ rule sample_mask_guided:
         dataset=DATASET,
         model=rules.train_mask_guided.output.model,
     output:
-        images=directory(f"{SAMPLES}/images/masks"),
-        samples=samples_manifest("{generator}"),
+        table=f"{SAMPLES}/shards/{{shard}}.parquet",
+        images=directory(f"{SAMPLES}/images/masks{{shard}}"),
     log:
-        "logs/diffusion/sample_mask_guided/{generator}.log",
+        "logs/diffusion/sample_mask_guided/{generator}/{shard}.log",
     wildcard_constraints:
         generator=name_pattern(MASK_GUIDED),
+        shard=r"\d+",
     conda:
         "../envs/synthmed.yaml"
     threads: 8  # as train_tiny_vae
@@ -288,5 +289,24 @@ rule sample_mask_guided:
         settings=MaskGuidedSampleSettings.of(config).to_json(),
     shell:
         "python -m scripts.diffusion sample_mask_guided --dataset {input.dataset} --model {input.model}"
-        " --settings {params.settings:q} --gpus {resources.gpu} --images {output.images}"
-        " --samples {output.samples} 2> {log}"
+        " --settings {params.settings:q} --gpus {resources.gpu} --shard {wildcards.shard}"
+        " --images {output.images} --table {output.table} 2> {log}"
+
+
+rule collect_mask_guided:
+    input:
+        expand(
+            rules.sample_mask_guided.output.table,
+            shard=range(DIFFUSION["mask_guided"]["sample"]["shards"]),
+            allow_missing=True,
+        ),
+    output:
+        samples_manifest("{generator}"),
+    log:
+        "logs/diffusion/collect_mask_guided/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(MASK_GUIDED),
+    conda:
+        "../envs/synthmed.yaml"
+    shell:
+        "python -m scripts.diffusion collect_mask_guided --samples {output} {input} 2> {log}"

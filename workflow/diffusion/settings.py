@@ -206,6 +206,8 @@ class MaskGuidedSampleSettings(Settings):
     batch_size: int
     ablation_probability: float
     seed: int
+    shards: int
+    remove_classes: tuple[str, ...]
     mask_classes: tuple[str, ...]
 
     @classmethod
