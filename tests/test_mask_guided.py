@@ -17,7 +17,7 @@ from test_workflow_data import snakemake, write_config
 from workflow.common.errors import InputError
 from workflow.common.interruption import Stopped, StopRequest
 from workflow.diffusion import mask_guided
-from workflow.diffusion.generators import generators, name_pattern, names_of_kind
+from workflow.diffusion.generators import generators, name_pattern, names_of_kind, trained_mask_guided
 from workflow.diffusion.settings import MaskGuidedSampleSettings, MaskGuidedTrainSettings
 
 CLASSES = ("background", "lungs", "heart", "devices")
@@ -164,7 +164,7 @@ def test_generator_kind_defaults_to_sd_and_each_kind_has_its_rules_pattern():
 def job(plan: str, rule: str, generator: str) -> str:
     """The block of a dry run's plan describing ``rule``'s job for ``generator``."""
     blocks = [b for b in plan.split("rule ")[1:] if b.startswith(f"{rule}:")]
-    return next(b for b in blocks if f"generator={generator}" in b)
+    return next(b for b in blocks if re.search(f"generator={re.escape(generator)}[,\n]", b))
 
 
 @pytest.mark.integration
@@ -172,22 +172,25 @@ def test_a_mask_guided_generator_feeds_image_metrics_in_the_dag(tmp_path):
     """Next to an SD arm, a mask-guided generator is trained and sampled by its own rules (not the SD
     ones, one sampling job per shard), and its samples reach image quality, mask faithfulness (only its) and
     the report like any generator's."""
+    ablated = {"kind": "mask-guided", "model_from": "seg", "remove_classes": ["devices"]}
     write_config(
         tmp_path,
         diffusion={
-            "generators": {"sd-lora": {}, "seg": {"kind": "mask-guided"}},
+            "generators": {"sd-lora": {}, "seg": {"kind": "mask-guided"}, "seg-no-devices": ablated},
             "mask_guided": {"sample": {"shards": 2}},
         },
     )
     plan = snakemake(tmp_path, "--dry-run").stdout
     assert "results/models/seg/train_report.json" in job(plan, "train_mask_guided", "seg")
+    assert plan.count("rule train_mask_guided:") == 1  # seg-no-devices samples seg's model
+    assert "results/models/seg/model" in job(plan, "sample_mask_guided", "seg-no-devices")
     for shard in range(2):
         assert f"results/samples/seg/shards/{shard}.parquet" in job(plan, "collect_mask_guided", "seg")
-    assert plan.count("rule sample_mask_guided:") == 2
+    assert plan.count("rule sample_mask_guided:") == 4
     assert "results/samples/seg/manifest.parquet" in job(plan, "collect_mask_guided", "seg")
     for rule in ("image_metrics", "real_vs_synthetic", "conditional_fidelity", "mask_faithfulness"):
         assert "results/samples/seg/manifest.parquet" in job(plan, rule, "seg"), rule
-    assert plan.count("rule mask_faithfulness:") == 1 and plan.count("rule train_segmenter:") == 1
+    assert plan.count("rule mask_faithfulness:") == 2 and plan.count("rule train_segmenter:") == 1
     collect = next(b for b in plan.split("rule ") if b.startswith("collect_image_metrics:"))
     assert "results/evaluation/seg/mask_faithfulness.json" in collect
     for rule in ("finetune_sd", "collect_samples"):
@@ -273,10 +276,26 @@ def test_edited_masks_lose_the_removed_class_at_every_step_for_every_image():
     for seen in spy.seen:
         present = seen.sum((2, 3)) > 0
         assert not present[:, 3].any() and present[:, :3].all()
-    with pytest.raises(InputError, match=r"remove_classes: \['background', 'vessels'\] are not classes"):
-        mask_guided.removed_classes(
-            MaskGuidedSampleSettings.of(config(sample={"remove_classes": ["vessels", "background"]}))
-        )
+    with pytest.raises(InputError, match=r"remove_classes .*: \['background', 'vessels'\] are not classes"):
+        MaskGuidedSampleSettings.of(config(sample={"remove_classes": ["vessels", "background"]}))
+
+
+def test_an_arm_on_edited_masks_samples_another_arms_model_with_its_own_classes_removed():
+    arms = {"seg": {"kind": "mask-guided"}, "no-dev": {"kind": "mask-guided", "model_from": "seg"}}
+    arms["no-dev"]["remove_classes"] = ["devices"]
+    study = validated({"dataset": {"mask_classes": list(CLASSES)}, "diffusion": {"generators": arms}})
+    found = generators(study)
+    assert [found[n].trained_as for n in arms] == ["seg", "seg"]
+    assert trained_mask_guided(study) == ["seg"]
+    assert MaskGuidedSampleSettings.of(study, "no-dev").remove_classes == ("devices",)
+    assert MaskGuidedSampleSettings.of(study, "seg").remove_classes == ()
+    for bad, message in [
+        ({"seg": {"kind": "mask-guided", "model_from": "sd"}, "sd": {}}, "seg.model_from: 'sd' is not"),
+        ({"seg": {"kind": "mask-guided", "model_from": "seg"}}, "seg.model_from: 'seg' is not"),
+        ({"sd": {"remove_classes": ["heart"]}}, "sd: remove_classes and model_from are for kind mask-guided"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            generators(validated({"diffusion": {"generators": bad}}))
 
 
 def test_samples_name_the_classes_their_masks_lost(trained, tmp_path):

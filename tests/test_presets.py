@@ -16,7 +16,7 @@ from configs import validated
 from dataset_layouts import LAYOUTS
 from test_workflow_data import snakemake
 
-from workflow.diffusion.generators import generator_names, names_of_kind
+from workflow.diffusion.generators import generator_names, names_of_kind, trained_mask_guided
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "resources" / "presets").glob("*.yaml"))
@@ -202,7 +202,7 @@ def test_preset_at_full_size_plans_the_expected_jobs_and_gpus(preset, tmp_path):
     assert int(counts["preprocess_shard"]) == config["preprocess"]["shards"]
     assert int(counts.get("finetune_sd", 0)) == sd
     assert int(counts.get("sample_images", 0)) == diffusion["sample"]["shards"] * sd
-    assert int(counts.get("train_mask_guided", 0)) == masked
+    assert int(counts.get("train_mask_guided", 0)) == len(trained_mask_guided(study))
     assert int(counts.get("sample_mask_guided", 0)) == diffusion["mask_guided"]["sample"]["shards"] * masked
     assert int(counts.get("mask_faithfulness", 0)) == masked
     assert {"train_classifier", "image_metrics", "report_tables"} <= set(counts)

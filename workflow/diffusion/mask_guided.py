@@ -270,17 +270,8 @@ def image_seed(seed: int, image_id: str) -> int:
 
 
 def removed_classes(settings: MaskGuidedSampleSettings) -> torch.Tensor:
-    """Which classes every conditioning mask loses (``sample.remove_classes``): a boolean per class.
-
-    Raises:
-        InputError: naming a class that is not in ``dataset.mask_classes``, or the background.
-    """
-    unknown = sorted(set(settings.remove_classes) - set(settings.mask_classes[1:]))
-    if unknown:
-        raise InputError(
-            f"diffusion.mask_guided.sample.remove_classes: {unknown} are not classes of dataset.mask_classes "
-            f"other than the background ({list(settings.mask_classes[1:])})"
-        )
+    """Which classes every conditioning mask loses (``remove_classes``, checked by the settings): a boolean
+    per class."""
     return torch.tensor([name in settings.remove_classes for name in settings.mask_classes])
 
 
