@@ -2,7 +2,8 @@
 # seeded sampling -> labelled synthetic dataset, per generator (workflow/diffusion/generators.py); with
 # base_model tiny, the tiny SD's VAE is first trained on the training images (train_tiny_vae). Generators of
 # kind mask-guided (segmentation-guided diffusion) are trained on the real masks and sampled once per mask
-# instead (train_mask_guided, sample_mask_guided), into the same folders.
+# instead (train_mask_guided, sharded sample_mask_guided, collect_mask_guided), into the same folders; one
+# with model_from samples that generator's model (from edited masks: remove_classes) and trains none.
 # Functions: workflow/diffusion/stage.py (one per rule); settings: workflow/diffusion/settings.py.
 import re
 import shlex
@@ -16,6 +17,7 @@ from workflow.diffusion.generators import (
     prompt_variants,
     samples_dir,
     samples_manifest,
+    trained_mask_guided,
 )
 from workflow.common.tiny_models import tiny_model_dir, trained_tiny_model_dir
 from workflow.diffusion.settings import (
@@ -34,6 +36,10 @@ STUDY_GENERATORS = generators(config)
 GENERATORS = list(STUDY_GENERATORS)
 SD_GENERATORS = names_of_kind(config, "sd")
 MASK_GUIDED = names_of_kind(config, "mask-guided")
+MASK_TRAINED = trained_mask_guided(config)  # the others sample a model_from's model
+MASK_SAMPLE_SETTINGS = {
+    name: MaskGuidedSampleSettings.of(config, name).to_json() for name in MASK_GUIDED
+}
 STRATEGIES = config["prompts"]["strategies"]
 # made now: a rule file included later may bind the same class names (the classifier's TrainSettings)
 TRAIN_SETTINGS = {
@@ -71,7 +77,7 @@ DIFFUSION_OUTPUTS = [
     ),
     *expand(
         f"{MODEL}/{{name}}",
-        generator=MASK_GUIDED,
+        generator=MASK_TRAINED,
         name=["model", "train_report.json", "loss.png"],
     ),
     *expand(samples_manifest("{generator}"), generator=GENERATORS),
@@ -253,7 +259,7 @@ rule train_mask_guided:
     log:
         "logs/diffusion/train_mask_guided/{generator}.log",
     wildcard_constraints:
-        generator=name_pattern(MASK_GUIDED),
+        generator=name_pattern(MASK_TRAINED),
     conda:
         "../envs/synthmed.yaml"
     threads: 8  # as train_tiny_vae
@@ -272,22 +278,44 @@ rule train_mask_guided:
 rule sample_mask_guided:
     input:
         dataset=DATASET,
-        model=rules.train_mask_guided.output.model,
+        model=lambda wildcards: (
+            f"{model_dir(STUDY_GENERATORS[wildcards.generator].trained_as)}/model"
+        ),
     output:
-        images=directory(f"{SAMPLES}/images/masks"),
-        samples=samples_manifest("{generator}"),
+        table=f"{SAMPLES}/shards/{{shard}}.parquet",
+        images=directory(f"{SAMPLES}/images/masks{{shard}}"),
     log:
-        "logs/diffusion/sample_mask_guided/{generator}.log",
+        "logs/diffusion/sample_mask_guided/{generator}/{shard}.log",
     wildcard_constraints:
         generator=name_pattern(MASK_GUIDED),
+        shard=r"\d+",
     conda:
         "../envs/synthmed.yaml"
     threads: 8  # as train_tiny_vae
     resources:
         gpu=DIFFUSION["mask_guided"]["sample"]["gpus"],
     params:
-        settings=MaskGuidedSampleSettings.of(config).to_json(),
+        settings=lambda wildcards: MASK_SAMPLE_SETTINGS[wildcards.generator],
     shell:
         "python -m scripts.diffusion sample_mask_guided --dataset {input.dataset} --model {input.model}"
-        " --settings {params.settings:q} --gpus {resources.gpu} --images {output.images}"
-        " --samples {output.samples} 2> {log}"
+        " --settings {params.settings:q} --gpus {resources.gpu} --shard {wildcards.shard}"
+        " --images {output.images} --table {output.table} 2> {log}"
+
+
+rule collect_mask_guided:
+    input:
+        expand(
+            rules.sample_mask_guided.output.table,
+            shard=range(DIFFUSION["mask_guided"]["sample"]["shards"]),
+            allow_missing=True,
+        ),
+    output:
+        samples_manifest("{generator}"),
+    log:
+        "logs/diffusion/collect_mask_guided/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(MASK_GUIDED),
+    conda:
+        "../envs/synthmed.yaml"
+    shell:
+        "python -m scripts.diffusion collect_mask_guided --samples {output} {input} 2> {log}"

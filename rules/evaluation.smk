@@ -1,12 +1,14 @@
 # Evaluation stage, image quality: FID, KID and precision/recall of every generator's synthetic set against
 # a real split, overall, per finding, per prompt and (volumes) per slice position, in one or more feature
 # spaces (evaluation.extractor, evaluation.also), and conditional fidelity (the real-data classifier on the
-# samples vs their prompts' labels); results/fid.json has a section per generator.
+# samples vs their prompts' labels) and, for mask-guided generators, mask faithfulness (a segmenter trained on
+# the real masks segments the samples: Dice per class); results/fid.json has a section per generator.
 # Functions: workflow/evaluation/stage.py (one per rule); settings: workflow/evaluation/settings.py.
 from workflow.classifier.regimes import real_classifier
 from workflow.evaluation.settings import (
     ConditionalSettings,
     EvaluationSettings,
+    MaskFaithfulnessSettings,
     extractor_inputs,
 )
 
@@ -25,6 +27,13 @@ EVALUATION_OUTPUTS = [
 CONDITIONAL_REPORTS = (
     expand(f"{QUALITY}/conditional_fidelity.json", generator=GENERATORS)
     if CONDITIONAL.enabled and REAL_CLASSIFIER
+    else []
+)
+SEGMENTER = "results/evaluation/segmenter"
+FAITHFULNESS = MaskFaithfulnessSettings.of(config)
+FAITHFULNESS_REPORTS = (
+    expand(f"{QUALITY}/mask_faithfulness.json", generator=MASK_GUIDED)
+    if FAITHFULNESS.enabled
     else []
 )
 
@@ -75,11 +84,59 @@ rule conditional_fidelity:
         " --threads {threads} 2> {log}"
 
 
+rule train_segmenter:
+    input:
+        dataset=DATASET,
+    output:
+        model=directory(f"{SEGMENTER}/model"),
+        report=f"{SEGMENTER}/train_report.json",
+    log:
+        "logs/evaluation/train_segmenter.log",
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 8
+    resources:
+        gpu=EVALUATION["mask_faithfulness"]["gpus"],
+    params:
+        settings=FAITHFULNESS.to_json(),
+        checkpoints=f"{SEGMENTER}/checkpoints",
+    # trap: the shell waits while training saves a checkpoint on SIGTERM (Slurm's time limit)
+    shell:
+        "trap '' TERM; python -m scripts.evaluation train_segmenter --dataset {input.dataset}"
+        " --settings {params.settings:q} --gpus {resources.gpu} --model {output.model}"
+        " --report {output.report} --checkpoints {params.checkpoints} 2> {log}"
+
+
+rule mask_faithfulness:
+    input:
+        samples=samples_manifest("{generator}"),
+        model=rules.train_segmenter.output.model,
+        report=rules.train_segmenter.output.report,
+    output:
+        f"{QUALITY}/mask_faithfulness.json",
+    log:
+        "logs/evaluation/mask_faithfulness/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(MASK_GUIDED),
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 8
+    resources:
+        gpu=EVALUATION["mask_faithfulness"]["gpus"],
+    params:
+        settings=FAITHFULNESS.to_json(),
+    shell:
+        "python -m scripts.evaluation mask_faithfulness --generator {wildcards.generator}"
+        " --samples {input.samples} --model {input.model} --segmenter-report {input.report}"
+        " --settings {params.settings:q} --gpus {resources.gpu} --report {output} 2> {log}"
+
+
 rule collect_image_metrics:
     input:
         reports=expand(rules.image_metrics.output.report, generator=GENERATORS),
         tables=expand(rules.image_metrics.output.table, generator=GENERATORS),
         conditional=CONDITIONAL_REPORTS,
+        faithfulness=FAITHFULNESS_REPORTS,
     output:
         fid="results/fid.json",
         table="results/fid_per_class.csv",
@@ -94,6 +151,7 @@ rule collect_image_metrics:
         " --reports {input.reports} --tables {input.tables} --fid {output.fid}"
         " --fid-table {output.table}"
         + (" --conditional {input.conditional}" if CONDITIONAL_REPORTS else "")
+        + (" --faithfulness {input.faithfulness}" if FAITHFULNESS_REPORTS else "")
         + " 2> {log}"
 
 

@@ -88,13 +88,20 @@ COMMANDS = [
     ),
     command(
         "sample_mask_guided",
-        "one image per real mask of a split, as a synthetic dataset",
+        "one shard of the images generated once per real mask of a split",
         "--dataset",
         "--model",
         Arg("--settings", MaskGuidedSampleSettings.from_json, "mask-guided sample settings (JSON)"),
         GPUS,
+        Arg("--shard", int),
         "--images",
+        "--table",
+    ),
+    command(
+        "collect_mask_guided",
+        "merge a mask-guided generator's shard tables into its manifest",
         "--samples",
+        Arg("parts"),
     ),
 ]
 

@@ -4,7 +4,7 @@ function of the same name in workflow.evaluation.stage."""
 import json
 
 from workflow.common.cli import Arg, command, main
-from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings
+from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings, MaskFaithfulnessSettings
 
 COMMANDS = [
     command(
@@ -33,6 +33,27 @@ COMMANDS = [
         Arg("--threads", int),
     ),
     command(
+        "train_segmenter",
+        "train the mask-faithfulness segmenter on the real training images and masks; resumes by itself",
+        Arg("--dataset", help="results/data/dataset.parquet"),
+        Arg("--settings", MaskFaithfulnessSettings.from_json, "evaluation.mask_faithfulness (JSON)"),
+        Arg("--gpus", int, "GPUs of the job; 0 trains on the CPU"),
+        "--model",
+        "--report",
+        Arg("--checkpoints", help="checkpoint folder (kept across a killed job)"),
+    ),
+    command(
+        "mask_faithfulness",
+        "Dice per class of a mask-guided generator's images against their conditioning masks",
+        Arg("--generator", help="the generator's name (its section of results/fid.json)"),
+        Arg("--samples", help="the generator's manifest"),
+        Arg("--model", help="results/evaluation/segmenter/model"),
+        Arg("--segmenter-report", help="results/evaluation/segmenter/train_report.json"),
+        Arg("--settings", MaskFaithfulnessSettings.from_json, "evaluation.mask_faithfulness (JSON)"),
+        Arg("--gpus", int, "GPUs of the job; 0 runs on the CPU"),
+        "--report",
+    ),
+    command(
         "counterfactual_soundness",
         "soundness of one counterfactual set: effectiveness by the real-data classifier, per-edit measures",
         Arg("--counterfactuals", help="results/counterfactuals/<method>/manifest.parquet"),
@@ -52,6 +73,12 @@ COMMANDS = [
         "--fid",
         "--fid-table",
         Arg("--conditional", many=True, optional=True, help="conditional_fidelity.json per generator"),
+        Arg(
+            "--faithfulness",
+            many=True,
+            optional=True,
+            help="mask_faithfulness.json per mask-guided generator",
+        ),
     ),
 ]
 

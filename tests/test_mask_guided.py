@@ -4,8 +4,10 @@ masks, resume, and its rules in the DAG (a Snakemake dry run)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from configs import validated
@@ -15,7 +17,7 @@ from test_workflow_data import snakemake, write_config
 from workflow.common.errors import InputError
 from workflow.common.interruption import Stopped, StopRequest
 from workflow.diffusion import mask_guided
-from workflow.diffusion.generators import generators, name_pattern, names_of_kind
+from workflow.diffusion.generators import generators, name_pattern, names_of_kind, trained_mask_guided
 from workflow.diffusion.settings import MaskGuidedSampleSettings, MaskGuidedTrainSettings
 
 CLASSES = ("background", "lungs", "heart", "devices")
@@ -162,46 +164,141 @@ def test_generator_kind_defaults_to_sd_and_each_kind_has_its_rules_pattern():
 def job(plan: str, rule: str, generator: str) -> str:
     """The block of a dry run's plan describing ``rule``'s job for ``generator``."""
     blocks = [b for b in plan.split("rule ")[1:] if b.startswith(f"{rule}:")]
-    return next(b for b in blocks if f"generator={generator}" in b)
+    return next(b for b in blocks if re.search(f"generator={re.escape(generator)}[,\n]", b))
 
 
 @pytest.mark.integration
 def test_a_mask_guided_generator_feeds_image_metrics_in_the_dag(tmp_path):
     """Next to an SD arm, a mask-guided generator is trained and sampled by its own rules (not the SD
-    ones), and its samples reach image quality and the report like any generator's."""
-    write_config(tmp_path, diffusion={"generators": {"sd-lora": {}, "seg": {"kind": "mask-guided"}}})
+    ones, one sampling job per shard), and its samples reach image quality, mask faithfulness (only its) and
+    the report like any generator's."""
+    ablated = {"kind": "mask-guided", "model_from": "seg", "remove_classes": ["devices"]}
+    write_config(
+        tmp_path,
+        diffusion={
+            "generators": {"sd-lora": {}, "seg": {"kind": "mask-guided"}, "seg-no-devices": ablated},
+            "mask_guided": {"sample": {"shards": 2}},
+        },
+    )
     plan = snakemake(tmp_path, "--dry-run").stdout
     assert "results/models/seg/train_report.json" in job(plan, "train_mask_guided", "seg")
-    assert "results/samples/seg/manifest.parquet" in job(plan, "sample_mask_guided", "seg")
-    for rule in ("image_metrics", "real_vs_synthetic", "conditional_fidelity"):
+    assert plan.count("rule train_mask_guided:") == 1  # seg-no-devices samples seg's model
+    assert "results/models/seg/model" in job(plan, "sample_mask_guided", "seg-no-devices")
+    for shard in range(2):
+        assert f"results/samples/seg/shards/{shard}.parquet" in job(plan, "collect_mask_guided", "seg")
+    assert plan.count("rule sample_mask_guided:") == 4
+    assert "results/samples/seg/manifest.parquet" in job(plan, "collect_mask_guided", "seg")
+    for rule in ("image_metrics", "real_vs_synthetic", "conditional_fidelity", "mask_faithfulness"):
         assert "results/samples/seg/manifest.parquet" in job(plan, rule, "seg"), rule
+    assert plan.count("rule mask_faithfulness:") == 2 and plan.count("rule train_segmenter:") == 1
+    collect = next(b for b in plan.split("rule ") if b.startswith("collect_image_metrics:"))
+    assert "results/evaluation/seg/mask_faithfulness.json" in collect
     for rule in ("finetune_sd", "collect_samples"):
         assert "generator=seg" not in "".join(b for b in plan.split("rule ") if b.startswith(f"{rule}:"))
         assert job(plan, rule, "sd-lora")
 
 
-def test_samples_keep_their_real_patient_so_the_leak_guard_sees_them(tmp_path):
-    """Samples of val or test masks were given patient_id ``synthetic/<image id>``: the classifier regimes'
-    leak guard then let a test patient's anatomy and labels train the synthetic and mixed classifiers."""
-    import pandas as pd
+LIGHT = {"steps": 1, "batch_size": 2, "attention_levels": [False, False], "checkpoint_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A fabricated dataset with masks (classes 0..2) and a one-step mask-guided model trained on it."""
     from classifier_data import fabricate
 
     from workflow.diffusion import stage
 
-    rows = fabricate(tmp_path / "data", n=10)
-    dataset = str(tmp_path / "dataset.parquet")
+    root = tmp_path_factory.mktemp("trained")
+    rows = fabricate(root / "data", n=10)
+    dataset = str(root / "dataset.parquet")
     rows.to_parquet(dataset)
-    light = {"steps": 1, "batch_size": 2, "attention_levels": [False, False], "checkpoint_steps": 1}
-    study = config(train=light, sample={"split": "test", "steps": 1})
-    model, out = tmp_path / "model", tmp_path / "samples"
+    model = root / "model"
     stage.train_mask_guided(
-        dataset, MaskGuidedTrainSettings.of(study), 0, str(model), str(tmp_path / "report.json"),
-        str(tmp_path / "loss.png"), str(tmp_path / "checkpoints"),
+        dataset, MaskGuidedTrainSettings.of(config(train=LIGHT)), 0, str(model), str(root / "report.json"),
+        str(root / "loss.png"), str(root / "checkpoints"),
     )  # fmt: skip
-    settings = MaskGuidedSampleSettings.of(study)
-    stage.sample_mask_guided(
-        dataset, str(model), settings, 0, str(out / "images"), str(out / "manifest.parquet")
+    return rows, dataset, str(model)
+
+
+def sample(trained, out, shards: int = 1, **sample) -> pd.DataFrame:
+    """Every shard of the trained model's samples (``sample``: settings), collected into ``out``."""
+    from workflow.diffusion import stage
+
+    _, dataset, model = trained
+    settings = MaskGuidedSampleSettings.of(
+        config(train=LIGHT, sample={"steps": 1, "shards": shards} | sample)
     )
-    samples = pd.read_parquet(out / "manifest.parquet")
+    parts = [str(out / "shards" / f"{k}.parquet") for k in range(shards)]
+    for k in range(shards):
+        stage.sample_mask_guided(dataset, model, settings, 0, k, str(out / "images" / f"masks{k}"), parts[k])
+    stage.collect_mask_guided(parts, str(out / "manifest.parquet"))
+    return pd.read_parquet(out / "manifest.parquet")
+
+
+def test_samples_keep_their_real_patient_so_the_leak_guard_sees_them(trained, tmp_path):
+    """Samples of val or test masks were given patient_id ``synthetic/<image id>``: the classifier regimes'
+    leak guard then let a test patient's anatomy and labels train the synthetic and mixed classifiers."""
+    rows = trained[0]
+    samples = sample(trained, tmp_path, split="test")
     test = rows[rows["split"] == "test"]
     assert sorted(samples["patient_id"]) == sorted(test["patient_id"]) and len(test) > 0
+
+
+def test_two_shards_give_the_images_of_one(trained, tmp_path):
+    """Images are seeded per real image: splitting the masks over two sampling jobs changes no image, and the
+    collected manifest lists the images in the same order (only the shard folders differ)."""
+    one = sample(trained, tmp_path / "one", shards=1)
+    two = sample(trained, tmp_path / "two", shards=2)
+    assert len(one) == len(trained[0][trained[0]["split"] == "train"]) == len(two)
+    assert two["image"].str.contains("/masks1/").any() and two["image"].str.contains("/masks0/").any()
+    same = ["image_id", "source_image_id", "seed", "mask_path", "patient_id", "dropped_classes"]
+    assert one[same].equals(two[same])
+    for a, b in zip(one["image"], two["image"], strict=True):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), (a, b)
+    assert Path(one["image"][3]).name == Path(two["image"][3]).name
+
+
+def test_a_shard_outside_the_configured_ones_is_refused(trained, tmp_path):
+    from workflow.diffusion import stage
+
+    _, dataset, model = trained
+    settings = MaskGuidedSampleSettings.of(config(sample={"shards": 2}))
+    with pytest.raises(InputError, match=r"shard 2 is outside 0..1 \(diffusion.mask_guided.sample.shards\)"):
+        stage.sample_mask_guided(dataset, model, settings, 0, 2, str(tmp_path / "i"), str(tmp_path / "t"))
+
+
+def test_edited_masks_lose_the_removed_class_at_every_step_for_every_image():
+    """The paper's mask ablation at sampling: with remove_classes [devices] no image is conditioned on the
+    devices, and the other classes stay (no random ablation asked)."""
+    settings = MaskGuidedSampleSettings.of(config(sample={"remove_classes": ["devices"], "steps": 3}))
+    spy = Spy()
+    mask_guided.generate(spy, striped_masks(4), [1, 2, 3, 4], settings, timesteps=50)
+    for seen in spy.seen:
+        present = seen.sum((2, 3)) > 0
+        assert not present[:, 3].any() and present[:, :3].all()
+    with pytest.raises(InputError, match=r"remove_classes .*: \['background', 'vessels'\] are not classes"):
+        MaskGuidedSampleSettings.of(config(sample={"remove_classes": ["vessels", "background"]}))
+
+
+def test_an_arm_on_edited_masks_samples_another_arms_model_with_its_own_classes_removed():
+    arms = {"seg": {"kind": "mask-guided"}, "no-dev": {"kind": "mask-guided", "model_from": "seg"}}
+    arms["no-dev"]["remove_classes"] = ["devices"]
+    study = validated({"dataset": {"mask_classes": list(CLASSES)}, "diffusion": {"generators": arms}})
+    found = generators(study)
+    assert [found[n].trained_as for n in arms] == ["seg", "seg"]
+    assert trained_mask_guided(study) == ["seg"]
+    assert MaskGuidedSampleSettings.of(study, "no-dev").remove_classes == ("devices",)
+    assert MaskGuidedSampleSettings.of(study, "seg").remove_classes == ()
+    for bad, message in [
+        ({"seg": {"kind": "mask-guided", "model_from": "sd"}, "sd": {}}, "seg.model_from: 'sd' is not"),
+        ({"seg": {"kind": "mask-guided", "model_from": "seg"}}, "seg.model_from: 'seg' is not"),
+        ({"sd": {"remove_classes": ["heart"]}}, "sd: remove_classes and model_from are for kind mask-guided"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            generators(validated({"diffusion": {"generators": bad}}))
+
+
+def test_samples_name_the_classes_their_masks_lost(trained, tmp_path):
+    samples = sample(trained, tmp_path, remove_classes=["heart"])
+    assert (samples["dropped_classes"] == "heart").all()
+    assert (sample(trained, tmp_path / "full")["dropped_classes"] == "").all()

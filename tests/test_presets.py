@@ -16,7 +16,7 @@ from configs import validated
 from dataset_layouts import LAYOUTS
 from test_workflow_data import snakemake
 
-from workflow.diffusion.generators import generator_names
+from workflow.diffusion.generators import generator_names, names_of_kind, trained_mask_guided
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "resources" / "presets").glob("*.yaml"))
@@ -54,6 +54,22 @@ TINY: dict[str, Any] = {
             "batch_size": 2,
             "design": {"images": 4},
         },
+        "mask_guided": {
+            "train": {
+                "gpus": 0,
+                "resolution": 16,
+                "batch_size": 2,
+                "steps": 2,
+                "warmup_steps": 1,
+                "timesteps": 50,
+                "channels": [8, 8],
+                "attention_levels": [False, False],
+                "num_res_blocks": 1,
+                "norm_num_groups": 8,
+                "checkpoint_steps": 2,
+            },
+            "sample": {"gpus": 0, "steps": 1, "shards": 2},
+        },
     },
     "classifier": {
         "gpus": 0,
@@ -61,7 +77,13 @@ TINY: dict[str, Any] = {
         "evaluation": {"bootstrap_resamples": 10},
         "focus": {"images": 2, "overlays": 2},
     },
-    "evaluation": {"extractor": "tiny", "also": [], "gpus": 0, "min_images": 2},
+    "evaluation": {
+        "extractor": "tiny",
+        "also": [],
+        "gpus": 0,
+        "min_images": 2,
+        "mask_faithfulness": {"gpus": 0, "resolution": 16, "steps": 2, "batch_size": 2, "channels": [4, 8]},
+    },
     "editing": {"max_images": 1, "steps": 2, "gpus": 0, "shards": 1, "null_text": {"inner_steps": 2}},
 }
 GPU_RULES = {
@@ -74,6 +96,8 @@ GPU_RULES = {
     "conditional_fidelity",
     "train_mask_guided",
     "sample_mask_guided",
+    "train_segmenter",
+    "mask_faithfulness",
     "edit_images",
     "counterfactual_soundness",
 }
@@ -147,7 +171,20 @@ def mep_ldm_study(results: Path) -> None:
     assert variant["selected"].tolist() == study["selected"].tolist()
 
 
-PAPER_CHECKS = {"lora-fairness": lora_fairness_study, "mep-ldm": mep_ldm_study}
+def segguided_study(results: Path) -> None:
+    """One image per real training mask, in two shards, and the mask faithfulness of the generator (Dice per
+    mask class) in its section of fid.json."""
+    samples = pd.read_parquet(results / "samples/segguided/manifest.parquet")
+    dataset = pd.read_parquet(results / "data/dataset.parquet")
+    train = dataset[(dataset["split"] == "train") & dataset["mask"].notna()]
+    assert sorted(samples["source_image_id"]) == sorted(train["image_id"])
+    section = json.loads((results / "fid.json").read_text())["generators"]["segguided"]
+    faithfulness = section["mask_faithfulness"]
+    assert list(faithfulness["classes"]) == ["background", "lungs", "heart", "devices"]
+    assert faithfulness["images"] == len(samples)
+
+
+PAPER_CHECKS = {"lora-fairness": lora_fairness_study, "mep-ldm": mep_ldm_study, "segguided": segguided_study}
 """Preset -> what its end-to-end run must show of the paper's design, beyond every output being built."""
 
 
@@ -159,12 +196,21 @@ def test_preset_at_full_size_plans_the_expected_jobs_and_gpus(preset, tmp_path):
     plan = snakemake(tmp_path / "study", "--dry-run").stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:", 1)[1].split("total", 1)[0], re.M))
     study = validated(config)
-    diffusion, arms = study["diffusion"], len(generator_names(study))
+    diffusion = study["diffusion"]
+    sd, masked = len(names_of_kind(study, "sd")), len(names_of_kind(study, "mask-guided"))
+    assert sd + masked == len(generator_names(study))
     assert int(counts["preprocess_shard"]) == config["preprocess"]["shards"]
-    assert int(counts["finetune_sd"]) == arms
-    assert int(counts["sample_images"]) == diffusion["sample"]["shards"] * arms
-    assert {"finetune_sd", "train_classifier", "image_metrics", "report_tables"} <= set(counts)
+    assert int(counts.get("finetune_sd", 0)) == sd
+    assert int(counts.get("sample_images", 0)) == diffusion["sample"]["shards"] * sd
+    assert int(counts.get("train_mask_guided", 0)) == len(trained_mask_guided(study))
+    assert int(counts.get("sample_mask_guided", 0)) == diffusion["mask_guided"]["sample"]["shards"] * masked
+    assert int(counts.get("mask_faithfulness", 0)) == masked
+    assert {"train_classifier", "image_metrics", "report_tables"} <= set(counts)
     jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan, re.M)
     gpus = {rule: int(m.group(1)) for rule, body in jobs if (m := re.search(r"gpu=(\d+)", body))}
     assert set(gpus) == GPU_RULES & set(counts)
-    assert gpus["finetune_sd"] == diffusion["train"]["gpus"]
+    if sd:
+        assert gpus["finetune_sd"] == diffusion["train"]["gpus"]
+    if masked:
+        assert gpus["train_mask_guided"] == diffusion["mask_guided"]["train"]["gpus"]
+        assert gpus["train_segmenter"] == study["evaluation"]["mask_faithfulness"]["gpus"]

@@ -22,7 +22,9 @@ VAE pass); an arm with other strategies is trained on the same images with its o
 A generator of ``kind: mask-guided`` is no Stable Diffusion fine-tune: segmentation-guided diffusion (Konz et
 al. 2024, :mod:`workflow.diffusion.mask_guided`) trained on the real masks (rule ``train_mask_guided``) and
 sampled once per real mask of a split (rule ``sample_mask_guided``), into the same two folders; the rules of
-each kind take only their generators (:func:`name_pattern`).
+each kind take only their generators (:func:`name_pattern`). A mask-guided generator may sample another's
+trained model (``model_from``) from edited masks (``remove_classes``): the paper's mask ablation at sampling
+beside the generator on the full masks, from one training.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ class Generator:
     strategies: tuple[str, ...]
     images_per_prompt: int | None = None
     kind: str = "sd"
+    remove_classes: tuple[str, ...] | None = None
+    model_from: str | None = None
+
+    @property
+    def trained_as(self) -> str:
+        """The generator whose trained model this one samples: itself, or its ``model_from``."""
+        return self.model_from or self.name
 
     @property
     def variant(self) -> str:
@@ -79,8 +88,38 @@ def generators(config: Mapping[str, Any]) -> dict[str, Generator]:
         )  # the study's order, so equal sets share a cache
         method = entry.get("method") or diffusion["method"]
         kind = entry.get("kind") or "sd"
-        out[name] = Generator(name, method, ordered, entry.get("images_per_prompt"), kind)
+        removed = entry.get("remove_classes")
+        out[name] = Generator(
+            name,
+            method,
+            ordered,
+            entry.get("images_per_prompt"),
+            kind,
+            None if removed is None else tuple(removed),
+            entry.get("model_from"),
+        )
+    check_mask_guided(out)
     return out
+
+
+def check_mask_guided(found: Mapping[str, Generator]) -> None:
+    """``remove_classes`` and ``model_from`` are for mask-guided generators, and ``model_from`` names one that
+    trains its own model.
+
+    Raises:
+        InputError: naming the generator and the key.
+    """
+    for name, generator in found.items():
+        if generator.kind != "mask-guided" and (generator.remove_classes is not None or generator.model_from):
+            raise InputError(
+                f"diffusion.generators.{name}: remove_classes and model_from are for kind mask-guided"
+            )
+        source = found.get(generator.model_from) if generator.model_from else None
+        if generator.model_from and (source is None or source.kind != "mask-guided" or source.model_from):
+            raise InputError(
+                f"diffusion.generators.{name}.model_from: '{generator.model_from}' is not a mask-guided "
+                "generator of diffusion.generators that trains its own model"
+            )
 
 
 def generator_names(config: Mapping[str, Any]) -> list[str]:
@@ -91,6 +130,11 @@ def generator_names(config: Mapping[str, Any]) -> list[str]:
 def names_of_kind(config: Mapping[str, Any], kind: str) -> list[str]:
     """The generators of ``kind`` (``sd``, ``mask-guided``) in the study ``config``, in config order."""
     return [name for name, g in generators(config).items() if g.kind == kind]
+
+
+def trained_mask_guided(config: Mapping[str, Any]) -> list[str]:
+    """The mask-guided generators that train a model (those without ``model_from``), in config order."""
+    return [name for name, g in generators(config).items() if g.kind == "mask-guided" and not g.model_from]
 
 
 def name_pattern(names: list[str]) -> str:

@@ -14,7 +14,8 @@ set to background, with probability ``ablation_probability`` (the paper's 0.5), 
 generate from masks with classes missing. Training draws a new ablation per image and step (the seed code
 shares one draw across the batch). Sampling may ablate too (``sample.ablation_probability``): the draw is
 made once per image, from the image's own seed, and the same conditioning is given at every denoising step
-(the seed code redraws it at every step, a bug; seeds spec 4.6).
+(the seed code redraws it at every step, a bug; seeds spec 4.6). Generation from edited masks, the paper's
+mask ablation at sampling: ``sample.remove_classes`` (e.g. the devices) is removed from every mask.
 
 **Seeds.** Training step ``s`` draws its batch, ablation, noise and timesteps from a generator seeded with
 ``SeedSequence([seed, s])``, so a run resumed from a checkpoint continues exactly as one that never stopped.
@@ -62,31 +63,54 @@ class Pairs:
         return self.images[index].float() / 127.5 - 1.0, self.masks[index].long()
 
 
-def read_pair(image_path: str, mask_path: str, classes: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One grayscale image (1 x S x S, bilinear) and its mask (S x S class ids, nearest), both 8-bit.
+def read_image(path: str, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One grayscale image resized to 1 x S x S (bilinear, 8-bit), and its height and width as read."""
+    with Image.open(path) as source:
+        image = source.convert("L")
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(resized))[None], (image.height, image.width)
+
+
+def read_mask(path: str, classes: int) -> np.ndarray:
+    """One mask's class ids as read (H x W).
 
     Raises:
-        InputError: naming the mask file when its size differs from the image's, or it has class ids outside
+        InputError: naming the file when it is not one channel, or has class ids outside
             ``0 .. classes - 1`` (``dataset.mask_classes``).
     """
-    with Image.open(image_path) as source:
-        image = source.convert("L")
-    with Image.open(mask_path) as source:
+    with Image.open(path) as source:
         mask = np.asarray(source)
-    if mask.ndim != 2 or mask.shape != (image.height, image.width):
-        raise InputError(
-            f"{mask_path}: mask shape {mask.shape} does not match its image {image_path} "
-            f"({image.height} x {image.width}); a mask must be one integer channel of the image's size"
-        )
+    if mask.ndim != 2:
+        raise InputError(f"{path}: mask shape {mask.shape}; a mask must be one integer channel")
     unknown = sorted(set(np.unique(mask).tolist()) - set(range(classes)))
     if unknown:
         raise InputError(
-            f"{mask_path}: class ids {unknown} are not in dataset.mask_classes (ids 0..{classes - 1}); "
+            f"{path}: class ids {unknown} are not in dataset.mask_classes (ids 0..{classes - 1}); "
             "list every class of the masks there"
         )
-    image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return mask
+
+
+def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
+    """Class ids ``mask`` resized to S x S (nearest, 8-bit)."""
     resized = Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
-    return torch.from_numpy(np.array(image))[None], torch.from_numpy(np.array(resized))
+    return torch.from_numpy(np.array(resized))
+
+
+def read_pair(image_path: str, mask_path: str, classes: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image (:func:`read_image`) and its mask (:func:`read_mask`, :func:`resize_mask`).
+
+    Raises:
+        InputError: naming the mask file when its size differs from the image's, or its class ids are wrong.
+    """
+    image, shape = read_image(image_path, size)
+    mask = read_mask(mask_path, classes)
+    if mask.shape != shape:
+        raise InputError(
+            f"{mask_path}: mask shape {mask.shape} does not match its image {image_path} "
+            f"({shape[0]} x {shape[1]}); a mask must be one integer channel of the image's size"
+        )
+    return image, resize_mask(mask, size)
 
 
 def read_pairs(images: Sequence[str], masks: Sequence[str], classes: int, size: int) -> Pairs:
@@ -245,6 +269,27 @@ def image_seed(seed: int, image_id: str) -> int:
     return derive_seed(seed, text_key(image_id))
 
 
+def removed_classes(settings: MaskGuidedSampleSettings) -> torch.Tensor:
+    """Which classes every conditioning mask loses (``remove_classes``, checked by the settings): a boolean
+    per class."""
+    return torch.tensor([name in settings.remove_classes for name in settings.mask_classes])
+
+
+def draws(
+    seeds: Sequence[int], shape: Sequence[int], settings: MaskGuidedSampleSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's starting noise (B x 1 x ``shape``) and dropped classes (B x classes), drawn once from its
+    own seed; the classes of ``sample.remove_classes`` are dropped from every image (edited masks)."""
+    classes = len(settings.mask_classes)
+    removed = removed_classes(settings)
+    noise, dropped = [], []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(int(seed))
+        noise.append(torch.randn((1, *shape), generator=generator))
+        dropped.append(draw_ablation(generator, 1, classes, settings.ablation_probability)[0] | removed)
+    return torch.stack(noise), torch.stack(dropped)
+
+
 def generate(
     model: torch.nn.Module,
     masks: torch.Tensor,
@@ -253,26 +298,21 @@ def generate(
     timesteps: int,
 ) -> torch.Tensor:
     """Images (B x 1 x S x S in [-1, 1]) for ``masks`` (B x S x S), one per seed: each image's noise and
-    ablation are drawn once from its own seeded generator, then DDIM (eta 0) runs ``settings.steps`` steps
-    with that fixed conditioning (module docstring)."""
+    ablation are drawn once from its own seeded generator (:func:`draws`), then DDIM (eta 0) runs
+    ``settings.steps`` steps with that fixed conditioning (module docstring)."""
     from monai.inferers import DiffusionInferer
     from monai.networks.schedulers import DDIMScheduler
 
-    classes = len(settings.mask_classes)
     device = next(model.parameters()).device
-    noise, dropped = [], []
-    for seed in seeds:
-        generator = torch.Generator().manual_seed(int(seed))
-        noise.append(torch.randn((1, *masks.shape[1:]), generator=generator))
-        dropped.append(draw_ablation(generator, 1, classes, settings.ablation_probability)[0])
+    noise, dropped = draws(seeds, masks.shape[1:], settings)
     scheduler = DDIMScheduler(num_train_timesteps=timesteps)
     scheduler.set_timesteps(settings.steps)
     with torch.no_grad():
         return DiffusionInferer(scheduler).sample(
-            input_noise=torch.stack(noise).to(device),
+            input_noise=noise.to(device),
             diffusion_model=model,
             scheduler=scheduler,
-            conditioning=conditioning(masks, torch.stack(dropped), classes).to(device),
+            conditioning=conditioning(masks, dropped, len(settings.mask_classes)).to(device),
             mode="concat",
             verbose=False,
         )

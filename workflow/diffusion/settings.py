@@ -206,11 +206,28 @@ class MaskGuidedSampleSettings(Settings):
     batch_size: int
     ablation_probability: float
     seed: int
+    shards: int
+    remove_classes: tuple[str, ...]
     mask_classes: tuple[str, ...]
 
     @classmethod
-    def of(cls, config: Mapping[str, Any]) -> Self:
+    def of(cls, config: Mapping[str, Any], generator: str | None = None) -> Self:
+        """The section's settings, with ``generator``'s own ``remove_classes`` when its entry of
+        ``diffusion.generators`` sets them."""
         section = {
             k: v for k, v in config["diffusion"]["mask_guided"]["sample"].items() if k not in RESOURCE_KEYS
         }
+        entry = (config["diffusion"]["generators"] or {}).get(generator) or {}
+        if entry.get("remove_classes") is not None:
+            section["remove_classes"] = entry["remove_classes"]
         return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
+
+    def __post_init__(self) -> None:
+        """Raises InputError naming a class of ``remove_classes`` that is not in ``dataset.mask_classes``, or
+        the background (when the study is read, not when a sampling job starts)."""
+        unknown = sorted(set(self.remove_classes) - set(self.mask_classes[1:]))
+        if unknown:
+            raise InputError(
+                f"diffusion.mask_guided.sample.remove_classes (or a generator's): {unknown} are not classes "
+                f"of dataset.mask_classes other than the background ({list(self.mask_classes[1:])})"
+            )

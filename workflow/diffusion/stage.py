@@ -17,8 +17,9 @@ provenance), per generator (:mod:`workflow.diffusion.generators`):
   :mod:`workflow.diffusion.sampling`;
 - for a generator of kind ``mask-guided``, ``results/models/<generator>/`` holds ``model/`` (MONAI UNet
   weights and the card with its architecture), ``train_report.json`` and ``loss.png``
-  (:func:`train_mask_guided`), and ``results/samples/<generator>/`` the images sampled once per real mask and
-  ``manifest.parquet`` (:func:`sample_mask_guided`), see :mod:`workflow.diffusion.mask_guided`.
+  (:func:`train_mask_guided`), and ``results/samples/<generator>/`` the images sampled once per real mask,
+  ``shards/<k>.parquet`` and ``images/masks<k>/`` (:func:`sample_mask_guided`) and ``manifest.parquet``
+  (:func:`collect_mask_guided`), see :mod:`workflow.diffusion.mask_guided`.
 
 torch and diffusers are imported only by the steps that run a model: planning and collecting start in a
 second.
@@ -48,6 +49,10 @@ from workflow.diffusion.settings import (
     TrainSettings,
 )
 from workflow.prompts.settings import CaptionSettings
+
+MASK_COLUMNS = ["source_image_id", "dropped_classes"]
+"""Columns of a mask-guided generator's samples beyond the SD ones: the real image whose mask conditioned
+each image, and the classes its conditioning left out."""
 
 
 def train_tiny_vae(dataset: str, base_model: str, settings: TinyVaeSettings, gpus: int, model: str) -> None:
@@ -229,6 +234,12 @@ def collect_samples(parts: Sequence[str], samples: str) -> None:
     result = pd.concat(
         [manifest.normalise(frame, manifest.label_names(frame)), frame[sampling.EXTRA_COLUMNS]], axis=1
     )
+    write_collected(parts, result, samples)
+
+
+def write_collected(parts: Sequence[str], result: pd.DataFrame, samples: str) -> None:
+    """The merged shard tables ``result`` as the generator's manifest ``samples``, validated, with the
+    provenance of its shards (the weights as the first shard names them)."""
     manifest.validate(result, samples)
     weights = read_parquet_meta(parts[0]).get("weights", "unknown")
     meta = provenance(
@@ -314,18 +325,31 @@ def train_mask_guided(
 
 
 def sample_mask_guided(
-    dataset: str, model: str, settings: MaskGuidedSampleSettings, gpus: int, images: str, samples: str
+    dataset: str,
+    model: str,
+    settings: MaskGuidedSampleSettings,
+    gpus: int,
+    shard: int,
+    images: str,
+    table: str,
 ) -> None:
-    """One image per real mask of ``settings.split``, seeded per image (:func:`workflow.diffusion.mask_guided
-    .generate`), as a synthetic dataset in the manifest schema: each row carries the labels and demographics
-    of the real image whose mask conditioned it, that mask as ``mask_path`` and the real image's id as
-    ``source_image_id``; ``image_id`` is ``synthetic/<real image id>``, ``patient_id`` the real patient (the
+    """Shard ``shard`` of the images generated once per real mask of ``settings.split`` (a contiguous part of
+    its rows, ``settings.shards`` parts), seeded per image (:func:`workflow.diffusion.mask_guided.generate`),
+    as a table in the manifest schema: each row carries the labels and demographics of the real image whose
+    mask conditioned it, that mask as ``mask_path``, the real image's id as ``source_image_id`` and the
+    classes its conditioning left out (sampling ablation, ``remove_classes``) as ``dropped_classes`` (names
+    joined by ``;``); ``image_id`` is ``synthetic/<real image id>``, ``patient_id`` the real patient (the
     classifier regimes never train on samples of a val or test patient's mask)."""
+    import numpy as np
     import torch
 
     from workflow.common.devices import pick_device
     from workflow.diffusion import mask_guided
 
+    if not 0 <= shard < settings.shards:
+        raise InputError(
+            f"shard {shard} is outside 0..{settings.shards - 1} (diffusion.mask_guided.sample.shards)"
+        )
     card = read_card(model)
     architecture = card["architecture"]
     if architecture["classes"] != len(settings.mask_classes):
@@ -334,10 +358,13 @@ def sample_mask_guided(
             f"{len(settings.mask_classes)}; retrain the generator"
         )
     rows = masked_rows(dataset, settings.split)
+    numbers = np.array_split(np.arange(len(rows)), settings.shards)[shard]
+    rows = rows.iloc[numbers].reset_index(drop=True)
     network = mask_guided.load_model(model, architecture, pick_device(gpus))
     seeds = [mask_guided.image_seed(settings.seed, str(i)) for i in rows["image_id"]]
-    paths = [str(Path(images) / f"{i:06d}.png") for i in range(len(rows))]
+    paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
     with atomic_output(images) as tmp:
+        Path(tmp).mkdir(parents=True)
         for start in range(0, len(rows), settings.batch_size):
             part = slice(start, start + settings.batch_size)
             _, masks = mask_guided.read_pairs(
@@ -349,9 +376,8 @@ def sample_mask_guided(
             with torch.no_grad():
                 out = mask_guided.generate(network, masks, seeds[part], settings, architecture["timesteps"])
             for index, image in enumerate(out, start):
-                target = Path(tmp) / Path(paths[index]).relative_to(images)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                mask_guided.to_png(image).save(target)
+                mask_guided.to_png(image).save(Path(tmp) / Path(paths[index]).name)
+    _, dropped = mask_guided.draws(seeds, (1, 1), settings)
     frame = rows.assign(
         image_id=[f"synthetic/{i}" for i in rows["image_id"]],
         path=paths,
@@ -363,17 +389,28 @@ def sample_mask_guided(
         prompt_id=pd.Series(pd.NA, index=rows.index, dtype="string"),
         source_images=1,
         source_image_id=rows["image_id"],
+        dropped_classes=[
+            ";".join(name for name, hit in zip(settings.mask_classes, row, strict=True) if hit)
+            for row in dropped.tolist()
+        ],
     )
     frame["patient_id"] = rows["patient_id"].astype(str)  # the leak guard of the classifier regimes
     result = pd.concat(
         [
             manifest.normalise(frame, manifest.label_names(frame)),
-            frame[[*sampling.EXTRA_COLUMNS, "source_image_id"]],
+            frame[[*sampling.EXTRA_COLUMNS, *MASK_COLUMNS]],
         ],
         axis=1,
     )
-    manifest.validate(result, samples)
+    manifest.validate(result, table)
     meta = provenance(
         settings, seeds={"sample": settings.seed}, inputs={"dataset": dataset}, weights=card["weights"]
     )
-    write_parquet(samples, result, meta | {"images": len(result)})
+    write_parquet(table, result, meta | {"shard": shard, "images": len(result)})
+
+
+def collect_mask_guided(parts: Sequence[str], samples: str) -> None:
+    """Merge a mask-guided generator's shard tables (:func:`sample_mask_guided`), in shard order, into its
+    synthetic dataset."""
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    write_collected(parts, frame, samples)

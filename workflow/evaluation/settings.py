@@ -17,8 +17,8 @@ from workflow.common.tiny_models import tiny_model_inputs
 @dataclass(frozen=True)
 class EvaluationSettings(Settings):
     """``evaluation`` (rule ``image_metrics``), less ``tiny_seed`` (the tiny extractor is an input of the
-    rule, its folder, built with that seed by ``build_tiny_model``) and ``conditional_fidelity``
-    (:class:`ConditionalSettings`)."""
+    rule, its folder, built with that seed by ``build_tiny_model``), ``conditional_fidelity``
+    (:class:`ConditionalSettings`) and ``mask_faithfulness`` (:class:`MaskFaithfulnessSettings`)."""
 
     SECTION = ("evaluation",)
 
@@ -42,7 +42,7 @@ class EvaluationSettings(Settings):
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
-        skip = {*RESOURCE_KEYS, "tiny_seed", "conditional_fidelity"}
+        skip = {*RESOURCE_KEYS, "tiny_seed", "conditional_fidelity", "mask_faithfulness"}
         return cls.from_dict({k: v for k, v in config["evaluation"].items() if k not in skip})
 
     def feature_spaces(self) -> tuple[str, ...]:
@@ -70,6 +70,30 @@ class ConditionalSettings(Settings):
     confidence: float
     seed: int
     batch_size: int
+
+
+@dataclass(frozen=True)
+class MaskFaithfulnessSettings(Settings):
+    """``evaluation.mask_faithfulness`` and ``dataset.mask_classes`` (rules ``train_segmenter`` and
+    ``mask_faithfulness``, :mod:`workflow.evaluation.segmentation`)."""
+
+    enabled: bool
+    resolution: int
+    batch_size: int
+    steps: int
+    learning_rate: float
+    channels: tuple[int, ...]
+    num_res_units: int
+    seed: int
+    checkpoint_steps: int
+    mask_classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        section = {
+            k: v for k, v in config["evaluation"]["mask_faithfulness"].items() if k not in RESOURCE_KEYS
+        }
+        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
 
 
 def extractor_inputs(config: Mapping[str, Any]) -> dict[str, str]:

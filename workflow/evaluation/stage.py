@@ -10,10 +10,14 @@ One function per rule of ``rules/evaluation.smk``, named after it:
   first row the overall one of ``evaluation.extractor``);
 - :func:`conditional_fidelity` (one job per generator, when the study trains a classifier on real images):
   ``results/evaluation/<generator>/conditional_fidelity.json`` (:mod:`workflow.evaluation.conditional`);
+- :func:`train_segmenter` (with a mask-guided generator): ``results/evaluation/segmenter/model/`` and
+  ``train_report.json`` (its Dice on the real test split), and :func:`mask_faithfulness` (one job per
+  mask-guided generator): ``results/evaluation/<generator>/mask_faithfulness.json``
+  (:mod:`workflow.evaluation.segmentation`);
 - :func:`counterfactual_soundness` (one job per editing method): ``results/counterfactuals/<method>/
   soundness.json`` (:mod:`workflow.editing.soundness`; the real-data classifier judges the edits);
 - :func:`collect_image_metrics`: ``results/fid.json``, one section per generator and ``overall``, the overall
-  metrics per generator and extractor (and the conditional fidelity of each generator), and
+  metrics per generator and extractor (and each generator's conditional fidelity and mask faithfulness), and
   ``results/fid_per_class.csv``, every generator's rows with a ``generator`` column.
   ``snakemake results/fid.json`` builds exactly what these need.
 """
@@ -34,9 +38,10 @@ from workflow.common.manifest import label_column
 from workflow.common.model_card import read_card
 from workflow.common.provenance import provenance
 from workflow.evaluation import fidelity
-from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings
+from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings, MaskFaithfulnessSettings
 
 if TYPE_CHECKING:
+    from workflow.diffusion.mask_guided import Pairs
     from workflow.evaluation.features import ImagePolicy
 
 log = logging.getLogger(__name__)
@@ -293,6 +298,129 @@ def counterfactual_soundness(
     )
 
 
+def segmenter_pairs(dataset: str, split: str, settings: MaskFaithfulnessSettings) -> Pairs | None:
+    """The images and masks of ``split`` in the preprocessed ``dataset`` at the segmenter's size (None when
+    the split has no masks)."""
+    from workflow.diffusion.mask_guided import read_pairs
+
+    rows = pd.read_parquet(dataset)
+    rows = rows[(rows["split"] == split) & rows["mask"].notna()]
+    if rows.empty:
+        return None
+    return read_pairs(
+        rows["image"].tolist(), rows["mask"].tolist(), len(settings.mask_classes), settings.resolution
+    )
+
+
+def train_segmenter(
+    dataset: str, settings: MaskFaithfulnessSettings, gpus: int, model: str, report: str, checkpoints: str
+) -> None:
+    """Train the mask-faithfulness segmenter on the training split's images and masks, resuming from the
+    newest checkpoint in ``checkpoints`` (:func:`workflow.evaluation.segmentation.train`; a SIGTERM saves one
+    and stops), and measure it on the real test split: its Dice per class there is the ceiling of a
+    generator's (``report``).
+
+    Raises:
+        InputError: when the training split has no masks.
+    """
+    from workflow.common.devices import pick_device
+    from workflow.common.errors import InputError
+    from workflow.common.files import atomic_output
+    from workflow.common.interruption import attempt_log, stop_on_signal
+    from workflow.common.model_card import write_card
+    from workflow.common.provenance import config_hash
+    from workflow.evaluation import segmentation
+
+    with attempt_log(checkpoints):
+        pairs = segmenter_pairs(dataset, "train", settings)
+        if pairs is None:
+            raise InputError(
+                f"{dataset}: the train split has no images with masks; evaluation.mask_faithfulness needs "
+                "the dataset's segmentation masks (manifest column mask_path)"
+            )
+        meta = provenance(settings, seeds={"train": settings.seed}, inputs={"dataset": dataset})
+        fingerprint = config_hash({"config": meta["config_hash"], "inputs": meta["inputs"]})
+        with stop_on_signal() as stop:
+            network, losses = segmentation.train(
+                pairs, settings, fingerprint, checkpoints, pick_device(gpus), stop
+            )
+        weights = (
+            f"MONAI UNet segmenter trained from random init on {len(pairs.images)} real training images and "
+            f"masks ({settings.steps} steps at {settings.resolution} px)"
+        )
+        with atomic_output(model) as tmp:
+            tmp.mkdir()
+            segmentation.save_model(network, tmp)
+            write_card(tmp, {"weights": weights, "provenance": meta})
+        test = segmenter_pairs(dataset, "test", settings)
+        real_test = (
+            None
+            if test is None
+            else segmentation.dice_per_class(
+                segmentation.segment(network, test.batch(slice(None))[0], settings.batch_size),
+                test.masks.long(),
+                settings.mask_classes,
+            )
+        )
+        write_json(
+            report,
+            {
+                "images": len(pairs.images),
+                "steps": settings.steps,
+                "loss_first_10": float(np.mean(losses[:10])),
+                "loss_last_10": float(np.mean(losses[-10:])),
+                "real_test": real_test,
+                "provenance": meta | {"weights": weights},
+            },
+        )
+
+
+def mask_faithfulness(
+    generator: str,
+    samples: str,
+    model: str,
+    segmenter_report: str,
+    settings: MaskFaithfulnessSettings,
+    gpus: int,
+    report: str,
+) -> None:
+    """The segmenter ``model`` on a mask-guided generator's ``samples``: Dice per class against the mask
+    that conditioned each image, that is its ``mask_path`` less the classes its conditioning dropped
+    (``dropped_classes``: sampling ablation, edited masks), beside the segmenter's own Dice on the real test
+    split (:mod:`workflow.evaluation.segmentation`)."""
+    import torch
+
+    from workflow.common.devices import pick_device
+    from workflow.common.model_card import read_card
+    from workflow.diffusion.mask_guided import ablate
+    from workflow.evaluation import segmentation
+
+    rows = pd.read_parquet(samples)
+    classes = settings.mask_classes
+    network = segmentation.load_model(model, settings, pick_device(gpus))
+    pairs = segmentation.read_generated(rows["image"], rows["mask_path"], len(classes), settings.resolution)
+    dropped_names = (
+        rows["dropped_classes"].fillna("") if "dropped_classes" in rows else pd.Series("", rows.index)
+    )
+    dropped = torch.tensor([[c in names.split(";") for c in classes] for names in dropped_names])
+    images, masks = pairs.batch(slice(None))
+    result = segmentation.dice_per_class(
+        segmentation.segment(network, images, settings.batch_size), ablate(masks, dropped), classes
+    )
+    meta = provenance(
+        settings,
+        inputs={"samples": samples, "segmenter_report": segmenter_report},  # the model: its card's weights
+        weights=read_card(model)["weights"],
+    )
+    real_test = json.loads(Path(segmenter_report).read_text())["real_test"]
+    write_json(
+        report,
+        {"generator": generator, "images": len(rows), "segmenter": model, "provenance": meta}
+        | result
+        | {"real_test": real_test},
+    )
+
+
 def collect_image_metrics(
     generators: Sequence[str],
     reports: Sequence[str],
@@ -300,10 +428,12 @@ def collect_image_metrics(
     fid: str,
     fid_table: str,
     conditional: Sequence[str] | None = None,
+    faithfulness: Sequence[str] | None = None,
 ) -> None:
     """Every generator's image quality in one JSON (a section each) and one CSV (a ``generator`` column);
     ``conditional``: every generator's conditional fidelity, in generator order (none when the study trains
-    no classifier on real images)."""
+    no classifier on real images); ``faithfulness``: the mask faithfulness of the mask-guided generators
+    (:func:`mask_faithfulness`), each in its generator's section."""
     pairs = list(zip(generators, reports, tables, strict=True))
     sections = {name: json.loads(Path(path).read_text()) for name, path, _ in pairs}
     inputs = {f"report[{name}]": report for name, report, _ in pairs}
@@ -325,6 +455,10 @@ def collect_image_metrics(
                 "auroc": {f: row["auroc"] for f, row in result["labels"].items()},
                 "real_test_auroc": {f: row["real_test_auroc"] for f, row in result["labels"].items()},
             }
+    for path in faithfulness or []:
+        result = json.loads(Path(path).read_text())
+        sections[result["generator"]]["mask_faithfulness"] = result
+        inputs[f"mask_faithfulness[{result['generator']}]"] = path
     write_json(
         fid,
         {

@@ -9,7 +9,8 @@ as small self-contained HTML pages (:func:`report_tables`):
 - ``split_summary.html``: patients, images and finding prevalence per split (from ``split_report.json``);
 - ``image_quality.html``: FID, KID and precision/recall of every generator and extractor (feature space),
   overall, per finding and per prompt (``fid_per_class.csv``), with the extractors and their weights from
-  ``fid.json``, and the conditional fidelity of every generator (:func:`conditional_table`);
+  ``fid.json``, the conditional fidelity of every generator (:func:`conditional_table`) and the mask
+  faithfulness of every mask-guided generator (:func:`faithfulness_table`);
 - ``classifier_regimes.html``: the comparison across classifier runs (``comparison.csv``: test metrics,
   fairness gaps, Grad-CAM focus), one column per run;
 - ``counterfactuals.html`` (with ``editing.enabled``): the soundness of every editing method's counterfactual
@@ -120,6 +121,25 @@ def conditional_table(fid: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["generator", "finding"]) if rows else pd.DataFrame()
 
 
+def faithfulness_table(fid: dict) -> pd.DataFrame:
+    """One row per mask-guided generator and mask class: the segmenter's Dice on the samples against their
+    conditioning masks, the images that had the class, the fraction of pixels it still finds of the class in
+    images whose conditioning left it out, and its own Dice on the real test split (the ceiling)."""
+    rows = []
+    for generator, section in fid["generators"].items():
+        result = section.get("mask_faithfulness")
+        if result is None:
+            continue
+        real = (result.get("real_test") or {}).get("classes", {})
+        for name, row in result["classes"].items():
+            rows.append(
+                {"generator": generator, "class": name, "n": row["n"], "Dice on samples": row["dice"]}
+                | {"pixels found when left out": row["absent_pixels"]}
+                | {"Dice on real test": real.get(name, {}).get("dice")}
+            )
+    return pd.DataFrame(rows).set_index(["generator", "class"]) if rows else pd.DataFrame()
+
+
 def report_tables(
     split_report: str,
     fid: str,
@@ -151,6 +171,15 @@ def report_tables(
         "split (the ceiling); a finding it cannot see on real images says nothing about the samples.",
         conditional,
     )]  # fmt: skip
+    faithfulness = faithfulness_table(metrics)
+    if not faithfulness.empty:
+        more.append((
+            "Mask faithfulness: does each image follow the mask it was generated from?",
+            "A segmentation network (MONAI UNet) trained on the real training images and masks segments "
+            "every image of a mask-guided generator; Dice per class against its conditioning mask (less "
+            "the classes its conditioning left out), beside the network's Dice on the real test split.",
+            faithfulness,
+        ))  # fmt: skip
     write_page(
         image_quality_page,
         "Image quality of the synthetic sets",
