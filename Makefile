@@ -19,7 +19,7 @@ demo: $(BIN)/snakemake
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --report results/report.html
 
 test: $(BIN)/snakemake
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(CORES) --dist loadgroup
 
 lint: $(BIN)/snakemake
 	$(BIN)/ruff format --check .

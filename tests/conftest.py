@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic manifests built in memory, and the small phantom study's data stage."""
+"""Shared fixtures: small synthetic manifests built in memory, and the small phantom study's data stage; the
+order and grouping of tests for pytest-xdist (``make test`` runs the suite in ``CORES`` workers)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,20 @@ from test_workflow_data import DATA_TARGETS, snakemake, write_config
 from workflow.common.manifest import label_column
 
 LABELS = ("A", "B", "C", "D")
+# The longest modules start first, so that no worker is left alone with one of them at the end.
+LONGEST_FIRST = ("test_slurm", "test_presets", "test_report")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test module is one xdist group (``--dist loadgroup``: its module-scoped fixtures, such as the
+    Slurm cluster or a whole-DAG run, are built by one worker once), but tests marked with a group of their
+    own, such as each preset's end-to-end run; the longest modules first. Runs before xdist's own hook,
+    which reads the groups."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    first = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.module.__name__, len(first)))
 
 
 def make_manifest(n_patients: int, seed: int = 0, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:

@@ -84,7 +84,14 @@ TINY: dict[str, Any] = {
         "min_images": 2,
         "mask_faithfulness": {"gpus": 0, "resolution": 16, "steps": 2, "batch_size": 2, "channels": [4, 8]},
     },
-    "editing": {"max_images": 1, "steps": 2, "gpus": 0, "shards": 1, "null_text": {"inner_steps": 2}},
+    "editing": {
+        "max_images": 1,
+        "steps": 2,
+        "gpus": 0,
+        "shards": 1,
+        "null_text": {"inner_steps": 2},
+        "clip": {"model": "tiny"},
+    },
 }
 GPU_RULES = {
     "embed_images",
@@ -135,7 +142,11 @@ def preset_study(preset: Path, workdir: Path, data: Path, *, tiny: bool) -> dict
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "preset",
+    [pytest.param(p, marks=pytest.mark.xdist_group(f"preset-{p.stem}")) for p in PRESETS],
+    ids=lambda p: p.stem,
+)
 def test_preset_runs_the_whole_study_end_to_end(preset, tmp_path):
     preset_study(preset, tmp_path / "study", tmp_path / "data", tiny=True)
     snakemake(tmp_path / "study")

@@ -61,8 +61,9 @@ DEMO_OUTPUTS = [
     "results/fid.json",
 ]
 TRAINING = "results/models/sd-full"  # the demo's fine-tuning run (diffusion.method: full)
-# GPU rules of a generator kind the demo does not train (tests/test_mask_guided.py plans them in a dry run)
-NOT_IN_DEMO = {"train_mask_guided", "sample_mask_guided"}
+# GPU rules of the mask-guided generator kind, which the demo does not train, and of its mask faithfulness
+# (tests/test_mask_guided.py and the segguided preset's runs plan and run them)
+NOT_IN_DEMO = {"train_mask_guided", "sample_mask_guided", "train_segmenter", "mask_faithfulness"}
 PROBE_MULTI_GPU = "finetune_sd"  # the probe rule that asks for 4 GPUs (like the PRISM preset's fine-tuning)
 
 
