@@ -13,20 +13,30 @@ from test_workflow_data import DATA_TARGETS, snakemake, write_config
 from workflow.common.manifest import label_column
 
 LABELS = ("A", "B", "C", "D")
-# The longest modules start first, so that no worker is left alone with one of them at the end.
+# Modules that start first (the longest), so that no worker is left alone with one of them at the end.
 LONGEST_FIRST = ("test_slurm", "test_presets", "test_report")
+# Tests that are a work unit of their own rather than part of their module's (each takes minutes).
+ALONE = ("tests/test_presets.py::test_preset_runs_the_whole_study_end_to_end[",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each test module is one xdist group (``--dist loadgroup``: its module-scoped fixtures, such as the
-    Slurm cluster or a whole-DAG run, are built by one worker once), but tests marked with a group of their
-    own, such as each preset's end-to-end run; the longest modules first. Runs before xdist's own hook,
-    which reads the groups."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    """The longest modules first (the order the xdist scheduler hands out work units in)."""
     first = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: first.get(item.module.__name__, len(first)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist's ``loadscope`` scheduling (``make test``: ``-n CORES --dist loadscope``) with one work
+    unit per test module, so that its module-scoped fixtures (the Slurm cluster, a whole-DAG run) are built
+    once, by one worker; but each test of :data:`ALONE` is a unit of its own. (xdist's ``loadgroup`` marks
+    cannot do this under pytest 9: xdist 3.8 renames ``Item._nodeid``, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if nodeid.startswith(ALONE) else nodeid.split("::", 1)[0]
+
+    return ModuleScheduling(config, log) if config.getvalue("dist") == "loadscope" else None
 
 
 def make_manifest(n_patients: int, seed: int = 0, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:

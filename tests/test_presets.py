@@ -142,11 +142,7 @@ def preset_study(preset: Path, workdir: Path, data: Path, *, tiny: bool) -> dict
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(
-    "preset",
-    [pytest.param(p, marks=pytest.mark.xdist_group(f"preset-{p.stem}")) for p in PRESETS],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_runs_the_whole_study_end_to_end(preset, tmp_path):
     preset_study(preset, tmp_path / "study", tmp_path / "data", tiny=True)
     snakemake(tmp_path / "study")
