@@ -34,6 +34,21 @@ rule make_phantoms:
         "python -m scripts.data make_phantoms --settings {params.settings:q} --out {params.out} 2> {log}"
 
 
+rule make_phantom_volumes:
+    output:
+        table=f"{config['phantom']['out_dir']}/CT-phantom/volumes.csv",  # dataset.volumes.table
+        counterfactuals=f"{config['phantom']['out_dir']}/CT-phantom/counterfactuals.csv",
+    log:
+        "logs/data/make_phantom_volumes.log",
+    conda:
+        "../envs/synthmed.yaml"
+    params:
+        settings=PhantomSettings.of(config).to_json(),
+        out=lambda wildcards, output: Path(output.table).parents[1],
+    shell:
+        "python -m scripts.data make_phantom_volumes --settings {params.settings:q} --out {params.out} 2> {log}"
+
+
 rule build_manifest:
     input:
         table_files(ADAPTER, config["dataset"][ADAPTER]),

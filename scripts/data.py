@@ -13,6 +13,12 @@ COMMANDS = [
         Arg("--out", help="folder that receives CheXpert-v1.0-phantom/"),
     ),
     command(
+        "make_phantom_volumes",
+        "3D CT phantoms (NIfTI, label volumes, volumes.csv) for the volumes adapter",
+        Arg("--settings", PhantomSettings.from_json, "phantom.settings (JSON)"),
+        Arg("--out", help="folder that receives CT-phantom/"),
+    ),
+    command(
         "build_manifest",
         "run the dataset adapter",
         Arg("--dataset", DatasetSettings.from_json, "dataset section (JSON)"),

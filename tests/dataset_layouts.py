@@ -1,6 +1,7 @@
 """The demo phantoms laid out as real datasets ship (CheXpert as generated, with its separate demographics
-file; MIMIC-CXR-JPG, ChestX-ray14 and PCam converted), so a preset's adapter reads them exactly as it reads
-the real data. Each function returns every path setting of its adapter; a preset uses those it names."""
+file; MIMIC-CXR-JPG, ChestX-ray14 and PCam converted; the 3D CT phantoms for the volumes adapter), so a
+preset's adapter reads them exactly as it reads the real data. Each function returns every path setting of
+its adapter; a preset uses those it names."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from workflow.data import phantoms
+from workflow.data import phantom_volumes, phantoms
 from workflow.data.adapters import pcam as pcam_adapter
 from workflow.data.labels import CHEXPERT_LABELS
 
@@ -167,5 +168,20 @@ def pcam(root: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return {"root": str(out)}
 
 
-LAYOUTS = {"chexpert": chexpert, "mimic-cxr": mimic, "chestxray14": chestxray14, "pcam": pcam}
+def volumes(root: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The 3D CT phantoms (NIfTI volumes, label volumes, ``volumes.csv``) under ``root``; their
+    ``dataset.volumes`` paths. ``settings`` are ``phantom.settings`` (``volumes``, ``volume_size``: how many
+    and how large; defaults 8 of 32^3)."""
+    phantom_volumes.generate_volumes(phantoms.PhantomSettings.from_dict(settings), root)
+    folder = root / phantom_volumes.DATASET
+    return {"table": str(folder / "volumes.csv"), "root": str(folder)}
+
+
+LAYOUTS = {
+    "chexpert": chexpert,
+    "mimic-cxr": mimic,
+    "chestxray14": chestxray14,
+    "pcam": pcam,
+    "volumes": volumes,
+}
 """Adapter -> function laying the phantoms out in its format."""

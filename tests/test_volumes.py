@@ -344,3 +344,58 @@ def test_volume_id_column_and_repeated_ids(dataset: dict[str, Any]) -> None:
 def test_reads_exactly_the_table_the_rules_track(dataset: dict[str, Any], monkeypatch) -> None:
     opened = tables_opened(monkeypatch, lambda: build(dataset["settings"], SPEC))
     assert opened == set(table_files("volumes", dataset["settings"])) == {dataset["settings"]["table"]}
+
+
+def _one_volume(tmp_path: Path, label: np.ndarray, label_affine: np.ndarray) -> dict[str, Any]:
+    save(ct_array(), tmp_path / "ct.nii")
+    nib.save(nib.Nifti1Image(label, label_affine), tmp_path / "label.nii")
+    pd.DataFrame({"volume": ["ct.nii"], "patient_id": ["p"], "label_volume": ["label.nii"]}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    return {**CT, "table": str(tmp_path / "t.csv")}
+
+
+TILTED = AFFINE.copy()
+TILTED[:3, :3] = (
+    np.array([[1, 0, 0], [0, 0.98, -0.199], [0, 0.199, 0.98]]) @ AFFINE[:3, :3]
+)  # tilted 11.5 deg
+
+
+@pytest.mark.parametrize(
+    ("label_affine", "message"),
+    [
+        (
+            AFFINE @ np.diag([1.0, 1.0, 2.0, 1.0]),
+            "voxel spacing (0.8, 0.9, 5) mm differs from the image volume's",
+        ),
+        (TILTED, "orientation"),
+        (
+            AFFINE + np.array([[0, 0, 0, 4.0]] + [[0, 0, 0, 0]] * 3),
+            "origin (2, -5, 3) mm differs from the image volume's (-2, -5, 3) mm",
+        ),
+    ],
+    ids=["spacing", "orientation", "origin"],
+)
+def test_label_volume_on_another_grid_is_rejected(tmp_path: Path, label_affine: np.ndarray, message: str):
+    result = build(_one_volume(tmp_path, label_array(), label_affine), DatasetSpec(labels=()))
+    assert result.manifest.empty
+    reason = result.rejected["reason"].iloc[0]
+    assert (
+        message in reason and "label.nii" in reason and "resample it onto the image volume's grid" in reason
+    )
+
+
+def test_label_volume_stored_in_another_orientation_on_the_same_grid_is_accepted(tmp_path: Path) -> None:
+    flip = np.array([[-1.0, 0, 0, 15], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # voxel i -> 15 - i
+    settings = _one_volume(tmp_path, label_array()[::-1].copy(), AFFINE @ flip)
+    result = build(settings, DatasetSpec(labels=(), mask_classes=("background", "organ")))
+    assert result.rejected.empty and len(result.manifest) == 8
+
+
+def test_label_ids_outside_mask_classes_are_rejected(tmp_path: Path) -> None:
+    label = label_array()
+    label[0, 0, 0] = 5
+    result = build(_one_volume(tmp_path, label, AFFINE), DatasetSpec(labels=(), mask_classes=("bg", "organ")))
+    reason = result.rejected["reason"].iloc[0]
+    assert result.manifest.empty and "label.nii" in reason
+    assert "class ids [5] outside dataset.mask_classes ['bg', 'organ'] (ids 0..1)" in reason

@@ -80,6 +80,8 @@ class PhantomSettings(Settings):
     per site the noise std (intensity 0-1) and contrast gain. Fractions: ``uncertain_fraction`` of
     positives reported -1, ``blank_negative_fraction`` of negatives left blank, ``counterfactual_fraction``
     of images with a counterfactual, ``tabular_missing_fraction`` of clinical fields left blank.
+    ``volumes`` 3D CT phantoms of ``volume_size``^3 voxels (:mod:`workflow.data.phantom_volumes`; written only
+    by the rule ``make_phantom_volumes``, which runs when a study reads them).
     """
 
     n_patients: int = 200
@@ -117,6 +119,8 @@ class PhantomSettings(Settings):
     blank_negative_fraction: float = 0.6
     counterfactual_fraction: float = 1.0
     tabular_missing_fraction: float = 0.15
+    volumes: int = 8
+    volume_size: int = 32
 
     SECTION = ("phantom", "settings")
 
@@ -134,7 +138,8 @@ class PhantomSettings(Settings):
             if key not in names:
                 raise InputError(f"phantom.{key} is not a known setting; use one of {names}")
         v = {name: raw.get(name, getattr(default, name)) for name in names}
-        for key, lo, hi in [("n_patients", 1, 10**6), ("image_size", 32, 4096), ("seed", 0, 2**63 - 1)]:
+        limits = [("n_patients", 1, 10**6), ("image_size", 32, 4096), ("seed", 0, 2**63 - 1)]
+        for key, lo, hi in [*limits, ("volumes", 1, 10**5), ("volume_size", 16, 512)]:
             _check_int(key, v[key], lo, hi)
         _check_int("min_studies", v["min_studies"], 1, 20)
         _check_int("max_studies", v["max_studies"], v["min_studies"], 20)

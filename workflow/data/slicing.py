@@ -142,6 +142,35 @@ def _from_sitk(image: sitk.Image, path: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(array, affine)
 
 
+def grid_difference(image_affine: np.ndarray, label_affine: np.ndarray) -> str | None:
+    """How a label volume's voxel grid differs from its image volume's, or None when they are the same.
+
+    Both affines are the canonical (RAS+) ones :func:`load_volume` returns, so a label volume stored in
+    another orientation that covers the same grid is the same. Compared in turn: voxel spacing (column
+    lengths), orientation (direction cosines) and origin, each to 1/1000 of a voxel.
+    """
+    image, label = np.asarray(image_affine, dtype=np.float64), np.asarray(label_affine, dtype=np.float64)
+    spacing = np.linalg.norm(image[:3, :3], axis=0), np.linalg.norm(label[:3, :3], axis=0)
+    tolerance = 1e-3 * float(spacing[0].min())
+    if not np.allclose(spacing[1], spacing[0], rtol=0, atol=tolerance):
+        return f"voxel spacing {_mm(spacing[1])} mm differs from the image volume's {_mm(spacing[0])} mm"
+    if not np.allclose(label[:3, :3] / spacing[1], image[:3, :3] / spacing[0], rtol=0, atol=1e-3):
+        return (
+            f"orientation (direction cosines {np.round(label[:3, :3] / spacing[1], 3).tolist()}) differs "
+            f"from the image volume's ({np.round(image[:3, :3] / spacing[0], 3).tolist()})"
+        )
+    if not np.allclose(label[:3, 3], image[:3, 3], rtol=0, atol=tolerance):
+        return (
+            f"origin {_mm(label[:3, 3])} mm differs from the image volume's {_mm(image[:3, 3])} mm "
+            "(shifted, or flipped by its header's orientation)"
+        )
+    return None
+
+
+def _mm(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in np.round(values, 4)) + ")"
+
+
 def check_window(window: Mapping[str, Any], key: str = "dataset.volumes.window") -> dict[str, Any]:
     """Validate window settings and fill in defaults; errors name ``<key>.<setting>``.
 

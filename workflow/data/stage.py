@@ -4,6 +4,8 @@ One function per rule of ``rules/data.smk``, named after it (``scripts/data.py``
 arguments). Files written (all atomically, each with provenance):
 
 - ``results/phantoms/CheXpert-v1.0-phantom/`` the demo dataset (:func:`make_phantoms`);
+- ``results/phantoms/CT-phantom/`` 3D CT phantoms for the ``volumes`` adapter, made only when a study reads
+  them (:func:`make_phantom_volumes`);
 - ``results/data/manifest.parquet`` and ``results/data/rejected_adapter.parquet`` (:func:`build_manifest`);
 - ``results/data/split.parquet`` (manifest + ``split``) and ``results/data/split_report.json``, which says
   whether the split was drawn here (``stratified``) or is the dataset's own (``predefined``)
@@ -28,7 +30,7 @@ from workflow.common import manifest as schema
 from workflow.common.errors import InputError
 from workflow.common.files import write_json, write_parquet
 from workflow.common.provenance import frame_hash, provenance
-from workflow.data import adapters, phantoms, preprocess
+from workflow.data import adapters, phantom_volumes, phantoms, preprocess
 from workflow.data import split as splitting
 from workflow.data.settings import DatasetSettings, PreprocessSettings, RejectionSettings, SplitSettings
 
@@ -40,6 +42,11 @@ DEMOGRAPHICS = ("sex", "age", "race", "ethnicity")
 def make_phantoms(settings: phantoms.PhantomSettings, out: str) -> None:
     """The demo dataset: procedural chest X-ray phantoms in CheXpert's layout under ``out``."""
     phantoms.generate(settings, out)
+
+
+def make_phantom_volumes(settings: phantoms.PhantomSettings, out: str) -> None:
+    """3D CT phantoms, label volumes and ``volumes.csv`` (the ``volumes`` adapter's table) under ``out``."""
+    phantom_volumes.generate_volumes(settings, out)
 
 
 def build_manifest(dataset: DatasetSettings, manifest: str, rejected: str) -> None:

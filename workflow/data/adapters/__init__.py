@@ -73,6 +73,7 @@ def build_manifest(dataset: DatasetSettings) -> AdapterResult:
         uncertain_policy=dataset.uncertain_policy,
         blank_policy=dataset.blank_policy,
         tabular=tuple(settings.get("tabular", {}) or ()),
+        mask_classes=tuple(dataset.mask_classes),
     )
     result = adapters[name](settings, spec)
     table = manifest.normalise(result.manifest, spec.labels, spec.tabular)

@@ -19,12 +19,14 @@ from workflow.common.manifest import rejected
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Settings common to every adapter (``dataset.*`` in config.yaml)."""
+    """Settings common to every adapter (``dataset.*`` in config.yaml); ``mask_classes`` empty: mask ids are
+    not checked against ``dataset.mask_classes`` here."""
 
     labels: tuple[str, ...]
     uncertain_policy: str = "zeros"
     blank_policy: str = "zeros"
     tabular: tuple[str, ...] = field(default_factory=tuple)
+    mask_classes: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ def build(settings: Mapping[str, Any], spec: DatasetSpec) -> AdapterResult:
     Rows whose volume cannot be used are rejected with a reason: empty or missing volume path, unreadable
     (corrupt) volume, empty patient id, duplicate volume id, missing label volume, label volume whose shape
     differs from the image volume or that holds values other than integer class ids 0..255, a volume with no
-    usable intensity window, or ``min_label_fraction`` set without a label volume.
+    usable intensity window, or ``min_label_fraction`` set without a label volume. A label volume must also
+    lie on its image volume's voxel grid (same spacing, orientation and origin) and, when ``spec`` names
+    ``dataset.mask_classes``, hold only their ids.
 
     Slices skipped on purpose, by ``slice_step`` or by ``min_label_fraction`` (fraction of non-zero label
     voxels in the slice below the threshold), are *not* rejections: they are counted and the count is logged
@@ -105,7 +107,7 @@ def build(settings: Mapping[str, Any], spec: DatasetSpec) -> AdapterResult:
     skipped = 0
     for record in kept.to_dict("records"):
         try:
-            slice_rows, n_skipped = _slice_rows(record, slicing)
+            slice_rows, n_skipped = _slice_rows(record, slicing, spec.mask_classes)
         except InputError as err:
             failed.append((record["_row"], record["volume_id"], str(err)))
             continue
@@ -180,26 +182,15 @@ def _volume_rows(
     return frame
 
 
-def _slice_rows(record: dict[str, Any], slicing: _Slicing) -> tuple[list[dict[str, Any]], int]:
+def _slice_rows(
+    record: dict[str, Any], slicing: _Slicing, mask_classes: tuple[str, ...]
+) -> tuple[list[dict[str, Any]], int]:
     """Manifest rows for the kept slices of one volume, and how many slices were skipped on purpose."""
     volume, affine = volumes.load_volume(record["path"], slicing.reader)
     low, high = volumes.window_bounds(volume, slicing.window)
     label = None
     if not pd.isna(record["mask_path"]):
-        try:
-            label, _ = volumes.load_volume(record["mask_path"], slicing.reader)
-        except InputError as err:
-            raise InputError(f"label volume: {err}") from err
-        if label.shape != volume.shape:
-            raise InputError(
-                f"label volume {where(record['mask_path'])} has shape {label.shape} but the image "
-                f"volume has shape {volume.shape} (both in RAS orientation)"
-            )
-        if not np.array_equal(label, np.rint(label)) or label.min() < 0 or label.max() > 255:
-            raise InputError(
-                f"label volume {where(record['mask_path'])} holds values that are not integer "
-                "class ids 0..255"
-            )
+        label = _label_volume(record["mask_path"], volume.shape, affine, slicing.reader, mask_classes)
     base = {key: value for key, value in record.items() if key != "_row"}
     base.update(
         affine=volumes.affine_json(affine),
@@ -216,6 +207,43 @@ def _slice_rows(record: dict[str, Any], slicing: _Slicing) -> tuple[list[dict[st
                 continue
         rows.append({**base, "image_id": f"{record['volume_id']}/slice{index:04d}", "slice_index": index})
     return rows, volume.shape[slicing.axis] - len(rows)
+
+
+def _label_volume(
+    path: str, shape: tuple[int, ...], affine: np.ndarray, reader: str, mask_classes: tuple[str, ...]
+) -> np.ndarray:
+    """Read a label volume and check it against its image volume (shape ``shape``, canonical ``affine``).
+
+    Raises:
+        InputError: naming the label volume, when it is unreadable, its shape or voxel grid (spacing,
+            orientation, origin) differs from the image volume's, or it holds values that are not integer
+            class ids 0..255 or ids outside ``mask_classes`` (``dataset.mask_classes``; empty: not checked).
+    """
+    try:
+        label, label_affine = volumes.load_volume(path, reader)
+    except InputError as err:
+        raise InputError(f"label volume: {err}") from err
+    if label.shape != shape:
+        raise InputError(
+            f"label volume {where(path)} has shape {label.shape} but the image volume has shape {shape} "
+            "(both in RAS orientation)"
+        )
+    difference = volumes.grid_difference(affine, label_affine)
+    if difference is not None:
+        raise InputError(
+            f"label volume {where(path)}: {difference}; resample it onto the image volume's grid (nearest "
+            "neighbour, e.g. SimpleITK.Resample with the image as reference) or correct its header"
+        )
+    if not np.array_equal(label, np.rint(label)) or label.min() < 0 or label.max() > 255:
+        raise InputError(f"label volume {where(path)} holds values that are not integer class ids 0..255")
+    unknown = np.flatnonzero(np.bincount(label.astype(np.uint8).ravel(), minlength=256)[len(mask_classes) :])
+    if mask_classes and unknown.size:
+        raise InputError(
+            f"label volume {where(path)} holds class ids {(unknown + len(mask_classes)).tolist()} outside "
+            f"dataset.mask_classes {list(mask_classes)} (ids 0..{len(mask_classes) - 1}); name every class "
+            "in dataset.mask_classes (in id order) or relabel the volume"
+        )
+    return label
 
 
 def _volume_id(relative: str, root: Path) -> str:
