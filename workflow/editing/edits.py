@@ -70,6 +70,11 @@ def counterfactual_manifest(method: str) -> str:
     return f"{counterfactuals_dir(method)}/manifest.parquet"
 
 
+def inversions_dir() -> str:
+    """The inversion cache every method's ``edit_images`` jobs share (``editing.cache_inversions``)."""
+    return f"{COUNTERFACTUALS}/inversions"
+
+
 def plan_file() -> str:
     """The edit plan, shared by every method."""
     return f"{COUNTERFACTUALS}/plan.parquet"

@@ -103,11 +103,20 @@ class ClipSettings(Settings):
 
 
 @dataclass(frozen=True)
+class LpipsSettings(Settings):
+    """``editing.lpips``: LPIPS's backbone (``net``) and the local file of its torchvision weights
+    (``weights``; None: no LPIPS) (:mod:`workflow.editing.perceptual`)."""
+
+    net: str
+    weights: str | None
+
+
+@dataclass(frozen=True)
 class EditSettings(Settings):
     """``editing`` as rules ``edit_images`` and ``collect_edits`` read it: the sampler, each method's
     section, the edited images' resolution (``diffusion.resolution``), the changed-region threshold, the
-    CLIP filter (``clip``), whether edits are undone (``reversibility``), and the weights' ``dtype`` and
-    ``tf32`` of the job."""
+    CLIP filter (``clip``), LPIPS (``lpips``), whether edits are undone (``reversibility``), and the
+    weights' ``dtype`` and ``tf32`` of the job."""
 
     steps: int
     guidance_scale: float
@@ -116,6 +125,7 @@ class EditSettings(Settings):
     null_text: NullTextSettings
     region_percentile: float
     clip: ClipSettings
+    lpips: LpipsSettings
     reversibility: bool
     dtype: str
     tf32: bool
