@@ -208,7 +208,9 @@ def test_effectiveness_is_signed_toward_the_target_label():
     assert summary["overall"]["effectiveness"]["edits"] == 3
 
 
-def test_counterfactual_regime_trains_on_every_editing_method():
+def test_counterfactual_regime_trains_on_every_editing_method(monkeypatch):
+    from workflow.editing import methods
+
     config = validated(
         {
             "classifier": {"regimes": ["real", "real+counterfactual"]},
@@ -216,6 +218,7 @@ def test_counterfactual_regime_trains_on_every_editing_method():
         }
     )
     assert runs(config) == ["real", "real+counterfactual/sdedit"]
+    monkeypatch.delitem(methods.METHODS, "ledits++")  # a method the schema knows and none registers
     with pytest.raises(InputError, match=r"\['ledits\+\+'\] are not available"):
         runs(validated({"editing": {"enabled": True, "methods": ["sdedit", "ledits++"]}}))
     assert run_sources(config, "real+counterfactual/sdedit") == {

@@ -277,3 +277,48 @@ def test_inversions_are_cached_shared_by_the_methods_and_keyed_by_what_they_depe
         with torch.no_grad():
             pipe.unet.conv_out.bias.copy_(bias)
     assert inversion.fingerprint(pipe) == cache.model
+
+
+LEDITS = {
+    "steps": 3,
+    "edit_guidance_scale": 5.0,
+    "edit_threshold": 0.9,
+    "skip": 0.15,
+    "use_intersect_mask": False,
+}
+
+
+def test_ledits_edits_towards_the_added_and_away_from_the_removed_words_from_its_seed(pipe):
+    from workflow.editing import ledits
+
+    assert ledits.concepts(SOURCE[0], TARGET[0]) == [("Edema", False), ("Cardiomegaly", True)]
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    processors = pipe.unet.attn_processors
+    run = METHODS["ledits++"]
+    first = run(pipe, images, SOURCE, TARGET, WORDS, LEDITS, seeds=[5, 6])
+    assert first.edited.shape == images.shape and first.reconstruction is None
+    assert first.edited.abs().max() <= 1 and (first.edited - images).abs().mean() > 1e-2
+    again = run(pipe, images[1:], SOURCE[1:], TARGET[1:], WORDS[1:], LEDITS, seeds=[6])
+    torch.testing.assert_close(again.edited, first.edited[1:], atol=1e-5, rtol=1e-4)  # its own seed
+    other = run(pipe, images[1:], SOURCE[1:], TARGET[1:], WORDS[1:], LEDITS, seeds=[7])
+    assert (other.edited - again.edited).abs().max() > 1e-4
+    assert pipe.unet.attn_processors.keys() == processors.keys()
+    assert all(type(p) is type(processors[k]) for k, p in pipe.unet.attn_processors.items())
+    with pytest.raises(InputError, match="use_intersect_mask"):  # the tiny UNet has no 1/4-size attention
+        run(pipe, images, SOURCE, TARGET, WORDS, LEDITS | {"use_intersect_mask": True}, seeds=[5, 6])
+
+
+def test_ledits_counts_an_edit_concepts_own_tokens_not_the_padding(pipe):
+    """diffusers took the tokenizer's return_length, 77 with padding, so the implicit mask averaged the
+    cross-attention of every token after the start token."""
+    from workflow.editing import ledits
+
+    pipeline = ledits.pipeline(pipe)
+    pipeline.batch_size = 1
+    *_, counts = pipeline.encode_prompt(
+        num_images_per_prompt=1,
+        device=pipe.device,
+        enable_edit_guidance=True,
+        editing_prompt=["Pleural Effusion", "Cardiomegaly"],
+    )
+    assert counts.tolist() == [2, 1]

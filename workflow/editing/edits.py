@@ -49,6 +49,7 @@ from workflow.common import manifest
 from workflow.common.errors import InputError
 from workflow.common.seeding import derive_seed, text_key
 from workflow.diffusion.generators import Generator, generators
+from workflow.editing.captions import word_changes
 from workflow.editing.methods import METHODS
 from workflow.editing.settings import Edit, PlanSettings
 from workflow.prompts import strategies
@@ -168,22 +169,6 @@ def apply_edit(
         ]
         edited[manifest.label_column(NO_FINDING)] = 0.0 if others else 1.0
     return edited, None
-
-
-def word_changes(source: str, target: str) -> tuple[list[str], list[str]]:
-    """The words ``target`` adds (not in ``source``) and those it removes (in ``source``, not in ``target``),
-    compared without case, in order, once each, spelled as their caption writes them: prompt-to-prompt finds
-    them among the caption's tokens, and a case-sensitive tokenizer (the tiny SD's) knows ``Cardiomegaly``
-    apart from ``cardiomegaly``."""
-
-    def split(text: str) -> list[str]:
-        return re.findall(r"[\w'-]+", text)
-
-    old, new = split(source), split(target)
-    old_keys, new_keys = {w.lower() for w in old}, {w.lower() for w in new}
-    added = [w for w in new if w.lower() not in old_keys]
-    removed = [w for w in old if w.lower() not in new_keys]
-    return list(dict.fromkeys(added)), list(dict.fromkeys(removed))
 
 
 def changed_words(source: str, target: str) -> list[str]:

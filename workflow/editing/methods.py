@@ -7,7 +7,7 @@ edit's seed (from the plan: an edit's pixels do not depend on the batch it is in
 :class:`~workflow.editing.inversion.InversionCache` (or None; methods that do not invert ignore it), and
 returns an :class:`EditOutput`. The stage (:mod:`workflow.editing.stage`) looks methods up in
 :data:`METHODS` by their config name; DDIM inversion and prompt-to-prompt (``ddim-p2p``, ``null-text-p2p``)
-are registered here beside ``sdedit``.
+and LEDITS++ (``ledits++``) are registered here beside ``sdedit``.
 """
 
 from __future__ import annotations
@@ -106,10 +106,32 @@ def prompt_to_prompt(null_text: bool) -> Callable[..., EditOutput]:
     return method
 
 
+def ledits_pp(
+    pipe: StableDiffusionPipeline,
+    images: torch.Tensor,
+    source_prompts: list[str],
+    target_prompts: list[str],
+    edit_words: list[list[str]],
+    settings: Mapping[str, Any],
+    seeds: Sequence[int],
+    cache: InversionCache | None = None,
+) -> EditOutput:
+    """LEDITS++ (Brack et al. 2024) with diffusers' pipeline (:mod:`workflow.editing.ledits`): each image
+    inverted and edited from its own seed, towards the words the target caption adds and away from those it
+    removes. Its edit-friendly inversion reproduces the image exactly, so the reference is the VAE round trip
+    (no reconstruction); its inversion draws noise, so ``cache`` (deterministic inversions) is not used, nor
+    are the edit words (the concepts come from the captions)."""
+    from workflow.editing import ledits
+
+    edited = ledits.edit(pipe, images, source_prompts, target_prompts, settings, seeds)
+    return EditOutput(edited=edited, reconstruction=None)
+
+
 Method = Callable[..., EditOutput]
 METHODS: dict[str, Method] = {
     "sdedit": sdedit,
     "ddim-p2p": prompt_to_prompt(null_text=False),
     "null-text-p2p": prompt_to_prompt(null_text=True),
+    "ledits++": ledits_pp,
 }
 """Config name -> method function (the signature of :func:`sdedit`)."""
