@@ -11,6 +11,7 @@ from workflow.editing.edits import (
     counterfactuals_dir,
     editing_generator,
     editing_methods,
+    inversions_dir,
     plan_file,
 )
 from workflow.editing.settings import EditSettings, PlanSettings
@@ -76,6 +77,7 @@ rule edit_images:
         plan=rules.plan_edits.output[0],
         model=f"{model_dir(EDIT_GENERATOR.name)}/model" if EDIT_GENERATOR else [],
         clip=tiny_model_inputs(config, "clip"),
+        lpips=EDITING["lpips"]["weights"] or [],
     output:
         table=f"{EDITS}/shards/{{shard}}.parquet",
         images=directory(f"{EDITS}/images/shard{{shard}}"),
@@ -96,11 +98,15 @@ rule edit_images:
             if EDITING["clip"]["model"]
             else ""
         ),
+        # a cache shared by every method and shard, not an output: Snakemake would delete it before each job
+        inversions=(
+            f"--inversions {inversions_dir()}" if EDITING["cache_inversions"] else ""
+        ),
     shell:
         "python -m scripts.editing edit_images --plan {input.plan} --model {input.model}"
         " --method {wildcards.method} --settings {params.settings:q}"
         " --mask-classes {params.mask_classes:q} --shard {wildcards.shard} --gpus {resources.gpu}"
-        " --images {output.images} --table {output.table} {params.clip} 2> {log}"
+        " --images {output.images} --table {output.table} {params.clip} {params.inversions} 2> {log}"
 
 
 rule collect_edits:

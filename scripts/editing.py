@@ -37,6 +37,7 @@ COMMANDS = [
             optional=True,
             help="the CLIP filter's model (editing.clip.model; tiny: its folder)",
         ),
+        Arg("--inversions", optional=True, help="the inversion cache's folder (editing.cache_inversions)"),
     ),
     command(
         "collect_edits",

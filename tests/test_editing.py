@@ -208,7 +208,9 @@ def test_effectiveness_is_signed_toward_the_target_label():
     assert summary["overall"]["effectiveness"]["edits"] == 3
 
 
-def test_counterfactual_regime_trains_on_every_editing_method():
+def test_counterfactual_regime_trains_on_every_editing_method(monkeypatch):
+    from workflow.editing import methods
+
     config = validated(
         {
             "classifier": {"regimes": ["real", "real+counterfactual"]},
@@ -216,6 +218,7 @@ def test_counterfactual_regime_trains_on_every_editing_method():
         }
     )
     assert runs(config) == ["real", "real+counterfactual/sdedit"]
+    monkeypatch.delitem(methods.METHODS, "ledits++")  # a method the schema knows and none registers
     with pytest.raises(InputError, match=r"\['ledits\+\+'\] are not available"):
         runs(validated({"editing": {"enabled": True, "methods": ["sdedit", "ledits++"]}}))
     assert run_sources(config, "real+counterfactual/sdedit") == {
@@ -325,7 +328,9 @@ def test_soundness_scores_before_the_edit_on_its_reference_and_notes_unmatched_g
     row = {"image_id": "cf/1", "source_image": images["s"], "reference": images["r"], "image": images["e"]}
     row |= {"edit": "remove Cardiomegaly", "edit_kind": "remove", "edit_target": "Cardiomegaly"}
     row |= {"method": "sdedit", "true_counterfactual": None}
-    write_parquet(counterfactuals, pd.DataFrame([row]), {"weights": "tiny"})
+    row |= {"reconstruction_lpips": None}
+    no_lpips = {"net": "alex", "weights": None, "reason": "no LPIPS: editing.lpips.weights is null"}
+    write_parquet(counterfactuals, pd.DataFrame([row]), {"weights": "tiny", "lpips": no_lpips})
     plan = tmp_path / "plan.parquet"
     planned_rows = pd.DataFrame({"edit_id": ["1"], "edit": ["remove Cardiomegaly"], "status": ["edited"]})
     write_parquet(plan, planned_rows.assign(reason=None), {"ground_truth": {"file": "cf.csv", "matched": 0}})
@@ -343,6 +348,8 @@ def test_soundness_scores_before_the_edit_on_its_reference_and_notes_unmatched_g
     assert effect["mean_source_probability"] == pytest.approx(0.6, abs=0.01)
     assert effect["mean_change_toward_target"] == pytest.approx(0.4, abs=0.01)
     assert any("cf.csv" in note and "matches none" in note for note in result["notes"])
+    assert result["overall"]["reconstruction_lpips"] is None and result["lpips"] == no_lpips
+    assert no_lpips["reason"] in result["notes"]
 
 
 @pytest.mark.parametrize("reconstructed", [True, False])
@@ -397,7 +404,7 @@ def test_edit_images_undoes_each_edit_with_the_captions_swapped(tmp_path, monkey
 
     calls = []
 
-    def halve(pipe, images, sources, targets, words, settings, seeds):  # a method: halves the image
+    def halve(pipe, images, sources, targets, words, settings, seeds, cache=None):  # halves the image
         calls.append((sources, targets, seeds))
         return methods.EditOutput(edited=images * 0.5, reconstruction=images)
 
@@ -549,3 +556,35 @@ def test_the_cross_fade_page_plays_one_gif_per_edit_type(tmp_path):
     assert text.count("data:image/gif;base64,") == 2  # the first edit of each type
     assert text.index("add Edema") < text.index("remove Cardiomegaly")
     assert "a &lt;b&gt;" in text
+
+
+def test_lpips_loads_local_backbone_weights_and_is_null_with_its_reason_without_them(tmp_path):
+    """LPIPS's backbone comes from torchvision's hub (no internet here): a local state dict file, else null
+    with the reason, never a random-backbone LPIPS. A random squeezenet state dict stands in for the file."""
+    import torch
+    import torchvision
+
+    from workflow.editing import perceptual, stage
+    from workflow.editing.settings import EditSettings, LpipsSettings
+
+    torch.manual_seed(0)
+    weights = tmp_path / "squeezenet1_1.pth"
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    lpips = perceptual.load(LpipsSettings("squeeze", str(weights)))
+    rng = np.random.default_rng(0)
+    image, other = rng.random((16, 16)), rng.random((16, 16))  # upsampled to 64 px
+    assert lpips.distance(image, image) == pytest.approx(0.0, abs=1e-6)
+    assert lpips.distance(image, other) > 0 and lpips.reason is None
+    settings = EditSettings.of(validated({}))
+    row = {"edit_id": "e", "true_counterfactual": None, "mask": None}
+    source = np.zeros((3, 16, 16), np.float32)
+    record = stage.measure_edit(
+        tmp_path / "e", row, source, source + 0.5, True, source, settings, (), source, lpips
+    )
+    assert record["reconstruction_lpips"] > 0 and record["reversibility_lpips"] == pytest.approx(0, abs=1e-6)
+    missing = perceptual.load(LpipsSettings("alex", None))
+    assert missing.distance(image, other) is None and "editing.lpips.weights is null" in missing.reason
+    with pytest.raises(InputError, match="is not the state dict of torchvision's alexnet"):
+        perceptual.load(LpipsSettings("alex", str(weights)))
+    with pytest.raises(InputError, match="no file"):
+        perceptual.load(LpipsSettings("alex", str(tmp_path / "none.pth")))

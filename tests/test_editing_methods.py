@@ -232,3 +232,93 @@ def test_an_edit_without_reconstruction_is_measured_against_the_source_through_t
         reference_images(pipe, images, EditOutput(edited=images, reconstruction=reconstruction))
         is reconstruction
     )
+
+
+def test_inversions_are_cached_shared_by_the_methods_and_keyed_by_what_they_depend_on(
+    pipe, tmp_path, monkeypatch
+):
+    """Every method inverted every image again: ddim-p2p and null-text-p2p the same DDIM inversion, and each
+    rerun (another p2p setting, the undo) everything."""
+    inverted, optimised = [], []
+    ddim, null = inversion.ddim_inversion, inversion.null_text_optimisation
+    monkeypatch.setattr(
+        inversion, "ddim_inversion", lambda pipe, z, *a: inverted.append(len(z)) or ddim(pipe, z, *a)
+    )
+    monkeypatch.setattr(
+        inversion,
+        "null_text_optimisation",
+        lambda pipe, t, *a: optimised.append(len(t[0])) or null(pipe, t, *a),
+    )
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    settings = SETTINGS | {"steps": 2, "inner_steps": 2, "early_stop": 1e-5, "learning_rate": 1e-2}
+    cache = inversion.InversionCache(tmp_path, inversion.fingerprint(pipe))
+    first = METHODS["null-text-p2p"](pipe, images, SOURCE, TARGET, WORDS, settings, [0, 1], cache=cache)
+    assert inverted == [2] and optimised == [2]
+    again = METHODS["null-text-p2p"](pipe, images, SOURCE, TARGET, WORDS, settings, [0, 1], cache=cache)
+    torch.testing.assert_close(again.edited, first.edited, atol=0, rtol=0)
+    METHODS["ddim-p2p"](pipe, images, SOURCE, TARGET, WORDS, settings, [0, 1], cache=cache)
+    assert inverted == [2] and optimised == [2]  # loaded, not computed
+    uncached = METHODS["ddim-p2p"](pipe, images, SOURCE, TARGET, WORDS, settings, [0, 1])
+    cached = METHODS["ddim-p2p"](pipe, images, SOURCE, TARGET, WORDS, settings, [0, 1], cache=cache)
+    torch.testing.assert_close(cached.edited, uncached.edited, atol=0, rtol=0)
+    inverted.clear()
+    changed = [SOURCE[0], SOURCE[0]]  # the second image's caption changed: only it is inverted
+    METHODS["ddim-p2p"](pipe, images, changed, TARGET, WORDS, settings, [0, 1], cache=cache)
+    assert inverted == [1]
+    other = inversion.InversionCache(tmp_path, "another model")
+    METHODS["null-text-p2p"](pipe, images, SOURCE, TARGET, WORDS, settings, [0, 1], cache=other)
+    assert inverted == [1, 2] and optimised == [2, 2]
+    bias = pipe.unet.conv_out.bias.detach().clone()
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.add_(1e-3)
+    try:
+        assert inversion.fingerprint(pipe) != cache.model  # changed weights: another model
+    finally:
+        with torch.no_grad():
+            pipe.unet.conv_out.bias.copy_(bias)
+    assert inversion.fingerprint(pipe) == cache.model
+
+
+LEDITS = {
+    "steps": 3,
+    "edit_guidance_scale": 5.0,
+    "edit_threshold": 0.9,
+    "skip": 0.15,
+    "use_intersect_mask": False,
+}
+
+
+def test_ledits_edits_towards_the_added_and_away_from_the_removed_words_from_its_seed(pipe):
+    from workflow.editing import ledits
+
+    assert ledits.concepts(SOURCE[0], TARGET[0]) == [("Edema", False), ("Cardiomegaly", True)]
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    processors = pipe.unet.attn_processors
+    run = METHODS["ledits++"]
+    first = run(pipe, images, SOURCE, TARGET, WORDS, LEDITS, seeds=[5, 6])
+    assert first.edited.shape == images.shape and first.reconstruction is None
+    assert first.edited.abs().max() <= 1 and (first.edited - images).abs().mean() > 1e-2
+    again = run(pipe, images[1:], SOURCE[1:], TARGET[1:], WORDS[1:], LEDITS, seeds=[6])
+    torch.testing.assert_close(again.edited, first.edited[1:], atol=1e-5, rtol=1e-4)  # its own seed
+    other = run(pipe, images[1:], SOURCE[1:], TARGET[1:], WORDS[1:], LEDITS, seeds=[7])
+    assert (other.edited - again.edited).abs().max() > 1e-4
+    assert pipe.unet.attn_processors.keys() == processors.keys()
+    assert all(type(p) is type(processors[k]) for k, p in pipe.unet.attn_processors.items())
+    with pytest.raises(InputError, match="use_intersect_mask"):  # the tiny UNet has no 1/4-size attention
+        run(pipe, images, SOURCE, TARGET, WORDS, LEDITS | {"use_intersect_mask": True}, seeds=[5, 6])
+
+
+def test_ledits_counts_an_edit_concepts_own_tokens_not_the_padding(pipe):
+    """diffusers took the tokenizer's return_length, 77 with padding, so the implicit mask averaged the
+    cross-attention of every token after the start token."""
+    from workflow.editing import ledits
+
+    pipeline = ledits.pipeline(pipe)
+    pipeline.batch_size = 1
+    *_, counts = pipeline.encode_prompt(
+        num_images_per_prompt=1,
+        device=pipe.device,
+        enable_edit_guidance=True,
+        editing_prompt=["Pleural Effusion", "Cardiomegaly"],
+    )
+    assert counts.tolist() == [2, 1]

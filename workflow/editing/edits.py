@@ -49,6 +49,7 @@ from workflow.common import manifest
 from workflow.common.errors import InputError
 from workflow.common.seeding import derive_seed, text_key
 from workflow.diffusion.generators import Generator, generators
+from workflow.editing.captions import word_changes
 from workflow.editing.methods import METHODS
 from workflow.editing.settings import Edit, PlanSettings
 from workflow.prompts import strategies
@@ -68,6 +69,11 @@ def counterfactuals_dir(method: str) -> str:
 def counterfactual_manifest(method: str) -> str:
     """The manifest of method ``method``'s counterfactual images."""
     return f"{counterfactuals_dir(method)}/manifest.parquet"
+
+
+def inversions_dir() -> str:
+    """The inversion cache every method's ``edit_images`` jobs share (``editing.cache_inversions``)."""
+    return f"{COUNTERFACTUALS}/inversions"
 
 
 def plan_file() -> str:
@@ -163,22 +169,6 @@ def apply_edit(
         ]
         edited[manifest.label_column(NO_FINDING)] = 0.0 if others else 1.0
     return edited, None
-
-
-def word_changes(source: str, target: str) -> tuple[list[str], list[str]]:
-    """The words ``target`` adds (not in ``source``) and those it removes (in ``source``, not in ``target``),
-    compared without case, in order, once each, spelled as their caption writes them: prompt-to-prompt finds
-    them among the caption's tokens, and a case-sensitive tokenizer (the tiny SD's) knows ``Cardiomegaly``
-    apart from ``cardiomegaly``."""
-
-    def split(text: str) -> list[str]:
-        return re.findall(r"[\w'-]+", text)
-
-    old, new = split(source), split(target)
-    old_keys, new_keys = {w.lower() for w in old}, {w.lower() for w in new}
-    added = [w for w in new if w.lower() not in old_keys]
-    removed = [w for w in old if w.lower() not in new_keys]
-    return list(dict.fromkeys(added)), list(dict.fromkeys(removed))
 
 
 def changed_words(source: str, target: str) -> list[str]:

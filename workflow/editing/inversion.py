@@ -28,7 +28,11 @@ trajectory. On CPU everything is float32.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -169,6 +173,64 @@ def null_text_optimisation(
     return torch.stack(optimised)
 
 
+def _digest(*parts: object) -> str:
+    """SHA-256 of ``parts``: tensors by dtype, shape and bytes, anything else by its JSON text."""
+    sha = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            data = part.detach().cpu().contiguous()
+            sha.update(f"{data.dtype}{tuple(data.shape)}".encode())
+            sha.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            sha.update(json.dumps(part, sort_keys=True, default=str).encode())
+        sha.update(b"|")
+    return sha.hexdigest()
+
+
+def fingerprint(pipe: StableDiffusionPipeline) -> str:
+    """What identifies the pipeline's inversions (module docstring): a SHA-256 of its UNet's and VAE's
+    weights (names, dtypes, bytes: a few seconds for SD 1.5), its scheduler config and its device type. The
+    text encoder enters each key through the caption's embedding."""
+    parts: list[object] = [dict(pipe.scheduler.config), pipe.device.type]
+    for module in (pipe.unet, pipe.vae):
+        for name, tensor in sorted(module.state_dict().items()):
+            parts += [name, tensor]
+    return _digest(*parts)
+
+
+@dataclass(frozen=True)
+class InversionCache:
+    """Inversions stored per image in ``folder`` for the pipeline whose :func:`fingerprint` is ``model``
+    (module docstring)."""
+
+    folder: Path
+    model: str
+
+    def fetch(self, kind: str, keys: list[str], compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+        """Per item of ``keys``, its stored ``kind`` tensor, computing (``compute(items)``: a tensor with the
+        items along dimension 1) and storing those not stored yet, each distinct key once; the items'
+        tensors stacked along dimension 1."""
+        from workflow.common.files import atomic_output
+
+        found = {}
+        for key in dict.fromkeys(keys):
+            path = self.folder / f"{kind}-{key}.pt"
+            if path.is_file():
+                found[key] = torch.load(path, map_location="cpu", weights_only=True)
+        first: dict[str, int] = {}
+        for k, key in enumerate(keys):
+            if key not in found:
+                first.setdefault(key, k)
+        missing = list(first.items())
+        if missing:
+            computed = compute([k for _, k in missing])
+            for j, (key, _) in enumerate(missing):
+                found[key] = computed[:, j].detach().cpu().clone()
+                with atomic_output(self.folder / f"{kind}-{key}.pt") as tmp:
+                    torch.save(found[key], tmp)
+        return torch.stack([found[key] for key in keys], dim=1)
+
+
 def invert(
     pipe: StableDiffusionPipeline,
     images: torch.Tensor,
@@ -176,24 +238,41 @@ def invert(
     steps: int,
     guidance_scale: float,
     null_text: dict[str, float] | None = None,
+    cache: InversionCache | None = None,
 ) -> Inversion:
     """Invert ``images`` (``(B, 3, H, W)`` in [-1, 1]) with their source captions ``prompts``: DDIM inversion,
     then, when ``null_text`` gives ``inner_steps``, ``early_stop`` and ``learning_rate``, null-text
-    optimisation at ``guidance_scale``; without it the empty prompt's embedding serves every step."""
+    optimisation at ``guidance_scale``; without it the empty prompt's embedding serves every step. With
+    ``cache``, each image's trajectory and embeddings are loaded when stored and stored when computed."""
     cond = embed(pipe, prompts)
     empty = embed(pipe, [""] * len(prompts))
-    trajectory = ddim_inversion(pipe, encode_images(pipe, images), cond, steps)
-    if null_text is None:
-        uncond = empty.expand(steps, *empty.shape)
+
+    def trajectory_of(items: list[int]) -> torch.Tensor:
+        return torch.stack(ddim_inversion(pipe, encode_images(pipe, images[items]), cond[items], steps))
+
+    everything = list(range(len(prompts)))
+    if cache is None:
+        trajectory = trajectory_of(everything)
     else:
-        uncond = null_text_optimisation(
-            pipe,
-            trajectory,
-            cond,
-            empty,
-            guidance_scale,
-            int(null_text["inner_steps"]),
-            float(null_text["early_stop"]),
-            float(null_text["learning_rate"]),
-        )
+        ddim_keys = [_digest("ddim", cache.model, images[k], cond[k], steps) for k in everything]
+        trajectory = cache.fetch("ddim", ddim_keys, trajectory_of).to(pipe.device)
+    if null_text is None:
+        return Inversion(latents=trajectory[-1], uncond=empty.expand(steps, *empty.shape))
+    options = (
+        int(null_text["inner_steps"]),
+        float(null_text["early_stop"]),
+        float(null_text["learning_rate"]),
+    )
+
+    def uncond_of(items: list[int]) -> torch.Tensor:
+        pivots = list(trajectory[:, items].unbind(0))
+        return null_text_optimisation(pipe, pivots, cond[items], empty[items], guidance_scale, *options)
+
+    if cache is None:
+        uncond = uncond_of(everything)
+    else:
+        null_keys = [
+            _digest("null-text", ddim_keys[k], guidance_scale, options, empty[k]) for k in everything
+        ]
+        uncond = cache.fetch("null-text", null_keys, uncond_of).to(pipe.device)
     return Inversion(latents=trajectory[-1], uncond=uncond)

@@ -2,11 +2,12 @@
 
 A method gets the fine-tuned pipeline (:func:`workflow.diffusion.saving.load_trained`), a batch of source
 images ``(B, 3, H, W)`` in [-1, 1] on the pipeline's device, per image the source and target caption and the
-words that change, its settings (:meth:`workflow.editing.settings.EditSettings.method_settings`) and each
-edit's seed (from the plan: an edit's pixels do not depend on the batch it is in),
-and returns an :class:`EditOutput`. The stage (:mod:`workflow.editing.stage`) looks methods up in
+words that change, its settings (:meth:`workflow.editing.settings.EditSettings.method_settings`) each
+edit's seed (from the plan: an edit's pixels do not depend on the batch it is in) and the stage's
+:class:`~workflow.editing.inversion.InversionCache` (or None; methods that do not invert ignore it), and
+returns an :class:`EditOutput`. The stage (:mod:`workflow.editing.stage`) looks methods up in
 :data:`METHODS` by their config name; DDIM inversion and prompt-to-prompt (``ddim-p2p``, ``null-text-p2p``)
-are registered here beside ``sdedit``.
+and LEDITS++ (``ledits++``) are registered here beside ``sdedit``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
+
+    from workflow.editing.inversion import InversionCache
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,14 @@ def sdedit(
     edit_words: list[list[str]],
     settings: Mapping[str, Any],
     seeds: Sequence[int],
+    cache: InversionCache | None = None,
 ) -> EditOutput:
     """SDEdit (Meng et al., ICLR 2022, sec. 3): noise each source latent to ``strength`` of the schedule
     (eq. 2's forward process) and denoise it with the target caption under classifier-free guidance (Ho &
     Salimans 2022) against the empty prompt, with DDIM (Song et al. 2021), via diffusers'
     ``StableDiffusionImg2ImgPipeline`` on the fine-tuned pipeline's components. Image ``i`` of the batch is
     noised from its own generator seeded with its edit's seed. No inversion, so no reconstruction;
-    the source captions and edit words are not used.
+    the source captions, edit words and ``cache`` are not used.
     """
     import torch
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
@@ -79,7 +83,8 @@ def prompt_to_prompt(null_text: bool) -> Callable[..., EditOutput]:
     (Song et al. 2021) with the empty prompt as the unconditional embedding at every step, the cheap ablation
     of ``null-text-p2p`` (PRISM, LANCE): null-text inversion (Mokady et al. 2023, Alg. 1), whose optimised
     unconditional embeddings keep the reconstruction on the source at guidance above 1. Both are
-    deterministic (``seeds`` are unused) and return the null edit as the reconstruction."""
+    deterministic (``seeds`` are unused), invert through ``cache`` (``ddim-p2p`` and ``null-text-p2p`` share
+    its DDIM trajectories) and return the null edit as the reconstruction."""
 
     def method(
         pipe: StableDiffusionPipeline,
@@ -89,15 +94,37 @@ def prompt_to_prompt(null_text: bool) -> Callable[..., EditOutput]:
         edit_words: list[list[str]],
         settings: Mapping[str, Any],
         seeds: Sequence[int],
+        cache: InversionCache | None = None,
     ) -> EditOutput:
         from workflow.editing import p2p
 
         edited, reconstruction = p2p.edit(
-            pipe, images, source_prompts, target_prompts, edit_words, settings, null_text=null_text
+            pipe, images, source_prompts, target_prompts, edit_words, settings, null_text, cache
         )
         return EditOutput(edited=edited, reconstruction=reconstruction)
 
     return method
+
+
+def ledits_pp(
+    pipe: StableDiffusionPipeline,
+    images: torch.Tensor,
+    source_prompts: list[str],
+    target_prompts: list[str],
+    edit_words: list[list[str]],
+    settings: Mapping[str, Any],
+    seeds: Sequence[int],
+    cache: InversionCache | None = None,
+) -> EditOutput:
+    """LEDITS++ (Brack et al. 2024) with diffusers' pipeline (:mod:`workflow.editing.ledits`): each image
+    inverted and edited from its own seed, towards the words the target caption adds and away from those it
+    removes. Its edit-friendly inversion reproduces the image exactly, so the reference is the VAE round trip
+    (no reconstruction); its inversion draws noise, so ``cache`` (deterministic inversions) is not used, nor
+    are the edit words (the concepts come from the captions)."""
+    from workflow.editing import ledits
+
+    edited = ledits.edit(pipe, images, source_prompts, target_prompts, settings, seeds)
+    return EditOutput(edited=edited, reconstruction=None)
 
 
 Method = Callable[..., EditOutput]
@@ -105,5 +132,6 @@ METHODS: dict[str, Method] = {
     "sdedit": sdedit,
     "ddim-p2p": prompt_to_prompt(null_text=False),
     "null-text-p2p": prompt_to_prompt(null_text=True),
+    "ledits++": ledits_pp,
 }
 """Config name -> method function (the signature of :func:`sdedit`)."""

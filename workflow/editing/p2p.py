@@ -53,7 +53,15 @@ import torch
 import torch.nn.functional as F
 
 from workflow.common.errors import InputError
-from workflow.editing.inversion import Inversion, decode_latents, embed, guided, invert, sampler
+from workflow.editing.inversion import (
+    Inversion,
+    InversionCache,
+    decode_latents,
+    embed,
+    guided,
+    invert,
+    sampler,
+)
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -335,12 +343,12 @@ def edit(
     edit_words: list[list[str]],
     settings: Mapping[str, Any],
     null_text: bool,
+    cache: InversionCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Invert ``images`` (null-text optimisation when ``null_text``) and edit them: ``(edited,
-    reconstruction)`` in [-1, 1]."""
+    """Invert ``images`` (null-text optimisation when ``null_text``; through ``cache`` when given) and edit
+    them: ``(edited, reconstruction)`` in [-1, 1]."""
     null_settings = {key: settings[key] for key in NULL_TEXT_KEYS} if null_text else None
-    inversion = invert(
-        pipe, images, source_prompts, int(settings["steps"]), float(settings["guidance_scale"]), null_settings
-    )
+    steps, guidance_scale = int(settings["steps"]), float(settings["guidance_scale"])
+    inversion = invert(pipe, images, source_prompts, steps, guidance_scale, null_settings, cache)
     result = sample_edits(pipe, inversion, source_prompts, target_prompts, edit_words, settings)
     return decode_latents(pipe, result.target), decode_latents(pipe, result.source)

@@ -17,7 +17,12 @@ from typing import Any, Self
 from workflow.common.errors import InputError
 from workflow.common.settings import Settings
 
-METHOD_SECTIONS = {"sdedit": ("sdedit",), "ddim-p2p": ("p2p",), "null-text-p2p": ("p2p", "null_text")}
+METHOD_SECTIONS = {
+    "sdedit": ("sdedit",),
+    "ddim-p2p": ("p2p",),
+    "null-text-p2p": ("p2p", "null_text"),
+    "ledits++": ("ledits",),
+}
 """Method -> the sub-sections of ``editing`` its settings come from (beside ``steps``, ``guidance_scale``)."""
 
 
@@ -92,6 +97,17 @@ class NullTextSettings(Settings):
 
 
 @dataclass(frozen=True)
+class LeditsSettings(Settings):
+    """``editing.ledits``: LEDITS++ (Brack et al. 2024) as diffusers runs it
+    (:mod:`workflow.editing.ledits`)."""
+
+    edit_guidance_scale: float
+    edit_threshold: float
+    skip: float
+    use_intersect_mask: bool
+
+
+@dataclass(frozen=True)
 class ClipSettings(Settings):
     """``editing.clip``: the CLIP filter (:mod:`workflow.editing.clip_filter`), its model and thresholds."""
 
@@ -103,19 +119,30 @@ class ClipSettings(Settings):
 
 
 @dataclass(frozen=True)
+class LpipsSettings(Settings):
+    """``editing.lpips``: LPIPS's backbone (``net``) and the local file of its torchvision weights
+    (``weights``; None: no LPIPS) (:mod:`workflow.editing.perceptual`)."""
+
+    net: str
+    weights: str | None
+
+
+@dataclass(frozen=True)
 class EditSettings(Settings):
     """``editing`` as rules ``edit_images`` and ``collect_edits`` read it: the sampler, each method's
     section, the edited images' resolution (``diffusion.resolution``), the changed-region threshold, the
-    CLIP filter (``clip``), whether edits are undone (``reversibility``), and the weights' ``dtype`` and
-    ``tf32`` of the job."""
+    CLIP filter (``clip``), LPIPS (``lpips``), whether edits are undone (``reversibility``), and the
+    weights' ``dtype`` and ``tf32`` of the job."""
 
     steps: int
     guidance_scale: float
     sdedit: SdeditSettings
     p2p: P2pSettings
     null_text: NullTextSettings
+    ledits: LeditsSettings
     region_percentile: float
     clip: ClipSettings
+    lpips: LpipsSettings
     reversibility: bool
     dtype: str
     tf32: bool

@@ -4,7 +4,8 @@ counterfactual image models"), per edit and summarised per edit type and overall
 Per edit (rule ``edit_images``, from the float images, :func:`image_measures`):
 
 - **composition**: a method that inverts returns the null edit (source caption to source caption); its
-  reconstruction error against the source is PSNR and SSIM (:func:`psnr`, :func:`ssim`);
+  reconstruction error against the source is PSNR and SSIM (:func:`psnr`, :func:`ssim`) and LPIPS where its
+  weights exist (:mod:`workflow.editing.perceptual`; null otherwise, the reason in soundness.json);
 - **error against the true counterfactual** (demo phantoms only: the same patient and noise rendered with the
   finding switched, :mod:`workflow.editing.edits`): MAE and SSIM of the edited image against it, inside and
   outside the finding's region, the pixels where the true counterfactual differs from the phantom's render by
@@ -12,7 +13,8 @@ Per edit (rule ``edit_images``, from the float images, :func:`image_measures`):
 - **minimality**: the changed-region statistics of the difference map (:mod:`workflow.editing.difference`);
 - **reversibility** (with ``editing.reversibility``): the edit undone by the same method (the edited image,
   target caption back to the source caption) against the source: MAE, PSNR and SSIM
-  (:func:`reversibility`); the composition error is its floor, since the undo passes the round trip twice;
+  (:func:`reversibility`) and LPIPS as for composition; the composition error is its floor, since the undo
+  passes the round trip twice;
 - **CLIP filter** (with ``editing.clip.model``): its scores and whether the edit passed
   (:mod:`workflow.editing.clip_filter`); the mean of ``clip_passed`` is the acceptance rate.
 
@@ -207,9 +209,11 @@ MEASURES = (
     "outside_mean_abs_change",
     "reconstruction_psnr",
     "reconstruction_ssim",
+    "reconstruction_lpips",
     "reversibility_mae",
     "reversibility_psnr",
     "reversibility_ssim",
+    "reversibility_lpips",
     "clip_passed",
     "clip_image_image",
     "clip_caption_source",

@@ -11,6 +11,10 @@ One function per rule of ``rules/editing.smk``, named after it. Files written (a
   ``difference.png`` (``edited - reference``, signed, colour-mapped), ``difference.npy`` (the raw float map),
   ``cross_fade.gif`` (reference to edit and back) and, with ``editing.reversibility``, ``undone.png`` (the
   edit undone) (:func:`edit_images`, :func:`measure_edit`);
+- with ``editing.cache_inversions``, ``results/counterfactuals/inversions/``: every image's DDIM trajectory
+  and null-text embeddings, keyed by what they depend on, shared by the methods and reused by reruns and by
+  the undo (:class:`workflow.editing.inversion.InversionCache`; written by ``edit_images`` jobs, a cache
+  and no rule's output, so no job deletes it before running);
 - with ``editing.clip.model``, per edit the CLIP filter's scores, ``clip_passed`` and ``clip_failed`` (the
   failed criteria; a rejected edit stays in the set) (:func:`clip_scores`);
 - ``results/counterfactuals/<method>/manifest.parquet``: the edited images in the manifest schema, the
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 
     from workflow.editing.clip_filter import Clip
     from workflow.editing.methods import EditOutput
+    from workflow.editing.perceptual import Lpips
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,7 @@ def measure_edit(
     settings: EditSettings,
     mask_classes: Sequence[str],
     undone: np.ndarray | None = None,
+    lpips: Lpips | None = None,
 ) -> dict[str, Any]:
     """Write one edit's files into ``folder`` and return its record: ``edited.png``; the reference
     (:func:`reference_images`) as ``reconstruction.png`` when ``reconstructed``, else ``round_trip.png``;
@@ -143,8 +149,9 @@ def measure_edit(
     statistics (minimality); ``cross_fade.gif`` from the reference to the edit; composition (the
     reconstruction against the ``source``) and the error against the true counterfactual
     (:func:`workflow.editing.soundness.image_measures`); with ``undone`` (the edit undone), ``undone.png``
-    and its error against the source (:func:`workflow.editing.soundness.reversibility`). Images
-    ``(3, H, W)`` float in [-1, 1].
+    and its error against the source (:func:`workflow.editing.soundness.reversibility`); with ``lpips``
+    (:mod:`workflow.editing.perceptual`), the LPIPS of the reconstruction and of the undone image against the
+    source (None when its weights are unavailable). Images ``(3, H, W)`` float in [-1, 1].
     """
     from PIL import Image
 
@@ -183,15 +190,18 @@ def measure_edit(
             mask = np.asarray(found.resize(diff.shape[::-1], Image.Resampling.NEAREST))
     stats = difference.region_statistics(diff, settings.region_percentile, mask, mask_classes)
     per_class = stats.pop("mask_mean_abs_change", None)
-    record |= stats | soundness.image_measures(
-        difference.grayscale(source), before if reconstructed else None, truth, gray
-    )
+    original = difference.grayscale(source)
+    record |= stats | soundness.image_measures(original, before if reconstructed else None, truth, gray)
+    if lpips is not None and reconstructed:
+        record["reconstruction_lpips"] = lpips.distance(original, before)
     record["mask_mean_abs_change"] = json.dumps(per_class) if per_class is not None else None
     if undone is not None:
         back = difference.grayscale(undone)
         _save_gray(back, folder / "undone.png")
         record["undone"] = str(folder / "undone.png")
-        record |= soundness.reversibility(difference.grayscale(source), back)
+        record |= soundness.reversibility(original, back)
+        if lpips is not None:
+            record["reversibility_lpips"] = lpips.distance(original, back)
     return record
 
 
@@ -248,6 +258,7 @@ def edit_images(
     images: str,
     table: str,
     clip_model: str | None = None,
+    inversions: str | None = None,
 ) -> None:
     """Run ``method`` on the edits of one shard of the plan with the fine-tuned ``model`` (weights in
     ``editing.dtype``, TF32 per ``editing.tf32``, progress in the log); write each edit's images and
@@ -259,6 +270,8 @@ def edit_images(
         mask_classes: ``dataset.mask_classes`` (names of the mask ids, for the per-class change).
         gpus: GPUs of the job (``resources.gpu``); 0 edits on the CPU.
         clip_model: the CLIP of ``editing.clip.model`` (the tiny stand-in's folder for ``tiny``), or None.
+        inversions: the inversion cache's folder (``editing.cache_inversions``;
+            :class:`workflow.editing.inversion.InversionCache`), shared by every method and shard, or None.
     """
     import torch
 
@@ -267,7 +280,8 @@ def edit_images(
     from workflow.diffusion import saving
     from workflow.diffusion.latent_cache import load_image
     from workflow.diffusion.sampling import weights_dtype
-    from workflow.editing import clip_filter
+    from workflow.editing import clip_filter, perceptual
+    from workflow.editing.inversion import InversionCache, fingerprint
     from workflow.editing.methods import METHODS
 
     items = pd.read_parquet(plan)
@@ -279,6 +293,8 @@ def edit_images(
     pipe.set_progress_bar_config(disable=True)
     method_settings = settings.method_settings(method)
     clip = clip_filter.load(clip_model, device) if clip_model else None
+    cache = InversionCache(Path(inversions), fingerprint(pipe)) if inversions else None
+    lpips = perceptual.load(settings.lpips, device)
     records = []
     with progress(total=len(mine), desc=f"edit_images {method} shard {shard}", unit="edit") as bar:
         for _, batch in mine.groupby("batch", sort=True):
@@ -286,10 +302,11 @@ def edit_images(
             captions = batch["source_prompt"].tolist(), batch["target_prompt"].tolist()
             words = [list(words) for words in batch["edit_words"]]
             seeds = [int(seed) for seed in batch["seed"]]
-            output = METHODS[method](pipe, sources.to(pipe.device), *captions, words, method_settings, seeds)
+            run = METHODS[method]
+            output = run(pipe, sources.to(pipe.device), *captions, words, method_settings, seeds, cache=cache)
             undone = None
             if settings.reversibility:
-                back = METHODS[method](pipe, output.edited, *captions[::-1], words, method_settings, seeds)
+                back = run(pipe, output.edited, *captions[::-1], words, method_settings, seeds, cache=cache)
                 undone = back.edited.detach().float().cpu().numpy()
             edited = output.edited.detach().float().cpu().numpy()
             reference = reference_images(pipe, sources, output).detach().float().cpu().numpy()
@@ -306,6 +323,7 @@ def edit_images(
                         settings,
                         mask_classes,
                         None if undone is None else undone[k],
+                        lpips,
                     )
                 )
             if clip is not None:
@@ -325,7 +343,7 @@ def edit_images(
         inputs={"plan": plan},
         weights=weights,
     )
-    write_parquet(table, done, meta | {"shard": shard, "method": method})
+    write_parquet(table, done, meta | {"shard": shard, "method": method, "lpips": lpips.info()})
 
 
 def cross_fade_page(frame: pd.DataFrame, method: str, page: str) -> None:
@@ -385,7 +403,9 @@ def collect_edits(
     write_parquet(
         counterfactuals,
         result,
-        info | {"method": method, "edited": len(result), "skipped": skipped.to_dict("records")},
+        info
+        | {"method": method, "edited": len(result), "skipped": skipped.to_dict("records")}
+        | ({"lpips": meta["lpips"]} if "lpips" in meta else {}),
     )
     cells: list[tuple[np.ndarray, str] | None] = []
     for name, rows in result.groupby("edit", sort=True):

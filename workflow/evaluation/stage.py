@@ -230,7 +230,9 @@ def counterfactual_soundness(
     the method's reconstruction, or the source through the VAE, so that the round trip is not counted as the
     edit; and on the edited image; its validation thresholds from ``real_metrics``), and the edits the plan
     refused. Without a real-data classifier (``real`` not in ``classifier.regimes``) effectiveness is left
-    out and the report says so; with ``editing.ground_truth`` set but matching no edit, the notes say that.
+    out and the report says so; with ``editing.ground_truth`` set but matching no edit, the notes say that;
+    ``lpips`` is the editing stage's LPIPS (net, weights file), and without weights the notes say why its
+    measures are null.
     """
     from workflow.editing import edits, soundness
 
@@ -276,6 +278,9 @@ def counterfactual_soundness(
         if probabilities is not None
         else ["no classifier trained on real images: effectiveness not measured"]
     )
+    lpips = read_parquet_meta(counterfactuals).get("lpips")
+    if lpips and lpips["reason"]:
+        notes.append(lpips["reason"])
     truth = read_parquet_meta(plan).get("ground_truth")
     if truth and not truth["matched"]:
         notes.append(
@@ -293,6 +298,7 @@ def counterfactual_soundness(
             "ground_truth_edits": int(rows["true_counterfactual"].notna().sum()) if len(rows) else 0,
             "skipped": skipped.to_dict("records"),
             "notes": notes,
+            "lpips": lpips,
         }
         | summary,
     )
