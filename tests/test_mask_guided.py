@@ -171,16 +171,30 @@ def job(plan: str, rule: str, generator: str) -> str:
 def test_a_mask_guided_generator_feeds_image_metrics_in_the_dag(tmp_path):
     """Next to an SD arm, a mask-guided generator is trained and sampled by its own rules (not the SD
     ones, one sampling job per shard), and its samples reach image quality, mask faithfulness (only its) and
-    the report like any generator's."""
+    the report like any generator's; so do a mask-text generator's (DGM-VLC, on its prompt variant's
+    captions), its rules asking for a GPU."""
     ablated = {"kind": "mask-guided", "model_from": "seg", "remove_classes": ["devices"]}
     write_config(
         tmp_path,
         diffusion={
-            "generators": {"sd-lora": {}, "seg": {"kind": "mask-guided"}, "seg-no-devices": ablated},
+            "generators": {
+                "sd-lora": {},
+                "seg": {"kind": "mask-guided"},
+                "seg-no-devices": ablated,
+                "dgm": {"kind": "mask-text", "strategies": ["labels"]},
+            },
             "mask_guided": {"sample": {"shards": 2}},
+            "mask_text": {"sample": {"shards": 3}},
         },
     )
     plan = snakemake(tmp_path, "--dry-run").stdout
+    train = job(plan, "train_mask_text", "dgm")
+    assert "results/prompts/variants/labels/train.parquet" in train and "gpu=1" in train
+    assert "results/models/dgm/train_report.json" in train
+    assert plan.count("rule sample_mask_text:") == 3 and "gpu=1" in job(plan, "sample_mask_text", "dgm")
+    for shard in range(3):
+        assert f"results/samples/dgm/shards/{shard}.parquet" in job(plan, "collect_mask_guided", "dgm")
+    assert "results/samples/dgm/manifest.parquet" in job(plan, "image_metrics", "dgm")
     assert "results/models/seg/train_report.json" in job(plan, "train_mask_guided", "seg")
     assert plan.count("rule train_mask_guided:") == 1  # seg-no-devices samples seg's model
     assert "results/models/seg/model" in job(plan, "sample_mask_guided", "seg-no-devices")
