@@ -123,8 +123,8 @@ def test_a_volume_generated_in_overlapping_patches_has_no_seams():
     condition = mask_guided.one_hot(masks(1, (12, 8, 8)), len(CLASSES))
     noise = mask_text.starting_noise(3, (12, 8, 8))
     model = Pointwise()
-    windows = mask_text.denoise(model, condition, context, null, noise, sample, 50, (4, 4, 4))
-    whole = mask_text.denoise(model, condition, context, null, noise, sample, 50, (12, 8, 8))
+    windows = mask_text.denoise(model, condition, context[None], null, noise, sample, 50, (4, 4, 4))
+    whole = mask_text.denoise(model, condition, context[None], null, noise, sample, 50, (12, 8, 8))
     assert windows.shape == (1, 1, 12, 8, 8)
     torch.testing.assert_close(windows, whole, atol=1e-5, rtol=1e-5)
 
@@ -248,7 +248,9 @@ def test_the_2d_rules_functions_write_a_manifest_of_captioned_samples_one_per_ca
     captions["prompt_id"] = [f"p{i}" for i in range(len(rows))]
     captions["selected"] = [i != 0 for i in range(len(rows))]  # the first image was not selected
     captions.to_parquet(prompts)
-    train, sample = settings({"resolution": 16, "patch_size": [8, 8], "steps": 1}, {"steps": 1, "shards": 2})
+    train, sample = settings(
+        {"resolution": 16, "patch_size": [8, 8], "steps": 1}, {"steps": 1, "shards": 2, "batch_size": 2}
+    )
     model = str(tmp_path / "model")
     stage.train_mask_text(
         dataset,

@@ -240,16 +240,24 @@ def train(
 
 
 def guided(
-    model: torch.nn.Module, context: torch.Tensor, null: torch.Tensor, scale: float, timestep: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
+    model: torch.nn.Module, contexts: torch.Tensor, null: torch.Tensor, scale: float, timestep: torch.Tensor
+) -> Callable[[torch.Tensor, Sequence[Sequence[slice]]], torch.Tensor]:
     """The classifier-free guided noise prediction at ``timestep`` of a batch of windows (noisy image and mask
-    channels): ``uncond + scale (cond - uncond)`` with the caption's ``context`` and the empty caption's
-    ``null`` (each tokens x features)."""
+    channels), each window with the caption embedding of the image it lies in (its coordinates' first slice,
+    as ``sliding_window_inference(with_coord=True)`` gives them; ``contexts``: images x tokens x features):
+    ``uncond + scale (cond - uncond)``, ``null`` the empty caption's embedding; scale 1 is the conditional
+    prediction alone."""
 
-    def predict(windows: torch.Tensor) -> torch.Tensor:
+    def predict(windows: torch.Tensor, where: Sequence[Sequence[slice]]) -> torch.Tensor:
         n = len(windows)
-        contexts = torch.cat([context.expand(n, -1, -1), null.expand(n, -1, -1)])
-        both = model(torch.cat([windows, windows]), timestep.expand(2 * n), contexts)
+        context = contexts[[w[0].start for w in where]]
+        if scale == 1:
+            return model(windows, timestep.expand(n), context)
+        both = model(
+            torch.cat([windows, windows]),
+            timestep.expand(2 * n),
+            torch.cat([context, null.expand_as(context)]),
+        )
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 
@@ -259,16 +267,17 @@ def guided(
 def denoise(
     model: torch.nn.Module,
     condition: torch.Tensor,
-    context: torch.Tensor,
+    contexts: torch.Tensor,
     null: torch.Tensor,
     noise: torch.Tensor,
     settings: MaskTextSampleSettings,
     timesteps: int,
     patch: Sequence[int],
 ) -> torch.Tensor:
-    """DDIM (eta 0) from ``noise`` (1 x 1 x ...) to an image of the same size given the mask channels
-    ``condition`` (1 x classes x ...); each step's noise prediction over the whole comes from gaussian-blended
-    overlapping windows of ``patch`` (MONAI ``sliding_window_inference``), guided by :func:`guided`."""
+    """DDIM (eta 0) from ``noise`` (B x 1 x ...) to images of the same size given their mask channels
+    ``condition`` (B x classes x ...) and caption embeddings ``contexts`` (B x tokens x features); each step's
+    noise prediction over the whole comes from gaussian-blended overlapping windows of ``patch`` (MONAI
+    ``sliding_window_inference``), guided by :func:`guided`."""
     from monai.inferers import sliding_window_inference
     from monai.networks.schedulers import DDIMScheduler
 
@@ -276,17 +285,17 @@ def denoise(
     scheduler = DDIMScheduler(num_train_timesteps=timesteps)
     scheduler.set_timesteps(settings.steps)
     image, condition = noise.to(device), condition.to(device)
-    context, null = context.to(device), null.to(device)
+    contexts, null = contexts.to(device), null.to(device)
     with torch.no_grad():
         for timestep in scheduler.timesteps:
-            predict = guided(model, context, null, settings.guidance_scale, timestep.to(device))
             prediction = sliding_window_inference(
                 torch.cat([image, condition], dim=1),
                 roi_size=tuple(patch),
                 sw_batch_size=settings.window_batch_size,
-                predictor=predict,
+                predictor=guided(model, contexts, null, settings.guidance_scale, timestep.to(device)),
                 overlap=settings.overlap,
                 mode="gaussian",
+                with_coord=True,
             )
             image, _ = scheduler.step(torch.as_tensor(prediction), int(timestep), image)
     return image
@@ -307,16 +316,12 @@ def generate(
     architecture: dict[str, Any],
 ) -> torch.Tensor:
     """Images (B x 1 x ... in [-1, 1]) for ``masks`` (B x ..., 2D or 3D, any size at least a patch) and the
-    text embeddings ``contexts`` (B x tokens x features) of their captions, one per seed (:func:`denoise`)."""
+    text embeddings ``contexts`` (B x tokens x features) of their captions, one per seed, denoised together
+    (:func:`denoise`), each from its own seed's noise (:func:`starting_noise`)."""
     patch = patch_of(architecture, masks.shape[1:])
-    out = []
-    for mask, context, seed in zip(masks, contexts, seeds, strict=True):
-        condition = mask_guided.one_hot(mask[None], architecture["classes"])
-        noise = starting_noise(seed, mask.shape)
-        out.append(
-            denoise(model, condition, context, null, noise, settings, architecture["timesteps"], patch).cpu()
-        )
-    return torch.cat(out)
+    condition = mask_guided.one_hot(masks, architecture["classes"])
+    noise = torch.cat([starting_noise(seed, masks.shape[1:]) for seed in seeds])
+    return denoise(model, condition, contexts, null, noise, settings, architecture["timesteps"], patch).cpu()
 
 
 def difference_map(
@@ -330,18 +335,13 @@ def difference_map(
     architecture: dict[str, Any],
 ) -> torch.Tensor:
     """The signed difference (``mask``'s shape, float) between the image generated from ``mask`` with the
-    caption embedding ``after`` and the one with ``before``, from the same seed and noise (DGM-VLC's
-    difference maps for a changed clinical field)."""
-    images = generate(
-        model,
-        torch.stack([mask, mask]),
-        torch.stack([before, after]),
-        null,
-        [seed, seed],
-        settings,
-        architecture,
-    )
-    return images[1, 0] - images[0, 0]
+    caption embedding ``after`` and the one with ``before``, from the same seed and noise, each generated
+    alone, so that equal captions give exactly zero (DGM-VLC's difference maps for a changed clinical
+    field)."""
+    images = [
+        generate(model, mask[None], c[None], null, [seed], settings, architecture) for c in (before, after)
+    ]
+    return images[1][0, 0] - images[0][0, 0]
 
 
 def save_difference(

@@ -272,6 +272,7 @@ class MaskTextSampleSettings(Settings):
 
     split: str
     steps: int
+    batch_size: int
     guidance_scale: float
     overlap: float
     window_batch_size: int

@@ -578,19 +578,24 @@ def sample_mask_text(
         architecture["text_seed"],
         architecture["max_tokens"],
     )
+    contexts, null = texts[:-1], texts[-1]
     seeds = [mask_guided.image_seed(settings.seed, str(i)) for i in rows["image_id"]]
     paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
     with atomic_output(images) as tmp:
         Path(tmp).mkdir(parents=True)
-        for index, row in rows.iterrows():
-            _, mask = mask_guided.read_pair(
-                row["image"], row["mask"], architecture["classes"], architecture["resolution"]
-            )
+        for start in range(0, len(rows), settings.batch_size):
+            part = slice(start, start + settings.batch_size)
+            _, masks = mask_guided.read_pairs(
+                rows["image"][part].tolist(),
+                rows["mask"][part].tolist(),
+                architecture["classes"],
+                architecture["resolution"],
+            ).batch(slice(None))
             out = mask_text.generate(
-                network, mask[None].long(), texts[index : index + 1], texts[-1], seeds[index : index + 1],
-                settings, architecture,
-            )  # fmt: skip
-            mask_guided.to_png(out[0]).save(Path(tmp) / Path(paths[index]).name)
+                network, masks, contexts[part], null, seeds[part], settings, architecture
+            )
+            for index, image in enumerate(out, start):
+                mask_guided.to_png(image).save(Path(tmp) / Path(paths[index]).name)
     result = mask_sample_table(rows, paths, seeds, [""] * len(rows), rows["prompt"], rows["prompt_id"])
     manifest.validate(result, table)
     meta = provenance(
