@@ -30,10 +30,10 @@ second.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -55,6 +55,9 @@ from workflow.diffusion.settings import (
     TrainSettings,
 )
 from workflow.prompts.settings import CaptionSettings
+
+if TYPE_CHECKING:
+    import torch
 
 MASK_COLUMNS = ["source_image_id", "dropped_classes"]
 """Columns of a mask-guided generator's samples beyond the SD ones: the real image whose mask conditioned
@@ -356,6 +359,25 @@ def train_mask_guided(
         )
 
 
+def mask_batches(
+    rows: pd.DataFrame, architecture: dict[str, Any], batch_size: int
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The masks of ``rows`` (columns ``image``, ``mask``) in chunks of ``batch_size``, read and resized as
+    the model of ``architecture`` was trained (:func:`workflow.diffusion.mask_guided.read_pairs`: class ids
+    checked), each with the slice of ``rows`` it holds."""
+    from workflow.diffusion import mask_guided
+
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        _, masks = mask_guided.read_pairs(
+            rows["image"][part].tolist(),
+            rows["mask"][part].tolist(),
+            architecture["classes"],
+            architecture["resolution"],
+        ).batch(slice(None))
+        yield part, masks
+
+
 def sample_mask_guided(
     dataset: str,
     model: str,
@@ -397,17 +419,10 @@ def sample_mask_guided(
     paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
     with atomic_output(images) as tmp:
         Path(tmp).mkdir(parents=True)
-        for start in range(0, len(rows), settings.batch_size):
-            part = slice(start, start + settings.batch_size)
-            _, masks = mask_guided.read_pairs(
-                rows["image"][part].tolist(),
-                rows["mask"][part].tolist(),
-                architecture["classes"],
-                architecture["resolution"],
-            ).batch(slice(None))
+        for part, masks in mask_batches(rows, architecture, settings.batch_size):
             with torch.no_grad():
                 out = mask_guided.generate(network, masks, seeds[part], settings, architecture["timesteps"])
-            for index, image in enumerate(out, start):
+            for index, image in enumerate(out, part.start):
                 mask_guided.to_png(image).save(Path(tmp) / Path(paths[index]).name)
     _, dropped = mask_guided.draws(seeds, (1, 1), settings)
     names = [
@@ -583,18 +598,11 @@ def sample_mask_text(
     paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
     with atomic_output(images) as tmp:
         Path(tmp).mkdir(parents=True)
-        for start in range(0, len(rows), settings.batch_size):
-            part = slice(start, start + settings.batch_size)
-            _, masks = mask_guided.read_pairs(
-                rows["image"][part].tolist(),
-                rows["mask"][part].tolist(),
-                architecture["classes"],
-                architecture["resolution"],
-            ).batch(slice(None))
+        for part, masks in mask_batches(rows, architecture, settings.batch_size):
             out = mask_text.generate(
                 network, masks, contexts[part], null, seeds[part], settings, architecture
             )
-            for index, image in enumerate(out, start):
+            for index, image in enumerate(out, part.start):
                 mask_guided.to_png(image).save(Path(tmp) / Path(paths[index]).name)
     result = mask_sample_table(rows, paths, seeds, [""] * len(rows), rows["prompt"], rows["prompt_id"])
     manifest.validate(result, table)
