@@ -271,3 +271,22 @@ def test_the_2d_rules_functions_write_a_manifest_of_captioned_samples_one_per_ca
     assert samples["source_image_id"].tolist() == expected["image_id"].tolist()
     assert samples["prompt"].tolist() == [f"Patient age: {a:.0f}." for a in expected["age"]]
     assert all(Path(p).is_file() for p in samples["path"])
+
+
+def test_a_transformers_model_folder_or_hub_id_encodes_captions_and_a_missing_one_is_named(tmp_path):
+    """Besides ``tiny``, text_encoder names any transformers text model (a hub id, or here a local folder: a
+    two-layer BERT as Bio_ClinicalBERT is one); its last hidden state, cut to max_tokens, is the context."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "lung", "ct", "age", ":", "58", "68"]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(tmp_path / "bert")
+    config = BertConfig(
+        vocab_size=11, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    encoded = mask_text.encode_captions(
+        ["Lung CT age: 58", "Lung CT age: 68", ""], str(tmp_path / "bert"), 0, 8
+    )
+    assert encoded.shape == (3, 8, 16) and not torch.allclose(encoded[0], encoded[1])
+    with pytest.raises(InputError, match=r"diffusion\.mask_text\.train\.text_encoder: cannot load"):
+        mask_text.text_encoder(str(tmp_path / "missing"), 0)

@@ -78,20 +78,32 @@ def text_encoder(name: str, seed: int) -> tuple[Any, torch.nn.Module]:
     from transformers import AutoModel, AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()
+        tokenizer, model = AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name)
     except OSError as err:
         raise InputError(
             f"{TRAIN_KEY}.text_encoder: cannot load '{name}' ({err}); on an offline machine download it "
             "first (huggingface-cli download) or use 'tiny'"
         ) from err
+    if hasattr(model, "text_model"):  # a dual encoder (CLIP, SigLIP): its text tower
+        model = model.text_model
+    elif model.config.is_encoder_decoder:  # T5 and the like: the encoder
+        model = model.get_encoder()
+    return tokenizer, model.eval()
 
 
 def encode_captions(
-    captions: Sequence[str], name: str, seed: int, max_tokens: int, batch_size: int = 64
+    captions: Sequence[str],
+    name: str,
+    seed: int,
+    max_tokens: int,
+    device: torch.device | None = None,
+    batch_size: int = 64,
 ) -> torch.Tensor:
-    """The frozen text encoder's last hidden state of each caption (n x tokens x features), padded and cut to
-    ``max_tokens`` (or the tokenizer's maximum); the empty caption is the unconditional context."""
+    """The frozen text encoder's last hidden state of each caption (n x tokens x features, on the CPU), run on
+    ``device``, padded and cut to ``max_tokens`` (or the tokenizer's maximum); the empty caption is the
+    unconditional context."""
     tokenizer, model = text_encoder(name, seed)
+    model.to(device or "cpu")
     length = min(max_tokens, tokenizer.model_max_length)
     outputs = []
     with torch.no_grad():
@@ -103,8 +115,9 @@ def encode_captions(
                 truncation=True,
                 return_tensors="pt",
             )
+            tokens = tokens.to(device or "cpu")
             hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-            outputs.append(hidden.float())
+            outputs.append(hidden.float().cpu())
     return torch.cat(outputs)
 
 

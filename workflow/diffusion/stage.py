@@ -530,8 +530,9 @@ def train_mask_text(
         pairs = mask_guided.read_pairs(
             rows["image"].tolist(), rows["mask"].tolist(), classes, settings.resolution
         )
+        device = pick_device(gpus)
         texts = mask_text.encode_captions(
-            [*rows["prompt"], ""], settings.text_encoder, settings.seed, settings.max_tokens
+            [*rows["prompt"], ""], settings.text_encoder, settings.seed, settings.max_tokens, device
         )
         architecture = mask_text.architecture(settings, 2, texts.shape[-1])
         meta = provenance(
@@ -542,7 +543,7 @@ def train_mask_text(
         with stop_on_signal() as stop:
             network, losses = mask_text.train(
                 pairs, texts[:-1], texts[-1], architecture, settings, fingerprint, checkpoints,
-                pick_device(gpus), stop,
+                device, stop,
             )  # fmt: skip
         weights = (
             f"mask- and text-conditioned diffusion (DGM-VLC) trained from random init on {len(rows)} images, "
@@ -586,12 +587,14 @@ def sample_mask_text(
     rows = captioned_masks(dataset, prompts, settings.split)
     numbers = np.array_split(np.arange(len(rows)), settings.shards)[shard]
     rows = rows.iloc[numbers].reset_index(drop=True)
-    network = mask_guided.load_model(model, architecture, pick_device(gpus))
+    device = pick_device(gpus)
+    network = mask_guided.load_model(model, architecture, device)
     texts = mask_text.encode_captions(
         [*rows["prompt"], ""],
         architecture["text_encoder"],
         architecture["text_seed"],
         architecture["max_tokens"],
+        device,
     )
     contexts, null = texts[:-1], texts[-1]
     seeds = [mask_guided.image_seed(settings.seed, str(i)) for i in rows["image_id"]]
