@@ -3,7 +3,9 @@
 # base_model tiny, the tiny SD's VAE is first trained on the training images (train_tiny_vae). Generators of
 # kind mask-guided (segmentation-guided diffusion) are trained on the real masks and sampled once per mask
 # instead (train_mask_guided, sharded sample_mask_guided, collect_mask_guided), into the same folders; one
-# with model_from samples that generator's model (from edited masks: remove_classes) and trains none.
+# with model_from samples that generator's model (from edited masks: remove_classes) and trains none. Kind
+# mask-text (DGM-VLC: masks and captions of its prompt variant, 2D) has train_mask_text and sharded
+# sample_mask_text, collected by collect_mask_guided too.
 # Functions: workflow/diffusion/stage.py (one per rule); settings: workflow/diffusion/settings.py.
 import re
 import shlex
@@ -24,6 +26,8 @@ from workflow.diffusion.settings import (
     CacheSettings,
     MaskGuidedSampleSettings,
     MaskGuidedTrainSettings,
+    MaskTextSampleSettings,
+    MaskTextTrainSettings,
     SampleSettings,
     TinyVaeSettings,
     TrainSettings,
@@ -40,6 +44,11 @@ MASK_TRAINED = trained_mask_guided(config)  # the others sample a model_from's m
 MASK_SAMPLE_SETTINGS = {
     name: MaskGuidedSampleSettings.of(config, name).to_json() for name in MASK_GUIDED
 }
+MASK_TEXT = names_of_kind(config, "mask-text")
+# shard jobs per generator whose shards collect_mask_guided merges (mask-guided and mask-text)
+MASK_SHARDS = {
+    name: DIFFUSION["mask_guided"]["sample"]["shards"] for name in MASK_GUIDED
+} | {name: DIFFUSION["mask_text"]["sample"]["shards"] for name in MASK_TEXT}
 STRATEGIES = config["prompts"]["strategies"]
 # made now: a rule file included later may bind the same class names (the classifier's TrainSettings)
 TRAIN_SETTINGS = {
@@ -77,7 +86,7 @@ DIFFUSION_OUTPUTS = [
     ),
     *expand(
         f"{MODEL}/{{name}}",
-        generator=MASK_TRAINED,
+        generator=MASK_TRAINED + MASK_TEXT,
         name=["model", "train_report.json", "loss.png"],
     ),
     *expand(samples_manifest("{generator}"), generator=GENERATORS),
@@ -302,19 +311,84 @@ rule sample_mask_guided:
         " --images {output.images} --table {output.table} 2> {log}"
 
 
+rule train_mask_text:
+    input:
+        dataset=DATASET,
+        prompts=lambda wildcards: prompts_table(
+            STUDY_GENERATORS[wildcards.generator].variant, STRATEGIES, "train"
+        ),
+    output:
+        model=directory(f"{MODEL}/model"),
+        report=f"{MODEL}/train_report.json",
+        loss=report(
+            f"{MODEL}/loss.png",
+            caption="../resources/report/loss.rst",
+            category="3. Diffusion",
+            subcategory="{generator}",
+        ),
+    log:
+        "logs/diffusion/train_mask_text/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(MASK_TEXT),
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 8  # as train_tiny_vae
+    resources:
+        gpu=DIFFUSION["mask_text"]["train"]["gpus"],
+    params:
+        settings=MaskTextTrainSettings.of(config).to_json(),
+        checkpoints=f"{MODEL}/checkpoints",
+    # trap: the shell waits while training saves a checkpoint on SIGTERM (Slurm's time limit)
+    shell:
+        "trap '' TERM; python -m scripts.diffusion train_mask_text --dataset {input.dataset}"
+        " --prompts {input.prompts} --settings {params.settings:q} --gpus {resources.gpu}"
+        " --model {output.model} --report {output.report} --loss {output.loss}"
+        " --checkpoints {params.checkpoints} 2> {log}"
+
+
+rule sample_mask_text:
+    input:
+        dataset=DATASET,
+        prompts=lambda wildcards: prompts_table(
+            STUDY_GENERATORS[wildcards.generator].variant,
+            STRATEGIES,
+            DIFFUSION["mask_text"]["sample"]["split"],
+        ),
+        model=f"{MODEL}/model",
+    output:
+        table=f"{SAMPLES}/shards/{{shard}}.parquet",
+        images=directory(f"{SAMPLES}/images/masks{{shard}}"),
+    log:
+        "logs/diffusion/sample_mask_text/{generator}/{shard}.log",
+    wildcard_constraints:
+        generator=name_pattern(MASK_TEXT),
+        shard=r"\d+",
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 8  # as train_tiny_vae
+    resources:
+        gpu=DIFFUSION["mask_text"]["sample"]["gpus"],
+    params:
+        settings=MaskTextSampleSettings.of(config).to_json(),
+    shell:
+        "python -m scripts.diffusion sample_mask_text --dataset {input.dataset} --prompts {input.prompts}"
+        " --model {input.model} --settings {params.settings:q} --gpus {resources.gpu}"
+        " --shard {wildcards.shard} --images {output.images} --table {output.table} 2> {log}"
+
+
 rule collect_mask_guided:
     input:
-        expand(
+        lambda wildcards: expand(
             rules.sample_mask_guided.output.table,
-            shard=range(DIFFUSION["mask_guided"]["sample"]["shards"]),
-            allow_missing=True,
+            shard=range(MASK_SHARDS[wildcards.generator]),
+            generator=wildcards.generator,
         ),
     output:
         samples_manifest("{generator}"),
     log:
         "logs/diffusion/collect_mask_guided/{generator}.log",
     wildcard_constraints:
-        generator=name_pattern(MASK_GUIDED),
+        generator=name_pattern(MASK_GUIDED + MASK_TEXT),
     conda:
         "../envs/synthmed.yaml"
     shell:

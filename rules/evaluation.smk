@@ -1,8 +1,9 @@
 # Evaluation stage, image quality: FID, KID and precision/recall of every generator's synthetic set against
 # a real split, overall, per finding, per prompt and (volumes) per slice position, in one or more feature
 # spaces (evaluation.extractor, evaluation.also), and conditional fidelity (the real-data classifier on the
-# samples vs their prompts' labels) and, for mask-guided generators, mask faithfulness (a segmenter trained on
-# the real masks segments the samples: Dice per class); results/fid.json has a section per generator.
+# samples vs their prompts' labels) and, for mask-guided and mask-text generators, mask faithfulness (a
+# segmenter trained on the real masks segments the samples: Dice per class); results/fid.json has a section
+# per generator.
 # Functions: workflow/evaluation/stage.py (one per rule); settings: workflow/evaluation/settings.py.
 from workflow.classifier.regimes import real_classifier
 from workflow.evaluation.settings import (
@@ -32,7 +33,7 @@ CONDITIONAL_REPORTS = (
 SEGMENTER = "results/evaluation/segmenter"
 FAITHFULNESS = MaskFaithfulnessSettings.of(config)
 FAITHFULNESS_REPORTS = (
-    expand(f"{QUALITY}/mask_faithfulness.json", generator=MASK_GUIDED)
+    expand(f"{QUALITY}/mask_faithfulness.json", generator=MASK_GUIDED + MASK_TEXT)
     if FAITHFULNESS.enabled
     else []
 )
@@ -117,7 +118,7 @@ rule mask_faithfulness:
     log:
         "logs/evaluation/mask_faithfulness/{generator}.log",
     wildcard_constraints:
-        generator=name_pattern(MASK_GUIDED),
+        generator=name_pattern(MASK_GUIDED + MASK_TEXT),
     conda:
         "../envs/synthmed.yaml"
     threads: 8

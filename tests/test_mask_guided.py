@@ -171,16 +171,31 @@ def job(plan: str, rule: str, generator: str) -> str:
 def test_a_mask_guided_generator_feeds_image_metrics_in_the_dag(tmp_path):
     """Next to an SD arm, a mask-guided generator is trained and sampled by its own rules (not the SD
     ones, one sampling job per shard), and its samples reach image quality, mask faithfulness (only its) and
-    the report like any generator's."""
+    the report like any generator's; so do a mask-text generator's (DGM-VLC, on its prompt variant's
+    captions, mask faithfulness too), its rules asking for a GPU."""
     ablated = {"kind": "mask-guided", "model_from": "seg", "remove_classes": ["devices"]}
     write_config(
         tmp_path,
         diffusion={
-            "generators": {"sd-lora": {}, "seg": {"kind": "mask-guided"}, "seg-no-devices": ablated},
+            "generators": {
+                "sd-lora": {},
+                "seg": {"kind": "mask-guided"},
+                "seg-no-devices": ablated,
+                "dgm": {"kind": "mask-text", "strategies": ["labels"]},
+            },
             "mask_guided": {"sample": {"shards": 2}},
+            "mask_text": {"sample": {"shards": 3}},
         },
     )
     plan = snakemake(tmp_path, "--dry-run").stdout
+    train = job(plan, "train_mask_text", "dgm")
+    assert "results/prompts/variants/labels/train.parquet" in train and "gpu=1" in train
+    assert "results/models/dgm/train_report.json" in train
+    assert plan.count("rule sample_mask_text:") == 3 and "gpu=1" in job(plan, "sample_mask_text", "dgm")
+    for shard in range(3):
+        assert f"results/samples/dgm/shards/{shard}.parquet" in job(plan, "collect_mask_guided", "dgm")
+    for rule in ("image_metrics", "mask_faithfulness"):
+        assert "results/samples/dgm/manifest.parquet" in job(plan, rule, "dgm"), rule
     assert "results/models/seg/train_report.json" in job(plan, "train_mask_guided", "seg")
     assert plan.count("rule train_mask_guided:") == 1  # seg-no-devices samples seg's model
     assert "results/models/seg/model" in job(plan, "sample_mask_guided", "seg-no-devices")
@@ -190,7 +205,7 @@ def test_a_mask_guided_generator_feeds_image_metrics_in_the_dag(tmp_path):
     assert "results/samples/seg/manifest.parquet" in job(plan, "collect_mask_guided", "seg")
     for rule in ("image_metrics", "real_vs_synthetic", "conditional_fidelity", "mask_faithfulness"):
         assert "results/samples/seg/manifest.parquet" in job(plan, rule, "seg"), rule
-    assert plan.count("rule mask_faithfulness:") == 2 and plan.count("rule train_segmenter:") == 1
+    assert plan.count("rule mask_faithfulness:") == 3 and plan.count("rule train_segmenter:") == 1
     collect = next(b for b in plan.split("rule ") if b.startswith("collect_image_metrics:"))
     assert "results/evaluation/seg/mask_faithfulness.json" in collect
     for rule in ("finetune_sd", "collect_samples"):

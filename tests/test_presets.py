@@ -103,6 +103,8 @@ GPU_RULES = {
     "conditional_fidelity",
     "train_mask_guided",
     "sample_mask_guided",
+    "train_mask_text",
+    "sample_mask_text",
     "train_segmenter",
     "mask_faithfulness",
     "edit_images",

@@ -61,9 +61,16 @@ DEMO_OUTPUTS = [
     "results/fid.json",
 ]
 TRAINING = "results/models/sd-full"  # the demo's fine-tuning run (diffusion.method: full)
-# GPU rules of the mask-guided generator kind, which the demo does not train, and of its mask faithfulness
-# (tests/test_mask_guided.py and the segguided preset's runs plan and run them)
-NOT_IN_DEMO = {"train_mask_guided", "sample_mask_guided", "train_segmenter", "mask_faithfulness"}
+# GPU rules of the mask-guided and mask-text generator kinds, which the demo does not train, and of mask
+# faithfulness (tests/test_mask_guided.py and the segguided preset's runs plan and run them)
+NOT_IN_DEMO = {
+    "train_mask_guided",
+    "sample_mask_guided",
+    "train_segmenter",
+    "mask_faithfulness",
+    "train_mask_text",
+    "sample_mask_text",
+}
 PROBE_MULTI_GPU = "finetune_sd"  # the probe rule that asks for 4 GPUs (like the PRISM preset's fine-tuning)
 
 

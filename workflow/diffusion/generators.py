@@ -25,6 +25,10 @@ sampled once per real mask of a split (rule ``sample_mask_guided``), into the sa
 each kind take only their generators (:func:`name_pattern`). A mask-guided generator may sample another's
 trained model (``model_from``) from edited masks (``remove_classes``): the paper's mask ablation at sampling
 beside the generator on the full masks, from one training.
+
+A generator of ``kind: mask-text`` (DGM-VLC, :mod:`workflow.diffusion.mask_text`) conditions on the real
+masks and on captions of its prompt ``strategies`` (``tabular`` for DGM-VLC; its prompt variant is made as an
+SD arm's): rules ``train_mask_text`` and ``sample_mask_text``, collected like a mask-guided generator's.
 """
 
 from __future__ import annotations
@@ -128,7 +132,8 @@ def generator_names(config: Mapping[str, Any]) -> list[str]:
 
 
 def names_of_kind(config: Mapping[str, Any], kind: str) -> list[str]:
-    """The generators of ``kind`` (``sd``, ``mask-guided``) in the study ``config``, in config order."""
+    """The generators of ``kind`` (``sd``, ``mask-guided``, ``mask-text``) in the study ``config``, in config
+    order."""
     return [name for name, g in generators(config).items() if g.kind == kind]
 
 
@@ -143,8 +148,10 @@ def name_pattern(names: list[str]) -> str:
 
 
 def prompt_variants(config: Mapping[str, Any]) -> list[str]:
-    """The prompt variants the Stable Diffusion generators train on, each once, in config order."""
-    return list(dict.fromkeys(g.variant for g in generators(config).values() if g.kind == "sd"))
+    """The prompt variants the Stable Diffusion and mask-text generators train on, each once, in config
+    order."""
+    kinds = ("sd", "mask-text")
+    return list(dict.fromkeys(g.variant for g in generators(config).values() if g.kind in kinds))
 
 
 def model_dir(generator: str) -> str:

@@ -27,7 +27,7 @@ depends only on (model, settings, seed, id), not on the batch it is in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,11 @@ from workflow.common import checkpoints
 from workflow.common.errors import InputError
 from workflow.common.interruption import StopRequest
 from workflow.common.seeding import derive_seed, text_key
-from workflow.diffusion.settings import MaskGuidedSampleSettings, MaskGuidedTrainSettings
+from workflow.diffusion.settings import (
+    MaskGuidedSampleSettings,
+    MaskGuidedTrainSettings,
+    MaskTextTrainSettings,
+)
 
 if TYPE_CHECKING:
     from monai.networks.nets import DiffusionModelUNet
@@ -82,6 +86,16 @@ def read_mask(path: str, classes: int) -> np.ndarray:
         mask = np.asarray(source)
     if mask.ndim != 2:
         raise InputError(f"{path}: mask shape {mask.shape}; a mask must be one integer channel")
+    return check_classes(mask, path, classes)
+
+
+def check_classes(mask: np.ndarray, path: str, classes: int) -> np.ndarray:
+    """``mask`` (class ids, 2D or 3D), checked.
+
+    Raises:
+        InputError: naming ``path`` when a class id is outside ``0 .. classes - 1``
+            (``dataset.mask_classes``).
+    """
     unknown = sorted(set(np.unique(mask).tolist()) - set(range(classes)))
     if unknown:
         raise InputError(
@@ -120,8 +134,8 @@ def read_pairs(images: Sequence[str], masks: Sequence[str], classes: int, size: 
 
 
 def one_hot(masks: torch.Tensor, classes: int) -> torch.Tensor:
-    """B x H x W class ids -> B x classes x H x W float one-hot channels."""
-    return torch.nn.functional.one_hot(masks, classes).permute(0, 3, 1, 2).float()
+    """B x H x W (or B x D x H x W) class ids -> B x classes x H x W (x ...) float one-hot channels."""
+    return torch.nn.functional.one_hot(masks, classes).movedim(-1, 1).float()
 
 
 def draw_ablation(generator: torch.Generator, images: int, classes: int, probability: float) -> torch.Tensor:
@@ -144,32 +158,44 @@ def conditioning(masks: torch.Tensor, dropped: torch.Tensor, classes: int) -> to
 
 
 def network(architecture: dict[str, Any]) -> DiffusionModelUNet:
-    """MONAI's 2D ``DiffusionModelUNet`` of ``architecture`` (:func:`architecture_of`)."""
+    """MONAI's ``DiffusionModelUNet`` of ``architecture`` (:func:`architecture_of`): 2D unless the
+    architecture says ``spatial_dims``; with cross-attention on text embeddings of ``cross_attention_dim``
+    features when it names one (the mask-text generator, :mod:`workflow.diffusion.mask_text`)."""
     from monai.networks.nets import DiffusionModelUNet
 
+    text = architecture.get("cross_attention_dim")
     return DiffusionModelUNet(
-        spatial_dims=2,
+        spatial_dims=architecture.get("spatial_dims", 2),
         in_channels=1 + architecture["classes"],
         out_channels=1,
         num_res_blocks=architecture["num_res_blocks"],
         channels=tuple(architecture["channels"]),
         attention_levels=tuple(architecture["attention_levels"]),
         norm_num_groups=architecture["norm_num_groups"],
+        with_conditioning=text is not None,
+        cross_attention_dim=text,
     )
 
 
-def architecture_of(settings: MaskGuidedTrainSettings) -> dict[str, Any]:
-    """What sampling needs to rebuild the trained network (kept in the model card)."""
+def architecture_of(
+    settings: MaskGuidedTrainSettings | MaskTextTrainSettings, key: str = "diffusion.mask_guided.train"
+) -> dict[str, Any]:
+    """What sampling needs to rebuild the trained network (kept in the model card); ``key``: the settings'
+    config section, named by the errors.
+
+    Raises:
+        InputError: naming the key when attention levels and channels differ in number, or a channels entry
+            is no multiple of the group norm's groups.
+    """
     if len(settings.attention_levels) != len(settings.channels):
         raise InputError(
-            "diffusion.mask_guided.train.attention_levels: one entry per channels entry "
+            f"{key}.attention_levels: one entry per channels entry "
             f"({len(settings.channels)}), got {len(settings.attention_levels)}"
         )
     bad = [c for c in settings.channels if c % settings.norm_num_groups]
     if bad:
         raise InputError(
-            f"diffusion.mask_guided.train.channels: {bad} are not multiples of norm_num_groups "
-            f"{settings.norm_num_groups}"
+            f"{key}.channels: {bad} are not multiples of norm_num_groups {settings.norm_num_groups}"
         )
     return {
         "classes": len(settings.mask_classes),
@@ -190,19 +216,66 @@ def train(
     device: torch.device,
     stop: StopRequest,
 ) -> tuple[DiffusionModelUNet, list[float]]:
-    """Train the network (module docstring) for ``settings.steps`` optimizer steps, resuming from the newest
-    checkpoint of ``fingerprint`` in ``folder``; AdamW with linear warm-up and cosine decay (the paper's
-    diffusers schedule), gradient norm clipped. Returns the model and the loss of every step."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from monai.inferers import DiffusionInferer
+    """Train the network (module docstring) for ``settings.steps`` optimizer steps (:func:`fit`), resuming
+    from the newest checkpoint of ``fingerprint`` in ``folder``. Returns the model and the loss of every
+    step."""
     from monai.networks.schedulers import DDPMScheduler
 
     classes = len(settings.mask_classes)
     torch.manual_seed(settings.seed)
     model = network(architecture_of(settings)).to(device)
+    scheduler = DDPMScheduler(num_train_timesteps=settings.timesteps)
+
+    def loss(generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(pairs.images), (settings.batch_size,), generator=generator)
+        images, masks = pairs.batch(index)
+        dropped = draw_ablation(generator, len(index), classes, settings.ablation_probability)
+        condition = conditioning(masks, dropped, classes)
+        return noise_loss(model, scheduler, images, condition, None, generator, device)
+
+    return model.eval(), fit(model, settings, loss, fingerprint, folder, stop)
+
+
+def noise_loss(
+    model: torch.nn.Module,
+    scheduler: Any,
+    images: torch.Tensor,
+    condition: torch.Tensor,
+    context: torch.Tensor | None,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """Ho et al. 2020 eq. 14: MSE between the noise and the network's prediction of it from the images noised
+    (``scheduler``, DDPM) at timesteps drawn uniformly, ``condition`` (the mask channels) concatenated to the
+    network's input and ``context`` (text embeddings, or None) given to its cross-attention; noise and
+    timesteps from ``generator``."""
+    noise = torch.randn(images.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.num_train_timesteps, (len(images),), generator=generator).to(
+        device
+    )
+    noisy = scheduler.add_noise(images.to(device), noise.to(device), timesteps)
+    inputs = torch.cat([noisy, condition.to(device)], dim=1)
+    prediction = model(inputs, timesteps, None if context is None else context.to(device))
+    return torch.nn.functional.mse_loss(prediction.float(), noise.to(device))
+
+
+def fit(
+    model: torch.nn.Module,
+    settings: MaskGuidedTrainSettings | MaskTextTrainSettings,
+    loss: Callable[[torch.Generator], torch.Tensor],
+    fingerprint: str,
+    folder: str,
+    stop: StopRequest,
+) -> list[float]:
+    """Optimize ``model`` for ``settings.steps`` steps, resuming from the newest checkpoint of ``fingerprint``
+    in ``folder``: AdamW with linear warm-up and cosine decay (the segmentation-guided paper's diffusers
+    schedule), gradient norm clipped. Step ``s`` computes ``loss`` with a generator seeded with
+    ``SeedSequence([seed, s])``, so a resumed run continues exactly as one that never stopped. Returns the
+    loss of every step."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     schedule = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
-    inferer = DiffusionInferer(DDPMScheduler(num_train_timesteps=settings.timesteps))
     losses: list[float] = []
     checkpoints.set_aside(folder, fingerprint)
     state = checkpoints.newest(folder, fingerprint)
@@ -213,27 +286,13 @@ def train(
         losses = list(state["losses"])
     model.train()
     for step in range(len(losses), settings.steps):
-        generator = torch.Generator().manual_seed(derive_seed(settings.seed, step))
-        index = torch.randint(len(pairs.images), (settings.batch_size,), generator=generator)
-        images, masks = pairs.batch(index)
-        dropped = draw_ablation(generator, len(index), classes, settings.ablation_probability)
-        noise = torch.randn(images.shape, generator=generator)
-        timesteps = torch.randint(0, settings.timesteps, (len(index),), generator=generator)
-        prediction = inferer(
-            inputs=images.to(device),
-            diffusion_model=model,
-            noise=noise.to(device),
-            timesteps=timesteps.to(device),
-            condition=conditioning(masks, dropped, classes).to(device),
-            mode="concat",
-        )
-        loss = torch.nn.functional.mse_loss(prediction.float(), noise.to(device))
+        value = loss(torch.Generator().manual_seed(derive_seed(settings.seed, step)))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
+        losses.append(value.item())
         done = len(losses)
         if stop or (done % settings.checkpoint_steps == 0 and done < settings.steps):
             state = {
@@ -249,7 +308,8 @@ def train(
                 stop.stop(done, saved)
         if done % 100 == 0:
             log.info("step %d/%d loss %.4f", done, settings.steps, losses[-1])
-    return model.eval(), losses
+    model.eval()
+    return losses
 
 
 def save_model(model: DiffusionModelUNet, folder: str | Path) -> None:

@@ -231,3 +231,58 @@ class MaskGuidedSampleSettings(Settings):
                 f"diffusion.mask_guided.sample.remove_classes (or a generator's): {unknown} are not classes "
                 f"of dataset.mask_classes other than the background ({list(self.mask_classes[1:])})"
             )
+
+
+@dataclass(frozen=True)
+class MaskTextTrainSettings(Settings):
+    """``diffusion.mask_text.train`` and ``dataset.mask_classes`` (rule ``train_mask_text``: DGM-VLC's
+    mask- and clinical-text-conditioned pixel diffusion, :mod:`workflow.diffusion.mask_text`)."""
+
+    resolution: int
+    patch_size: tuple[int, ...] | None
+    batch_size: int
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    max_grad_norm: float
+    timesteps: int
+    channels: tuple[int, ...]
+    attention_levels: tuple[bool, ...]
+    num_res_blocks: int
+    norm_num_groups: int
+    text_encoder: str
+    max_tokens: int
+    text_dropout: float
+    seed: int
+    checkpoint_steps: int
+    mask_classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        section = {
+            k: v for k, v in config["diffusion"]["mask_text"]["train"].items() if k not in RESOURCE_KEYS
+        }
+        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
+
+
+@dataclass(frozen=True)
+class MaskTextSampleSettings(Settings):
+    """``diffusion.mask_text.sample`` and ``dataset.mask_classes`` (rule ``sample_mask_text``: one image per
+    real mask of a split and its caption, :mod:`workflow.diffusion.mask_text`)."""
+
+    split: str
+    steps: int
+    batch_size: int
+    guidance_scale: float
+    overlap: float
+    window_batch_size: int
+    seed: int
+    shards: int
+    mask_classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        section = {
+            k: v for k, v in config["diffusion"]["mask_text"]["sample"].items() if k not in RESOURCE_KEYS
+        }
+        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})

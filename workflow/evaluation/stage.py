@@ -10,9 +10,9 @@ One function per rule of ``rules/evaluation.smk``, named after it:
   first row the overall one of ``evaluation.extractor``);
 - :func:`conditional_fidelity` (one job per generator, when the study trains a classifier on real images):
   ``results/evaluation/<generator>/conditional_fidelity.json`` (:mod:`workflow.evaluation.conditional`);
-- :func:`train_segmenter` (with a mask-guided generator): ``results/evaluation/segmenter/model/`` and
-  ``train_report.json`` (its Dice on the real test split), and :func:`mask_faithfulness` (one job per
-  mask-guided generator): ``results/evaluation/<generator>/mask_faithfulness.json``
+- :func:`train_segmenter` (with a mask-guided or mask-text generator): ``results/evaluation/segmenter/model/``
+  and ``train_report.json`` (its Dice on the real test split), and :func:`mask_faithfulness` (one job per
+  mask-guided or mask-text generator): ``results/evaluation/<generator>/mask_faithfulness.json``
   (:mod:`workflow.evaluation.segmentation`);
 - :func:`counterfactual_soundness` (one job per editing method): ``results/counterfactuals/<method>/
   soundness.json`` (:mod:`workflow.editing.soundness`; the real-data classifier judges the edits);
@@ -390,8 +390,8 @@ def mask_faithfulness(
     gpus: int,
     report: str,
 ) -> None:
-    """The segmenter ``model`` on a mask-guided generator's ``samples``: Dice per class against the mask
-    that conditioned each image, that is its ``mask_path`` less the classes its conditioning dropped
+    """The segmenter ``model`` on a mask-guided or mask-text generator's ``samples``: Dice per class against
+    the mask that conditioned each image, that is its ``mask_path`` less the classes its conditioning dropped
     (``dropped_classes``: sampling ablation, edited masks), beside the segmenter's own Dice on the real test
     split (:mod:`workflow.evaluation.segmentation`)."""
     import torch
@@ -438,7 +438,8 @@ def collect_image_metrics(
 ) -> None:
     """Every generator's image quality in one JSON (a section each) and one CSV (a ``generator`` column);
     ``conditional``: every generator's conditional fidelity, in generator order (none when the study trains
-    no classifier on real images); ``faithfulness``: the mask faithfulness of the mask-guided generators
+    no classifier on real images); ``faithfulness``: the mask faithfulness of the mask-guided and mask-text
+    generators
     (:func:`mask_faithfulness`), each in its generator's section."""
     pairs = list(zip(generators, reports, tables, strict=True))
     sections = {name: json.loads(Path(path).read_text()) for name, path, _ in pairs}

@@ -1,0 +1,292 @@
+"""Mask- and text-conditioned pixel diffusion, DGM-VLC (workflow/diffusion/mask_text.py): difference maps,
+seamless sliding-window generation in 3D, text conditioning, resume, bad volumes; tiny networks on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from configs import validated
+
+from workflow.common.errors import InputError
+from workflow.common.interruption import Stopped, StopRequest
+from workflow.diffusion import mask_guided, mask_text
+from workflow.diffusion.settings import MaskTextSampleSettings, MaskTextTrainSettings
+from workflow.prompts.settings import TabularSettings
+
+CLASSES = ("background", "lungs", "airway")
+TINY = {
+    "resolution": 8,
+    "batch_size": 2,
+    "steps": 2,
+    "warmup_steps": 1,
+    "timesteps": 50,
+    "channels": [8, 8],
+    "attention_levels": [False, True],
+    "norm_num_groups": 8,
+    "text_encoder": "tiny",
+    "max_tokens": 16,
+    "checkpoint_steps": 1,
+}
+
+
+def settings(train: dict | None = None, sample: dict | None = None):
+    section = {"train": TINY | (train or {}), "sample": {"steps": 2} | (sample or {})}
+    study = validated({"dataset": {"mask_classes": list(CLASSES)}, "diffusion": {"mask_text": section}})
+    return MaskTextTrainSettings.of(study), MaskTextSampleSettings.of(study)
+
+
+def masks(images: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Masks with every class present: bands of class 0..2 along the first axis."""
+    band = torch.arange(shape[0]) * len(CLASSES) // shape[0]
+    return band.view(-1, *[1] * (len(shape) - 1)).expand(images, *shape).clone()
+
+
+def texts(*captions: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiny encoder's embeddings of ``captions`` and of the empty caption."""
+    encoded = mask_text.encode_captions([*captions, ""], "tiny", 0, TINY["max_tokens"])
+    return encoded[:-1], encoded[-1]
+
+
+@pytest.fixture(scope="module")
+def model3d():
+    """A random 3D network (every weight drawn, so the zero-initialised output and attention projections do
+    not hide the text) and its architecture, patches of 4 x 4 x 4."""
+    train, _ = settings({"patch_size": [4, 4, 4]})
+    architecture = mask_text.architecture(train, 3, texts("x")[0].shape[-1])
+    torch.manual_seed(0)
+    model = mask_guided.network(architecture).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return model, architecture
+
+
+CAPTIONS = (
+    "Lung CT scan: Patient age: 58. Smoking status: never.",
+    "Lung CT scan: Patient age: 68. Smoking status: current.",
+)
+
+
+def test_a_difference_map_of_two_identical_prompts_is_zero_and_of_two_others_is_not(model3d):
+    model, architecture = model3d
+    (before, after), null = texts(*CAPTIONS)
+    _, sample = settings(sample={"guidance_scale": 2.0})
+    mask = masks(1, (8, 4, 4))[0]
+    same = mask_text.difference_map(model, mask, before, before, null, 7, sample, architecture)
+    changed = mask_text.difference_map(model, mask, before, after, null, 7, sample, architecture)
+    assert same.shape == (8, 4, 4) and torch.equal(same, torch.zeros_like(same))
+    assert changed.abs().max() > 1e-4  # the caption reaches the image through cross-attention
+
+
+def test_same_caption_and_seed_give_the_same_image_another_caption_or_seed_another(model3d):
+    model, architecture = model3d
+    (first, second), null = texts(*CAPTIONS)
+    _, sample = settings()
+    mask = masks(3, (4, 4, 8))
+    images = mask_text.generate(
+        model, mask, torch.stack([first, first, second]), null, [1, 1, 1], sample, architecture
+    )
+    again = mask_text.generate(model, mask[:1], first[None], null, [1], sample, architecture)
+    other_seed = mask_text.generate(model, mask[:1], first[None], null, [2], sample, architecture)
+    assert torch.equal(images[0], images[1]) and torch.equal(images[0], again[0])
+    assert not torch.allclose(images[0], images[2]) and not torch.allclose(images[0], other_seed[0])
+
+
+class Pointwise(torch.nn.Module):
+    """A translation-equivariant stand-in for the UNet: a 1 x 1 x 1 convolution of image and mask channels
+    plus a term of the text, the same at every voxel; what a window predicts at a voxel does not depend on
+    where the window lies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mix = torch.nn.Conv3d(1 + len(CLASSES), 1, 1)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return (
+            self.mix(x)
+            + 0.1 * context.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+            + timesteps.view(-1, 1, 1, 1, 1) * 1e-3
+        )
+
+
+def test_a_volume_generated_in_overlapping_patches_has_no_seams():
+    """Sliding-window DDIM over a 12 x 8 x 8 volume in 4 x 4 x 4 windows (gaussian-blended) equals inference
+    on the whole volume at once, at window borders too."""
+    (context,), null = texts(CAPTIONS[0])
+    _, sample = settings(sample={"steps": 3, "overlap": 0.5, "guidance_scale": 1.5})
+    condition = mask_guided.one_hot(masks(1, (12, 8, 8)), len(CLASSES))
+    noise = mask_text.starting_noise(3, (12, 8, 8))
+    model = Pointwise()
+    windows = mask_text.denoise(model, condition, context[None], null, noise, sample, 50, (4, 4, 4))
+    whole = mask_text.denoise(model, condition, context[None], null, noise, sample, 50, (12, 8, 8))
+    assert windows.shape == (1, 1, 12, 8, 8)
+    torch.testing.assert_close(windows, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_a_stopped_training_resumes_to_the_same_weights_on_3d_patches(tmp_path):
+    train, _ = settings({"patch_size": [4, 4, 4], "steps": 2, "text_dropout": 0.5})
+    contexts, null = texts(*CAPTIONS, CAPTIONS[0])
+    pairs = mask_guided.Pairs(
+        torch.randint(0, 256, (3, 1, 8, 8, 4), dtype=torch.uint8), masks(3, (8, 8, 4)).byte()
+    )
+    architecture = mask_text.architecture(train, 3, contexts.shape[-1])
+    cpu = torch.device("cpu")
+    straight, losses = mask_text.train(
+        pairs, contexts, null, architecture, train, "a", str(tmp_path / "a"), cpu, StopRequest()
+    )
+    with pytest.raises(Stopped):
+        mask_text.train(
+            pairs, contexts, null, architecture, train, "b", str(tmp_path / "b"), cpu, StopRequest(1)
+        )
+    resumed, again = mask_text.train(
+        pairs, contexts, null, architecture, train, "b", str(tmp_path / "b"), cpu, StopRequest()
+    )
+    assert len(losses) == 2 and again == pytest.approx(losses, rel=1e-5)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_changed_field_changes_only_its_phrase_of_the_caption():
+    tabular = TabularSettings.from_dict(
+        {
+            "prefix": "Lung CT scan:",
+            "separator": " ",
+            "fields": [
+                {
+                    "field": "age",
+                    "text": "Patient age: {value}.",
+                    "values": {},
+                    "missing": [],
+                    "absolute": False,
+                },
+                {
+                    "field": "smoking",
+                    "text": "Smoking status: {value}.",
+                    "values": {},
+                    "missing": [],
+                    "absolute": False,
+                },
+            ],
+        }
+    )
+    row = pd.DataFrame({"age": [58], "tab_smoking": ["never"]})
+    assert mask_text.changed_captions(row, "age", 68, tabular) == (
+        "Lung CT scan: Patient age: 58. Smoking status: never.",
+        "Lung CT scan: Patient age: 68. Smoking status: never.",
+    )
+    assert mask_text.changed_captions(row, "smoking", "current", tabular)[1].endswith(
+        "Smoking status: current."
+    )
+
+
+def test_difference_maps_are_written_as_nifti_with_the_source_affine_and_a_montage(tmp_path):
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    difference = np.linspace(-1, 1, 4 * 4 * 6, dtype=np.float32).reshape(4, 4, 6)
+    mask_text.save_difference(
+        difference, affine, str(tmp_path / "d.nii.gz"), str(tmp_path / "d.png"), slices=3
+    )
+    written = nib.load(tmp_path / "d.nii.gz")
+    np.testing.assert_allclose(written.affine, affine)
+    np.testing.assert_array_equal(written.get_fdata(dtype=np.float32), difference)
+    assert (tmp_path / "d.png").stat().st_size > 0
+
+
+def volume_files(tmp_path, labels: np.ndarray, label_affine: np.ndarray | None = None) -> tuple[str, str]:
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    image, mask = str(tmp_path / "ct.nii.gz"), str(tmp_path / "labels.nii.gz")
+    nib.save(nib.Nifti1Image(np.arange(np.prod((6, 6, 4)), dtype=np.float32).reshape(6, 6, 4), affine), image)
+    nib.save(nib.Nifti1Image(labels.astype(np.int16), affine if label_affine is None else label_affine), mask)
+    return image, mask
+
+
+def test_bad_label_volumes_are_refused_naming_the_file(tmp_path):
+    good = np.zeros((6, 6, 4))
+    good[2:4] = 2
+    image, mask = volume_files(tmp_path, good)
+    volume, labels, affine = mask_text.read_volume_pair(image, mask, len(CLASSES))
+    assert volume.shape == (1, 6, 6, 4) and labels.max() == 2 and affine[2, 2] == 2.0
+    for bad, label_affine, reason in [
+        (good + 3 * (good > 0), None, "not in dataset.mask_classes"),
+        (np.zeros((6, 6, 5)), None, "does not match"),
+        (good, np.diag([1.0, 1.0, 1.0, 1.0]), "spacing or orientation"),
+    ]:
+        image, mask = volume_files(tmp_path, bad, label_affine)
+        with pytest.raises(InputError, match=reason) as error:
+            mask_text.read_volume_pair(image, mask, len(CLASSES))
+        assert mask in str(error.value)
+
+
+def test_patches_must_fit_the_images_and_have_one_side_per_axis():
+    train, _ = settings({"patch_size": [4, 4]})
+    with pytest.raises(InputError, match="patch_size"):
+        mask_text.architecture(train, 3, 32)
+    architecture = mask_text.architecture(train, 2, 32)
+    with pytest.raises(InputError, match="larger than the images"):
+        mask_text.patch_of(architecture, (3, 8))
+
+
+def test_the_2d_rules_functions_write_a_manifest_of_captioned_samples_one_per_captioned_mask(tmp_path):
+    """train_mask_text on fabricated images, masks and captions (one step), then two sampling shards and the
+    collect step: one sample per training mask with a selected caption, the caption as its prompt, in the
+    manifest schema the evaluation stages read."""
+    from classifier_data import fabricate
+
+    from workflow.diffusion import stage
+
+    rows = fabricate(tmp_path / "data", n=10)
+    dataset, prompts = str(tmp_path / "dataset.parquet"), str(tmp_path / "train.parquet")
+    rows.to_parquet(dataset)
+    captions = pd.DataFrame(
+        {"image_id": rows["image_id"], "prompt": [f"Patient age: {a:.0f}." for a in rows["age"]]}
+    )
+    captions["prompt_id"] = [f"p{i}" for i in range(len(rows))]
+    captions["selected"] = [i != 0 for i in range(len(rows))]  # the first image was not selected
+    captions.to_parquet(prompts)
+    train, sample = settings(
+        {"resolution": 16, "patch_size": [8, 8], "steps": 1}, {"steps": 1, "shards": 2, "batch_size": 2}
+    )
+    model = str(tmp_path / "model")
+    stage.train_mask_text(
+        dataset,
+        prompts,
+        train,
+        0,
+        model,
+        str(tmp_path / "r.json"),
+        str(tmp_path / "l.png"),
+        str(tmp_path / "ck"),
+    )
+    parts = [str(tmp_path / f"{k}.parquet") for k in range(2)]
+    for k in range(2):
+        stage.sample_mask_text(dataset, prompts, model, sample, 0, k, str(tmp_path / f"masks{k}"), parts[k])
+    stage.collect_mask_guided(parts, str(tmp_path / "manifest.parquet"))
+    samples = pd.read_parquet(tmp_path / "manifest.parquet")
+    expected = rows[(rows["split"] == "train") & (rows.index != 0)]
+    assert samples["source_image_id"].tolist() == expected["image_id"].tolist()
+    assert samples["prompt"].tolist() == [f"Patient age: {a:.0f}." for a in expected["age"]]
+    assert all(Path(p).is_file() for p in samples["path"])
+
+
+def test_a_transformers_model_folder_or_hub_id_encodes_captions_and_a_missing_one_is_named(tmp_path):
+    """Besides ``tiny``, text_encoder names any transformers text model (a hub id, or here a local folder: a
+    two-layer BERT as Bio_ClinicalBERT is one); its last hidden state, cut to max_tokens, is the context."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "lung", "ct", "age", ":", "58", "68"]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(tmp_path / "bert")
+    config = BertConfig(
+        vocab_size=11, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    encoded = mask_text.encode_captions(
+        ["Lung CT age: 58", "Lung CT age: 68", ""], str(tmp_path / "bert"), 0, 8
+    )
+    assert encoded.shape == (3, 8, 16) and not torch.allclose(encoded[0], encoded[1])
+    with pytest.raises(InputError, match=r"diffusion\.mask_text\.train\.text_encoder: cannot load"):
+        mask_text.text_encoder(str(tmp_path / "missing"), 0)

@@ -1,0 +1,384 @@
+"""Mask- and clinical-text-conditioned pixel diffusion, DGM-VLC (Xing, Ning, Nan, Yang, arXiv 2410.13823), in
+2D and 3D with one code path (rules ``train_mask_text``, ``sample_mask_text``; generator kind ``mask-text``).
+
+**Network.** The segmentation-guided generator's MONAI ``DiffusionModelUNet``
+(:func:`workflow.diffusion.mask_guided.network`, ``spatial_dims`` 2 or 3): the one-hot mask concatenated to
+the noisy image as input channels, plus cross-attention (``with_conditioning``) on the token embeddings of the
+image's caption, the last hidden state of a frozen transformers text encoder (:func:`encode_captions`).
+DGM-VLC fuses one 512-d MedCLIP sentence embedding into a 3D guided-diffusion UNet's middle block (seeds
+spec 3.3); MedCLIP is not on the hub as a model, so ``text_encoder`` names a substitute (the schema's default,
+Bio_ClinicalBERT, the model MedCLIP's text encoder starts from) or ``tiny`` (the tiny SD's random CLIP text
+encoder and word tokenizer, :func:`workflow.diffusion.base_models.word_tokenizer`, offline). The captions are
+the generator's prompt strategies' (``tabular`` for DGM-VLC: "Lung CT scan: Patient age: 68. ...").
+
+**Training** (:func:`train`): epsilon prediction, Ho et al. 2020 eq. 14 (:func:`mask_guided.noise_loss`), on
+random patches of ``patch_size`` (DGM-VLC's 64 x 64 x 32 crops; null: whole images), with the caption replaced
+by the empty caption with probability ``text_dropout`` (classifier-free guidance, Ho and Salimans 2022, sec.
+3.2); AdamW with warm-up and cosine decay, checkpoints and exact resume as :func:`mask_guided.fit`.
+
+**Sampling** (:func:`generate`): DDIM (eta 0, Song et al. 2021 eq. 12) over the whole image or volume. At
+every step the noise prediction of the whole comes from MONAI's ``sliding_window_inference``: windows of the
+training patch size overlapping by ``overlap``, each prediction weighted by a gaussian centred on its window
+and the weights normalised, so there are no seams at window borders; within a window the prediction is
+classifier-free guided, ``uncond + w (cond - uncond)`` (Ho and Salimans 2022 eq. 6). The image of real image
+``id`` starts from noise seeded with ``SeedSequence([seed, sha256(id)])`` (:func:`mask_guided.image_seed`),
+and DDIM with eta 0 is deterministic given that noise: an image depends only on (model, settings, seed, id,
+caption).
+
+**Difference maps** (:func:`difference_map`, :func:`save_difference`): the paper's way of showing what a
+clinical field does (age, smoking): the same mask, seed and noise under two captions that differ in one field
+(:func:`changed_captions`), the signed voxel difference ``after - before``, written as NIfTI with the source
+volume's affine and as a PNG montage of slices.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workflow.common.errors import InputError
+from workflow.common.files import atomic_output
+from workflow.common.interruption import StopRequest
+from workflow.common.manifest import tabular_column
+from workflow.diffusion import mask_guided
+from workflow.diffusion.settings import MaskTextSampleSettings, MaskTextTrainSettings
+from workflow.prompts.settings import TabularSettings
+from workflow.prompts.strategies import tabular_captions
+
+if TYPE_CHECKING:
+    from monai.networks.nets import DiffusionModelUNet
+
+TRAIN_KEY = "diffusion.mask_text.train"
+TINY = "tiny"
+
+
+def text_encoder(name: str, seed: int) -> tuple[Any, torch.nn.Module]:
+    """The tokenizer and frozen text model ``name`` (``diffusion.mask_text.train.text_encoder``): ``tiny``,
+    the tiny SD's CLIP text encoder with random weights seeded by ``seed`` and its word tokenizer, or a hub
+    id.
+
+    Raises:
+        InputError: naming the key when the hub id cannot be loaded (offline, or no such model).
+    """
+    if name == TINY:
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from workflow.diffusion.base_models import TINY_TEXT, word_tokenizer
+
+        tokenizer = word_tokenizer()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = CLIPTextModel(CLIPTextConfig(**({"vocab_size": len(tokenizer)} | TINY_TEXT)))
+        return tokenizer, model.eval()
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer, model = AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name)
+    except OSError as err:
+        raise InputError(
+            f"{TRAIN_KEY}.text_encoder: cannot load '{name}' ({err}); on an offline machine download it "
+            "first (huggingface-cli download) or use 'tiny'"
+        ) from err
+    if hasattr(model, "text_model"):  # a dual encoder (CLIP, SigLIP): its text tower
+        model = model.text_model
+    elif model.config.is_encoder_decoder:  # T5 and the like: the encoder
+        model = model.get_encoder()
+    return tokenizer, model.eval()
+
+
+def encode_captions(
+    captions: Sequence[str],
+    name: str,
+    seed: int,
+    max_tokens: int,
+    device: torch.device | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """The frozen text encoder's last hidden state of each caption (n x tokens x features, on the CPU), run on
+    ``device``, padded and cut to ``max_tokens`` (or the tokenizer's maximum); the empty caption is the
+    unconditional context."""
+    tokenizer, model = text_encoder(name, seed)
+    model.to(device or "cpu")
+    length = min(max_tokens, tokenizer.model_max_length)
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(captions), batch_size):
+            tokens = tokenizer(
+                list(captions[start : start + batch_size]),
+                padding="max_length",
+                max_length=length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            tokens = tokens.to(device or "cpu")
+            hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+            outputs.append(hidden.float().cpu())
+    return torch.cat(outputs)
+
+
+def changed_captions(row: pd.DataFrame, field: str, value: Any, settings: TabularSettings) -> tuple[str, str]:
+    """The tabular captions (DGM-VLC's prompts, :func:`tabular_captions`) of one dataset row as it is and with
+    clinical ``field`` set to ``value`` (e.g. age + 10, smoking yes instead of no)."""
+    column = tabular_column(field) if tabular_column(field) in row else field
+    both = pd.concat([row, row.assign(**{column: [value]})], ignore_index=True)
+    before, after = tabular_captions(both, settings)
+    return before, after
+
+
+def read_volume_pair(
+    image_path: str, mask_path: str, classes: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A CT/MR volume (NIfTI or DICOM, :func:`workflow.data.slicing.load_volume`, canonical orientation)
+    min-max scaled to 8 bits (1 x X x Y x Z; DGM-VLC rescales each volume to 0..255), its label volume
+    (X x Y x Z class ids) and the volume's affine.
+
+    Raises:
+        InputError: naming the label volume when its shape, spacing or orientation (affine) differ from the
+            volume's, or its class ids are outside ``dataset.mask_classes``.
+    """
+    from workflow.data.slicing import load_volume
+
+    volume, affine = load_volume(image_path)
+    labels, label_affine = load_volume(mask_path)
+    if labels.shape != volume.shape:
+        raise InputError(
+            f"{mask_path}: label volume shape {labels.shape} does not match its volume {image_path} "
+            f"({volume.shape})"
+        )
+    if not np.allclose(label_affine, affine, atol=1e-4):
+        raise InputError(
+            f"{mask_path}: spacing or orientation (affine {label_affine.round(4).tolist()}) differs from its "
+            f"volume {image_path} ({affine.round(4).tolist()}); resample the label volume onto the volume"
+        )
+    mask = mask_guided.check_classes(labels.round().astype(np.int64), mask_path, classes)
+    low, high = float(volume.min()), float(volume.max())
+    scaled = np.round((volume - low) / ((high - low) or 1.0) * 255).astype(np.uint8)
+    return torch.from_numpy(scaled)[None], torch.from_numpy(mask.astype(np.uint8)), affine
+
+
+def architecture(settings: MaskTextTrainSettings, spatial_dims: int, text_features: int) -> dict[str, Any]:
+    """What sampling needs to rebuild the network and its text encoder (kept in the model card).
+
+    Raises:
+        InputError: naming the key when no level has attention (cross-attention needs one), or
+            ``patch_size`` has not one side per spatial axis.
+    """
+    if not any(settings.attention_levels):
+        raise InputError(f"{TRAIN_KEY}.attention_levels: at least one level needs attention to see the text")
+    patch = settings.patch_size
+    if patch is not None and len(patch) != spatial_dims:
+        raise InputError(
+            f"{TRAIN_KEY}.patch_size: {list(patch)} has {len(patch)} sides, the images have "
+            f"{spatial_dims} axes"
+        )
+    return mask_guided.architecture_of(settings, TRAIN_KEY) | {
+        "spatial_dims": spatial_dims,
+        "cross_attention_dim": text_features,
+        "patch_size": None if patch is None else list(patch),
+        "text_encoder": settings.text_encoder,
+        "text_seed": settings.seed,
+        "max_tokens": settings.max_tokens,
+    }
+
+
+def patch_of(architecture: dict[str, Any], shape: Sequence[int]) -> tuple[int, ...]:
+    """The patch (window) size: the architecture's, or the whole image's ``shape`` when it has none.
+
+    Raises:
+        InputError: naming the key when the patch is larger than the images.
+    """
+    patch = tuple(architecture["patch_size"] or shape)
+    if any(p > s for p, s in zip(patch, shape, strict=True)):
+        raise InputError(f"{TRAIN_KEY}.patch_size: {list(patch)} is larger than the images ({list(shape)})")
+    return patch
+
+
+def crop(
+    generator: torch.Generator, images: torch.Tensor, masks: torch.Tensor, patch: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ``patch`` of each image (B x 1 x ...) and the same patch of its mask (B x ...), the corner
+    drawn uniformly per image from ``generator``."""
+    shape = masks.shape[1:]
+    corners = [
+        [
+            int(torch.randint(0, s - p + 1, (1,), generator=generator))
+            for s, p in zip(shape, patch, strict=True)
+        ]
+        for _ in range(len(masks))
+    ]
+    window = [tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True)) for corner in corners]
+    return (
+        torch.stack([image[(slice(None), *w)] for image, w in zip(images, window, strict=True)]),
+        torch.stack([mask[w] for mask, w in zip(masks, window, strict=True)]),
+    )
+
+
+def train(
+    pairs: mask_guided.Pairs,
+    contexts: torch.Tensor,
+    null: torch.Tensor,
+    architecture: dict[str, Any],
+    settings: MaskTextTrainSettings,
+    fingerprint: str,
+    folder: str,
+    device: torch.device,
+    stop: StopRequest,
+) -> tuple[DiffusionModelUNet, list[float]]:
+    """Train the network (module docstring) on random patches of ``pairs`` (2D images or 3D volumes) and the
+    text embeddings ``contexts`` of their captions (one per pair; ``null``: the empty caption's) for
+    ``settings.steps`` steps, resuming from the newest checkpoint of ``fingerprint`` in ``folder``. Returns
+    the model and the loss of every step."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    classes = architecture["classes"]
+    patch = patch_of(architecture, pairs.masks.shape[1:])
+    torch.manual_seed(settings.seed)
+    model = mask_guided.network(architecture).to(device)
+    scheduler = DDPMScheduler(num_train_timesteps=settings.timesteps)
+
+    def loss(generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(pairs.masks), (settings.batch_size,), generator=generator)
+        images, masks = crop(generator, *pairs.batch(index), patch)
+        kept = torch.rand(len(index), generator=generator) >= settings.text_dropout
+        context = torch.where(kept[:, None, None], contexts[index], null)
+        condition = mask_guided.one_hot(masks, classes)
+        return mask_guided.noise_loss(model, scheduler, images, condition, context, generator, device)
+
+    return model.eval(), mask_guided.fit(model, settings, loss, fingerprint, folder, stop)
+
+
+def guided(
+    model: torch.nn.Module, contexts: torch.Tensor, null: torch.Tensor, scale: float, timestep: torch.Tensor
+) -> Callable[[torch.Tensor, Sequence[Sequence[slice]]], torch.Tensor]:
+    """The classifier-free guided noise prediction at ``timestep`` of a batch of windows (noisy image and mask
+    channels), each window with the caption embedding of the image it lies in (its coordinates' first slice,
+    as ``sliding_window_inference(with_coord=True)`` gives them; ``contexts``: images x tokens x features):
+    ``uncond + scale (cond - uncond)``, ``null`` the empty caption's embedding; scale 1 is the conditional
+    prediction alone."""
+
+    def predict(windows: torch.Tensor, where: Sequence[Sequence[slice]]) -> torch.Tensor:
+        n = len(windows)
+        context = contexts[[w[0].start for w in where]]
+        if scale == 1:
+            return model(windows, timestep.expand(n), context)
+        both = model(
+            torch.cat([windows, windows]),
+            timestep.expand(2 * n),
+            torch.cat([context, null.expand_as(context)]),
+        )
+        cond, uncond = both.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return predict
+
+
+def denoise(
+    model: torch.nn.Module,
+    condition: torch.Tensor,
+    contexts: torch.Tensor,
+    null: torch.Tensor,
+    noise: torch.Tensor,
+    settings: MaskTextSampleSettings,
+    timesteps: int,
+    patch: Sequence[int],
+) -> torch.Tensor:
+    """DDIM (eta 0) from ``noise`` (B x 1 x ...) to images of the same size given their mask channels
+    ``condition`` (B x classes x ...) and caption embeddings ``contexts`` (B x tokens x features); each step's
+    noise prediction over the whole comes from gaussian-blended overlapping windows of ``patch`` (MONAI
+    ``sliding_window_inference``), guided by :func:`guided`."""
+    from monai.inferers import sliding_window_inference
+    from monai.networks.schedulers import DDIMScheduler
+
+    device = next(model.parameters()).device
+    scheduler = DDIMScheduler(num_train_timesteps=timesteps)
+    scheduler.set_timesteps(settings.steps)
+    image, condition = noise.to(device), condition.to(device)
+    contexts, null = contexts.to(device), null.to(device)
+    with torch.no_grad():
+        for timestep in scheduler.timesteps:
+            prediction = sliding_window_inference(
+                torch.cat([image, condition], dim=1),
+                roi_size=tuple(patch),
+                sw_batch_size=settings.window_batch_size,
+                predictor=guided(model, contexts, null, settings.guidance_scale, timestep.to(device)),
+                overlap=settings.overlap,
+                mode="gaussian",
+                with_coord=True,
+            )
+            image, _ = scheduler.step(torch.as_tensor(prediction), int(timestep), image)
+    return image
+
+
+def starting_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """The noise (1 x 1 x ``shape``) an image starts from, drawn from its own seed."""
+    return torch.randn((1, 1, *shape), generator=torch.Generator().manual_seed(int(seed)))
+
+
+def generate(
+    model: torch.nn.Module,
+    masks: torch.Tensor,
+    contexts: torch.Tensor,
+    null: torch.Tensor,
+    seeds: Sequence[int],
+    settings: MaskTextSampleSettings,
+    architecture: dict[str, Any],
+) -> torch.Tensor:
+    """Images (B x 1 x ... in [-1, 1]) for ``masks`` (B x ..., 2D or 3D, any size at least a patch) and the
+    text embeddings ``contexts`` (B x tokens x features) of their captions, one per seed, denoised together
+    (:func:`denoise`), each from its own seed's noise (:func:`starting_noise`)."""
+    patch = patch_of(architecture, masks.shape[1:])
+    condition = mask_guided.one_hot(masks, architecture["classes"])
+    noise = torch.cat([starting_noise(seed, masks.shape[1:]) for seed in seeds])
+    return denoise(model, condition, contexts, null, noise, settings, architecture["timesteps"], patch).cpu()
+
+
+def difference_map(
+    model: torch.nn.Module,
+    mask: torch.Tensor,
+    before: torch.Tensor,
+    after: torch.Tensor,
+    null: torch.Tensor,
+    seed: int,
+    settings: MaskTextSampleSettings,
+    architecture: dict[str, Any],
+) -> torch.Tensor:
+    """The signed difference (``mask``'s shape, float) between the image generated from ``mask`` with the
+    caption embedding ``after`` and the one with ``before``, from the same seed and noise, each generated
+    alone, so that equal captions give exactly zero (DGM-VLC's difference maps for a changed clinical
+    field)."""
+    images = [
+        generate(model, mask[None], c[None], null, [seed], settings, architecture) for c in (before, after)
+    ]
+    return images[1][0, 0] - images[0][0, 0]
+
+
+def save_difference(
+    difference: np.ndarray, affine: np.ndarray, nifti: str, montage: str, slices: int = 8
+) -> None:
+    """``difference`` (X x Y x Z, or X x Y) as a float32 NIfTI with the source volume's ``affine`` (gzipped
+    when ``nifti`` ends in ``.gz``), and a PNG montage of up to ``slices`` evenly spaced axial slices in a
+    diverging colour map centred on zero."""
+    import nibabel as nib
+    from matplotlib.figure import Figure
+
+    from workflow.common.figures import save_figure
+
+    volume = np.asarray(difference, dtype=np.float32)
+    data = nib.Nifti1Image(volume, np.asarray(affine, dtype=float)).to_bytes()
+    with atomic_output(nifti) as tmp:
+        tmp.write_bytes(gzip.compress(data, mtime=0) if str(nifti).endswith(".gz") else data)
+    stack = volume[..., None] if volume.ndim == 2 else volume
+    chosen = np.unique(np.linspace(0, stack.shape[-1] - 1, min(slices, stack.shape[-1])).round().astype(int))
+    limit = float(np.abs(volume).max()) or 1.0
+    figure = Figure(figsize=(2.2 * len(chosen) + 1, 2.6), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(chosen)))
+    for ax, index in zip(axes, chosen, strict=True):
+        shown = ax.imshow(stack[..., index].T, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower")
+        ax.set(title=f"slice {index}", xticks=[], yticks=[])
+    figure.colorbar(shown, ax=list(axes), label="after - before")
+    save_figure(figure, montage)
