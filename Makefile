@@ -19,7 +19,7 @@ demo: $(BIN)/snakemake
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --report results/report.html
 
 test: $(BIN)/snakemake
-	$(BIN)/pytest -q -n $(CORES) --dist loadscope --no-loadscope-reorder
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n $(CORES) --dist loadscope --no-loadscope-reorder
 
 lint: $(BIN)/snakemake
 	$(BIN)/ruff format --check .

@@ -389,7 +389,7 @@ def cancel_training_and_rerun(
 
 
 TIME_LIMITED_TRAINING_S = 100  # fine-tuning at the demo's speed: well beyond the first job's time limit
-FIRST_LIMIT, LATER_LIMIT = 1, 10  # minutes: Slurm's shortest time limit, then enough to finish
+FIRST_LIMIT, LATER_LIMIT = 1, 30  # minutes: Slurm's shortest time limit, then enough on a busy machine
 
 
 def start_time_limited_training(cluster: LocalSlurm, demo: Path, workdir: Path) -> ProfileRun:

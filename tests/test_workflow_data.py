@@ -47,14 +47,14 @@ def write_config(workdir: Path, **changes: dict) -> dict:
     config["phantom"]["settings"] = dict(SMALL)
     config["preprocess"]["resolution"] = 32
     # the tiny SD at the images' 32 px, its VAE and UNet trained a few steps, a few prompts sampled in a few
-    # steps, one classifier regime, two test images edited in two steps: plumbing, not quality (the demo's
-    # learning: tests/test_tiny_generator.py)
+    # steps, one classifier regime, two test images edited in two steps without the CLIP filter (the PRISM
+    # preset's run has it): plumbing, not quality (the demo's learning: tests/test_tiny_generator.py)
     config["diffusion"]["resolution"] = 32
     config["diffusion"]["tiny_vae"] |= {"steps": 2, "gpus": 0}
     config["diffusion"]["train"] |= {"max_steps": 20, "checkpoint_steps": 10}
     config["diffusion"]["sample"] |= {"max_prompts": 6, "steps": 2}
     config["classifier"]["regimes"] = ["real"]
-    config["editing"] |= {"max_images": 2, "steps": 2}
+    config["editing"] |= {"max_images": 2, "steps": 2, "clip": {"model": None}}
     for section, values in changes.items():
         config[section].update(values)
     workdir.mkdir(parents=True, exist_ok=True)

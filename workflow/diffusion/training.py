@@ -579,13 +579,15 @@ def _train(
     grad_norm = torch.zeros((), device=device)
     micros = range(step * accumulation, steps * accumulation)
     latent_shape = (cache.latent_channels, cache.latent_size, cache.latent_size)
-    images = settings.batch_size * processes
+    global_batch = settings.batch_size * processes
     train_timesteps = noise_scheduler.config.num_train_timesteps
     with stop_on_signal() as stop, bar:
         loader = micro_batches(cache, settings, processes, rank, micros, device)
         for micro, batch in zip(micros, loader, strict=True):
             torch.manual_seed(derive_seed(settings.seed, NOISE, micro, rank))  # LoRA dropout
-            draws = step_draws(settings, micro, images, latent_shape, cache.flips, train_timesteps, device)
+            draws = step_draws(
+                settings, micro, global_batch, latent_shape, cache.flips, train_timesteps, device
+            )
             draws = draws.part(rank, settings.batch_size)
             latents, text = batch_inputs(cache, batch, draws, settings, device)
             with accelerator.accumulate(unet), accelerator.autocast():
@@ -627,10 +629,10 @@ def _train(
                 trackers.finish()
                 stop.stop(step, saved)
             if validator is not None and settings.validation_steps and step % settings.validation_steps == 0:
-                images = validator.grid(
+                grid = validator.grid(
                     accelerator.unwrap_model(unet), ema, Path(paths["validation"]) / f"step-{step:08d}.png"
                 )
-                trackers.log_images("validation", images, step)
+                trackers.log_images("validation", grid, step)
     seconds = time.perf_counter() - started
 
     if main:
