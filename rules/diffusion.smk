@@ -6,7 +6,7 @@
 # with model_from samples that generator's model (from edited masks: remove_classes) and trains none. Kind
 # mask-text (DGM-VLC: masks and captions of its prompt variant, 2D) has train_mask_text and sharded
 # sample_mask_text, collected by collect_mask_guided too.
-# Functions: workflow/diffusion/stage.py (one per rule); settings: workflow/diffusion/settings.py.
+# Functions: workflow/diffusion/stage.py (one per rule; the pixel generators' in pixel_stage.py); settings: workflow/diffusion/settings.py.
 import re
 import shlex
 

@@ -49,6 +49,8 @@ import pandas as pd
 
 from workflow.common import manifest
 from workflow.common.errors import InputError
+from workflow.common.files import read_parquet_meta, write_parquet
+from workflow.common.provenance import provenance
 from workflow.common.seeding import derive_seed, text_key
 from workflow.diffusion.latent_cache import training_rows
 from workflow.diffusion.settings import SampleSettings
@@ -275,3 +277,14 @@ def image_path(images_dir: str, prompt_id: Any, index: int) -> str:
     """Where image ``index`` of ``prompt_id`` is written (the id made safe as a folder name)."""
     folder = re.sub(r"[^\w.-]", "_", str(prompt_id))
     return str(Path(images_dir) / folder / f"{index}.png")
+
+
+def write_collected(parts: Sequence[str], result: pd.DataFrame, samples: str) -> None:
+    """The merged shard tables ``result`` as the generator's manifest ``samples``, validated, with the
+    provenance of its shards (the weights as the first shard names them)."""
+    manifest.validate(result, samples)
+    weights = read_parquet_meta(parts[0]).get("weights", "unknown")
+    meta = provenance(
+        {"shards": len(parts)}, inputs={f"shard{i}": p for i, p in enumerate(parts)}, weights=weights
+    )
+    write_parquet(samples, result, meta | {"images": len(result)})

@@ -1,0 +1,402 @@
+"""The rules of the pixel-diffusion generators, file to file (re-exported by :mod:`workflow.diffusion.stage`,
+whose functions the scripts call): segmentation-guided diffusion (kind ``mask-guided``,
+:mod:`workflow.diffusion.mask_guided`) and DGM-VLC (kind ``mask-text``, :mod:`workflow.diffusion.mask_text`).
+
+Files written (atomically, with provenance), per generator:
+
+- ``results/models/<generator>/``: ``model/`` (MONAI UNet weights and the card with its architecture),
+  ``train_report.json`` and ``loss.png`` (:func:`train_mask_guided`, :func:`train_mask_text`);
+- ``results/samples/<generator>/``: the images sampled once per real mask of a split, ``shards/<k>.parquet``
+  and ``images/masks<k>/`` (:func:`sample_mask_guided`, :func:`sample_mask_text`: with its caption), and
+  ``manifest.parquet`` (:func:`collect_mask_guided`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from workflow.common import manifest
+from workflow.common.errors import InputError
+from workflow.common.files import atomic_output, write_parquet
+from workflow.common.model_card import read_card, write_card
+from workflow.common.provenance import config_hash, provenance
+from workflow.diffusion import sampling
+from workflow.diffusion.settings import (
+    MaskGuidedSampleSettings,
+    MaskGuidedTrainSettings,
+    MaskTextSampleSettings,
+    MaskTextTrainSettings,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+MASK_COLUMNS = ["source_image_id", "dropped_classes"]
+"""Columns of a mask-guided generator's samples beyond the SD ones: the real image whose mask conditioned
+each image, and the classes its conditioning left out."""
+
+
+def masked_rows(dataset: str, split: str) -> pd.DataFrame:
+    """The rows of ``split`` in the preprocessed ``dataset`` that have a mask (column ``mask``).
+
+    Raises:
+        InputError: when there are none.
+    """
+    rows = pd.read_parquet(dataset)
+    rows = rows[(rows["split"] == split) & rows["mask"].notna()].reset_index(drop=True)
+    if rows.empty:
+        raise InputError(
+            f"{dataset}: split '{split}' has no images with masks; a mask-guided generator needs the "
+            "dataset's segmentation masks (manifest column mask_path, classes in dataset.mask_classes)"
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A pixel-diffusion network trained by :func:`train_mask_guided` or :func:`train_mask_text`: the network,
+    its architecture (for the card), the loss of every step, this attempt's seconds, the training images and
+    the weights' description."""
+
+    network: Any
+    architecture: dict[str, Any]
+    losses: list[float]
+    seconds: float
+    images: int
+    weights: str
+
+
+def write_trained(trained: Trained, meta: dict[str, Any], paths: dict[str, str], title: str) -> None:
+    """The trained network as the folder ``paths["model"]`` (weights and card with its architecture), the
+    training report ``paths["report"]`` and the loss curve ``paths["loss"]``."""
+    from workflow.common.figures import loss_curve
+    from workflow.common.files import write_json
+    from workflow.diffusion import mask_guided
+
+    losses = trained.losses
+    with atomic_output(paths["model"]) as tmp:
+        tmp.mkdir()
+        mask_guided.save_model(trained.network, tmp)
+        card = {"weights": trained.weights, "architecture": trained.architecture, "provenance": meta}
+        write_card(tmp, card)
+    write_json(
+        paths["report"],
+        {
+            "images": trained.images,
+            "steps": len(losses),
+            "loss_first_10": sum(losses[:10]) / len(losses[:10]),
+            "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+            "seconds_this_attempt": round(trained.seconds, 1),
+            "provenance": meta | {"weights": trained.weights},
+        },
+    )
+    loss_curve(losses, paths["loss"], f"{title}: training loss")
+
+
+def train_mask_guided(
+    dataset: str,
+    settings: MaskGuidedTrainSettings,
+    gpus: int,
+    model: str,
+    report: str,
+    loss: str,
+    checkpoints: str,
+) -> None:
+    """Train segmentation-guided diffusion on the training split's images and masks, resuming from the newest
+    checkpoint in ``checkpoints`` (:func:`workflow.diffusion.mask_guided.train`); a SIGTERM saves one and
+    stops (:mod:`workflow.common.interruption`).
+
+    Args:
+        gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
+    """
+    import time
+
+    from workflow.common.devices import pick_device
+    from workflow.common.interruption import attempt_log, stop_on_signal
+    from workflow.diffusion import mask_guided
+
+    with attempt_log(checkpoints):
+        rows = masked_rows(dataset, "train")
+        architecture = mask_guided.architecture_of(settings)
+        pairs = mask_guided.read_pairs(
+            rows["image"].tolist(), rows["mask"].tolist(), architecture["classes"], settings.resolution
+        )
+        meta = provenance(settings, seeds={"train": settings.seed}, inputs={"dataset": dataset})
+        fingerprint = config_hash({"config": meta["config_hash"], "inputs": meta["inputs"]})
+        started = time.perf_counter()
+        with stop_on_signal() as stop:
+            network, losses = mask_guided.train(
+                pairs, settings, fingerprint, checkpoints, pick_device(gpus), stop
+            )
+        weights = (
+            f"segmentation-guided diffusion (Konz et al. 2024) trained from random init on {len(rows)} "
+            f"images and masks ({settings.steps} steps at {settings.resolution} px)"
+        )
+        trained = Trained(network, architecture, losses, time.perf_counter() - started, len(rows), weights)
+        write_trained(
+            trained, meta, {"model": model, "report": report, "loss": loss}, "mask-guided diffusion"
+        )
+
+
+def mask_batches(
+    rows: pd.DataFrame, architecture: dict[str, Any], batch_size: int
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The masks of ``rows`` (columns ``image``, ``mask``) in chunks of ``batch_size``, read and resized as
+    the model of ``architecture`` was trained (:func:`workflow.diffusion.mask_guided.read_pairs`: class ids
+    checked), each with the slice of ``rows`` it holds."""
+    from workflow.diffusion import mask_guided
+
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        _, masks = mask_guided.read_pairs(
+            rows["image"][part].tolist(),
+            rows["mask"][part].tolist(),
+            architecture["classes"],
+            architecture["resolution"],
+        ).batch(slice(None))
+        yield part, masks
+
+
+def sample_mask_guided(
+    dataset: str,
+    model: str,
+    settings: MaskGuidedSampleSettings,
+    gpus: int,
+    shard: int,
+    images: str,
+    table: str,
+) -> None:
+    """Shard ``shard`` of the images generated once per real mask of ``settings.split`` (a contiguous part of
+    its rows, ``settings.shards`` parts), seeded per image (:func:`workflow.diffusion.mask_guided.generate`),
+    as a table in the manifest schema: each row carries the labels and demographics of the real image whose
+    mask conditioned it, that mask as ``mask_path``, the real image's id as ``source_image_id`` and the
+    classes its conditioning left out (sampling ablation, ``remove_classes``) as ``dropped_classes`` (names
+    joined by ``;``); ``image_id`` is ``synthetic/<real image id>``, ``patient_id`` the real patient (the
+    classifier regimes never train on samples of a val or test patient's mask)."""
+    import numpy as np
+    import torch
+
+    from workflow.common.devices import pick_device
+    from workflow.diffusion import mask_guided
+
+    if not 0 <= shard < settings.shards:
+        raise InputError(
+            f"shard {shard} is outside 0..{settings.shards - 1} (diffusion.mask_guided.sample.shards)"
+        )
+    card = read_card(model)
+    architecture = card["architecture"]
+    if architecture["classes"] != len(settings.mask_classes):
+        raise InputError(
+            f"{model}: trained on {architecture['classes']} mask classes, dataset.mask_classes has "
+            f"{len(settings.mask_classes)}; retrain the generator"
+        )
+    rows = masked_rows(dataset, settings.split)
+    numbers = np.array_split(np.arange(len(rows)), settings.shards)[shard]
+    rows = rows.iloc[numbers].reset_index(drop=True)
+    network = mask_guided.load_model(model, architecture, pick_device(gpus))
+    seeds = [mask_guided.image_seed(settings.seed, str(i)) for i in rows["image_id"]]
+    paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
+    with atomic_output(images) as tmp:
+        Path(tmp).mkdir(parents=True)
+        for part, masks in mask_batches(rows, architecture, settings.batch_size):
+            with torch.no_grad():
+                out = mask_guided.generate(network, masks, seeds[part], settings, architecture["timesteps"])
+            for index, image in enumerate(out, part.start):
+                mask_guided.to_png(image).save(Path(tmp) / Path(paths[index]).name)
+    _, dropped = mask_guided.draws(seeds, (1, 1), settings)
+    names = [
+        ";".join(name for name, hit in zip(settings.mask_classes, row, strict=True) if hit)
+        for row in dropped.tolist()
+    ]
+    missing = pd.Series(pd.NA, index=rows.index, dtype="string")
+    result = mask_sample_table(rows, paths, seeds, names, missing, missing)
+    manifest.validate(result, table)
+    meta = provenance(
+        settings, seeds={"sample": settings.seed}, inputs={"dataset": dataset}, weights=card["weights"]
+    )
+    write_parquet(table, result, meta | {"shard": shard, "images": len(result)})
+
+
+def mask_sample_table(
+    rows: pd.DataFrame,
+    paths: Sequence[str],
+    seeds: Sequence[int],
+    dropped: Sequence[str],
+    prompts: pd.Series,
+    prompt_ids: pd.Series,
+) -> pd.DataFrame:
+    """The samples generated from the masks of the real ``rows`` (one each: its PNG path and seed, the classes
+    its conditioning left out and its caption, or NA) in the manifest schema, with :data:`MASK_COLUMNS`: each
+    carries the labels and demographics of the real image whose mask conditioned it, that mask as
+    ``mask_path`` and the real image's id as ``source_image_id``; ``image_id`` is ``synthetic/<real id>``,
+    ``patient_id`` the real patient (the classifier regimes never train on samples of a val or test patient's
+    mask)."""
+    frame = rows.assign(
+        image_id=[f"synthetic/{i}" for i in rows["image_id"]],
+        path=list(paths),
+        image=list(paths),
+        mask_path=rows["mask"],
+        seed=list(seeds),
+        split="train",
+        prompt=prompts.astype("string").set_axis(rows.index),
+        prompt_id=prompt_ids.astype("string").set_axis(rows.index),
+        source_images=1,
+        source_image_id=rows["image_id"],
+        dropped_classes=list(dropped),
+    )
+    frame["patient_id"] = rows["patient_id"].astype(str)  # the leak guard of the classifier regimes
+    return pd.concat(
+        [
+            manifest.normalise(frame, manifest.label_names(frame)),
+            frame[[*sampling.EXTRA_COLUMNS, *MASK_COLUMNS]],
+        ],
+        axis=1,
+    )
+
+
+def collect_mask_guided(parts: Sequence[str], samples: str) -> None:
+    """Merge a mask-guided or mask-text generator's shard tables (:func:`sample_mask_guided`,
+    :func:`sample_mask_text`), in shard order, into its synthetic dataset."""
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    sampling.write_collected(parts, frame, samples)
+
+
+def captioned_masks(dataset: str, prompts: str, split: str) -> pd.DataFrame:
+    """The rows of ``split`` with a mask (:func:`masked_rows`) and a selected caption in the generator's
+    prompts table ``prompts`` (columns ``prompt``, ``prompt_id``), in the dataset's order.
+
+    Raises:
+        InputError: naming the prompts table when none of them has a caption.
+    """
+    rows = masked_rows(dataset, split).drop(columns=["prompt", "prompt_id"], errors="ignore")
+    table = pd.read_parquet(prompts, columns=["image_id", "prompt", "prompt_id", "selected"])
+    table = table[table["selected"].fillna(False) & table["prompt"].notna()].drop(columns="selected")
+    found = rows.merge(table, on="image_id", how="inner", validate="one_to_one")
+    if found.empty:
+        raise InputError(
+            f"{prompts}: no image of split '{split}' with a mask in {dataset} has a caption; a mask-text "
+            "generator conditions on both (its strategies' prompts, e.g. tabular)"
+        )
+    return found
+
+
+def train_mask_text(
+    dataset: str,
+    prompts: str,
+    settings: MaskTextTrainSettings,
+    gpus: int,
+    model: str,
+    report: str,
+    loss: str,
+    checkpoints: str,
+) -> None:
+    """Train DGM-VLC's mask- and text-conditioned diffusion (:func:`workflow.diffusion.mask_text.train`) on
+    the training split's 2D images, masks and their captions in ``prompts`` (the generator's prompt variant),
+    resuming from the newest checkpoint in ``checkpoints``; a SIGTERM saves one and stops.
+
+    Args:
+        gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
+    """
+    import time
+
+    from workflow.common.devices import pick_device
+    from workflow.common.interruption import attempt_log, stop_on_signal
+    from workflow.diffusion import mask_guided, mask_text
+
+    with attempt_log(checkpoints):
+        rows = captioned_masks(dataset, prompts, "train")
+        classes = len(settings.mask_classes)
+        pairs = mask_guided.read_pairs(
+            rows["image"].tolist(), rows["mask"].tolist(), classes, settings.resolution
+        )
+        device = pick_device(gpus)
+        texts = mask_text.encode_captions(
+            [*rows["prompt"], ""], settings.text_encoder, settings.seed, settings.max_tokens, device
+        )
+        architecture = mask_text.architecture(settings, 2, texts.shape[-1])
+        meta = provenance(
+            settings, seeds={"train": settings.seed}, inputs={"dataset": dataset, "prompts": prompts}
+        )
+        fingerprint = config_hash({"config": meta["config_hash"], "inputs": meta["inputs"]})
+        started = time.perf_counter()
+        with stop_on_signal() as stop:
+            network, losses = mask_text.train(
+                pairs, texts[:-1], texts[-1], architecture, settings, fingerprint, checkpoints,
+                device, stop,
+            )  # fmt: skip
+        weights = (
+            f"mask- and text-conditioned diffusion (DGM-VLC) trained from random init on {len(rows)} images, "
+            f"masks and captions ({settings.steps} steps at {settings.resolution} px; frozen text encoder "
+            f"{settings.text_encoder})"
+        )
+        trained = Trained(network, architecture, losses, time.perf_counter() - started, len(rows), weights)
+        write_trained(trained, meta, {"model": model, "report": report, "loss": loss}, "mask-text diffusion")
+
+
+def sample_mask_text(
+    dataset: str,
+    prompts: str,
+    model: str,
+    settings: MaskTextSampleSettings,
+    gpus: int,
+    shard: int,
+    images: str,
+    table: str,
+) -> None:
+    """Shard ``shard`` of the images generated once per real mask of ``settings.split`` with its own caption
+    (a contiguous part of its captioned rows, ``settings.shards`` parts), seeded per image
+    (:func:`workflow.diffusion.mask_text.generate`), as a table in the manifest schema
+    (:func:`mask_sample_table`; ``prompt`` is the caption)."""
+    import numpy as np
+
+    from workflow.common.devices import pick_device
+    from workflow.diffusion import mask_guided, mask_text
+
+    if not 0 <= shard < settings.shards:
+        raise InputError(
+            f"shard {shard} is outside 0..{settings.shards - 1} (diffusion.mask_text.sample.shards)"
+        )
+    card = read_card(model)
+    architecture = card["architecture"]
+    if architecture["classes"] != len(settings.mask_classes):
+        raise InputError(
+            f"{model}: trained on {architecture['classes']} mask classes, dataset.mask_classes has "
+            f"{len(settings.mask_classes)}; retrain the generator"
+        )
+    rows = captioned_masks(dataset, prompts, settings.split)
+    numbers = np.array_split(np.arange(len(rows)), settings.shards)[shard]
+    rows = rows.iloc[numbers].reset_index(drop=True)
+    device = pick_device(gpus)
+    network = mask_guided.load_model(model, architecture, device)
+    texts = mask_text.encode_captions(
+        [*rows["prompt"], ""],
+        architecture["text_encoder"],
+        architecture["text_seed"],
+        architecture["max_tokens"],
+        device,
+    )
+    contexts, null = texts[:-1], texts[-1]
+    seeds = [mask_guided.image_seed(settings.seed, str(i)) for i in rows["image_id"]]
+    paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
+    with atomic_output(images) as tmp:
+        Path(tmp).mkdir(parents=True)
+        for part, masks in mask_batches(rows, architecture, settings.batch_size):
+            out = mask_text.generate(
+                network, masks, contexts[part], null, seeds[part], settings, architecture
+            )
+            for index, image in enumerate(out, part.start):
+                mask_guided.to_png(image).save(Path(tmp) / Path(paths[index]).name)
+    result = mask_sample_table(rows, paths, seeds, [""] * len(rows), rows["prompt"], rows["prompt_id"])
+    manifest.validate(result, table)
+    meta = provenance(
+        settings,
+        seeds={"sample": settings.seed},
+        inputs={"dataset": dataset, "prompts": prompts},
+        weights=card["weights"],
+    )
+    write_parquet(table, result, meta | {"shard": shard, "images": len(result)})
