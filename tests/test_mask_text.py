@@ -209,8 +209,9 @@ def test_bad_label_volumes_are_refused_naming_the_file(tmp_path):
     good = np.zeros((6, 6, 4))
     good[2:4] = 2
     image, mask = volume_files(tmp_path, good)
-    volume, labels, affine = mask_text.read_volume_pair(image, mask, len(CLASSES))
+    volume, labels, affine = mask_text.read_volume_pair(image, mask, len(CLASSES), (0.0, 143.0))
     assert volume.shape == (1, 6, 6, 4) and labels.max() == 2 and affine[2, 2] == 2.0
+    assert volume.min() == 0 and volume.max() == 255  # voxels 0..143 through the window 0..143
     for bad, label_affine, reason in [
         (good + 3 * (good > 0), None, "not in dataset.mask_classes"),
         (np.zeros((6, 6, 5)), None, "does not match"),
@@ -218,7 +219,7 @@ def test_bad_label_volumes_are_refused_naming_the_file(tmp_path):
     ]:
         image, mask = volume_files(tmp_path, bad, label_affine)
         with pytest.raises(InputError, match=reason) as error:
-            mask_text.read_volume_pair(image, mask, len(CLASSES))
+            mask_text.read_volume_pair(image, mask, len(CLASSES), (0.0, 143.0))
         assert mask in str(error.value)
 
 

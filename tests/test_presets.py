@@ -20,7 +20,8 @@ from workflow.diffusion.generators import generator_names, names_of_kind, traine
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "resources" / "presets").glob("*.yaml"))
-PHANTOMS = {"n_patients": 40, "image_size": 48, "seed": 11}
+PHANTOMS = {"n_patients": 40, "image_size": 48, "seed": 11, "volumes": 12}
+PHANTOM_VOLUME_LABELS = ["Pleural Effusion", "Consolidation"]
 # What makes a preset run in a minute on two CPU cores: tiny stand-ins for the hub models, 32 px, a few steps,
 # no GPU. Everything else (prompt strategies, method, regimes, samplers, label policies...) is the preset's.
 TINY: dict[str, Any] = {
@@ -66,6 +67,24 @@ TINY: dict[str, Any] = {
                 "attention_levels": [False, False],
                 "num_res_blocks": 1,
                 "norm_num_groups": 8,
+                "checkpoint_steps": 2,
+            },
+            "sample": {"gpus": 0, "steps": 1, "shards": 2},
+        },
+        "mask_text": {  # 3D (DGM-VLC's preset): the 32-voxel phantom volumes resampled to 16, 8-voxel patches
+            "train": {
+                "gpus": 0,
+                "volume_shape": [16, 16, 16],
+                "patch_size": [8, 8, 8],
+                "batch_size": 2,
+                "steps": 2,
+                "warmup_steps": 1,
+                "timesteps": 50,
+                "channels": [8, 8],
+                "attention_levels": [False, True],
+                "norm_num_groups": 8,
+                "text_encoder": "tiny",
+                "max_tokens": 16,
                 "checkpoint_steps": 2,
             },
             "sample": {"gpus": 0, "steps": 1, "shards": 2},
@@ -129,6 +148,9 @@ def preset_study(preset: Path, workdir: Path, data: Path, *, tiny: bool) -> dict
     paths = LAYOUTS[adapter](data, PHANTOMS)
     section = config["dataset"][adapter]
     section |= {key: path for key, path in paths.items() if key in section}  # the files the preset reads
+    if adapter == "volumes":  # the CT phantoms' findings stand for the study's own labels
+        section.pop("label_columns", None)
+        config["dataset"]["labels"] = PHANTOM_VOLUME_LABELS
     training = config.get("classifier", {}).get("training", {})
     if training.get("weights") not in (None, "random", "imagenet"):  # the user's checkpoint file
         stand_in = data / Path(training["weights"]).name

@@ -34,12 +34,14 @@ volume's affine and as a PNG montage of slices.
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from workflow.common.errors import InputError
 from workflow.common.files import atomic_output
@@ -131,11 +133,20 @@ def changed_captions(row: pd.DataFrame, field: str, value: Any, settings: Tabula
 
 
 def read_volume_pair(
-    image_path: str, mask_path: str, classes: int
+    image_path: str,
+    mask_path: str,
+    classes: int,
+    window: tuple[float, float],
+    shape: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """A CT/MR volume (NIfTI or DICOM, :func:`workflow.data.slicing.load_volume`, canonical orientation)
-    min-max scaled to 8 bits (1 x X x Y x Z; DGM-VLC rescales each volume to 0..255), its label volume
-    (X x Y x Z class ids) and the volume's affine.
+    """A CT/MR volume (NIfTI or DICOM, :func:`workflow.data.slicing.load_volume`, canonical orientation) in
+    8 bits through the dataset's intensity ``window`` (low, high: the volumes adapter's ``window_low`` and
+    ``window_high``, as :func:`workflow.data.slicing.render_slice` renders its slices; DGM-VLC min-max
+    scales each volume instead), its label volume (X x Y x Z class ids) and the volume's
+    affine. With ``shape`` both are resampled onto that grid (:func:`resample`) and the affine follows.
+
+    Returns:
+        The volume (1 x X x Y x Z, uint8), the labels (X x Y x Z, uint8) and the 4 x 4 affine.
 
     Raises:
         InputError: naming the label volume when its shape, spacing or orientation (affine) differ from the
@@ -156,9 +167,33 @@ def read_volume_pair(
             f"volume {image_path} ({affine.round(4).tolist()}); resample the label volume onto the volume"
         )
     mask = mask_guided.check_classes(labels.round().astype(np.int64), mask_path, classes)
-    low, high = float(volume.min()), float(volume.max())
-    scaled = np.round((volume - low) / ((high - low) or 1.0) * 255).astype(np.uint8)
-    return torch.from_numpy(scaled)[None], torch.from_numpy(mask.astype(np.uint8)), affine
+    low, high = window
+    scaled = np.rint(np.clip((volume.astype(np.float64) - low) * 255.0 / (high - low), 0.0, 255.0))
+    image, mask = torch.from_numpy(scaled.astype(np.uint8))[None], torch.from_numpy(mask.astype(np.uint8))
+    if shape is None or tuple(shape) == volume.shape:
+        return image, mask, affine
+    return *resample(image, mask, shape), resampled_affine(affine, volume.shape, shape)
+
+
+def resample(
+    image: torch.Tensor, mask: torch.Tensor, shape: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A volume (1 x X x Y x Z, uint8) trilinearly and its labels (X x Y x Z) by nearest neighbour onto a grid
+    of ``shape`` covering the same extent (voxel centres as ``align_corners=False``)."""
+    size = tuple(int(s) for s in shape)
+    volume = torch.nn.functional.interpolate(image[None].float(), size=size, mode="trilinear")
+    labels = torch.nn.functional.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")
+    return volume[0].round().clamp(0, 255).to(torch.uint8), labels[0, 0].to(torch.uint8)
+
+
+def resampled_affine(affine: np.ndarray, shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+    """The affine of a volume of ``shape`` resampled onto ``new_shape`` voxels over the same extent: voxel
+    ``j`` of the new grid lies at old voxel ``(j + 0.5) s - 0.5``, ``s = old / new`` per axis."""
+    scale = np.asarray(shape, dtype=float) / np.asarray(new_shape, dtype=float)
+    to_old = np.eye(4)
+    to_old[:3, :3] = np.diag(scale)
+    to_old[:3, 3] = (scale - 1) / 2
+    return np.asarray(affine, dtype=float) @ to_old
 
 
 def architecture(settings: MaskTextTrainSettings, spatial_dims: int, text_features: int) -> dict[str, Any]:
@@ -180,6 +215,7 @@ def architecture(settings: MaskTextTrainSettings, spatial_dims: int, text_featur
         "spatial_dims": spatial_dims,
         "cross_attention_dim": text_features,
         "patch_size": None if patch is None else list(patch),
+        "volume_shape": None if settings.volume_shape is None else list(settings.volume_shape),
         "text_encoder": settings.text_encoder,
         "text_seed": settings.seed,
         "max_tokens": settings.max_tokens,
@@ -335,6 +371,36 @@ def generate(
     condition = mask_guided.one_hot(masks, architecture["classes"])
     noise = torch.cat([starting_noise(seed, masks.shape[1:]) for seed in seeds])
     return denoise(model, condition, contexts, null, noise, settings, architecture["timesteps"], patch).cpu()
+
+
+def save_volume(volume: np.ndarray, window: tuple[float, float], affine: np.ndarray, path: str) -> None:
+    """A generated volume (X x Y x Z in [-1, 1]) back in the units of its real volume through the intensity
+    ``window`` it was trained in (low, high: -1 -> low, 1 -> high), as float32 gzipped NIfTI with the real
+    volume's (or its resampled grid's) ``affine``."""
+    import nibabel as nib
+
+    low, high = window
+    units = low + (np.clip(volume, -1.0, 1.0) + 1.0) / 2.0 * (high - low)
+    data = nib.Nifti1Image(units.astype(np.float32), np.asarray(affine, dtype=float)).to_bytes()
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(gzip.compress(data, mtime=0))
+
+
+def slice_image(volume: np.ndarray, row: Any, resolution: int, fit: str) -> Image.Image:
+    """The slice of a generated volume (X x Y x Z in [-1, 1]) at real slice ``row``'s place (its
+    ``slice_index`` along ``slice_axis`` of a volume of ``volume_shape``, mapped onto the generated grid when
+    that was resampled), made as the real slice's PNG was: 8 bits, upright
+    (:func:`workflow.data.slicing.render_slice`), the real slice's size, then ``resolution`` and ``fit`` as
+    ``preprocess`` does (:func:`workflow.data.preprocess.resize_to_square`)."""
+    from workflow.data.preprocess import resize_to_square
+    from workflow.data.slicing import render_slice
+
+    axis, real = int(row.slice_axis), json.loads(row.volume_shape)
+    index = int(np.clip(round((int(row.slice_index) + 0.5) * volume.shape[axis] / real[axis] - 0.5), 0, None))
+    plane = Image.fromarray(render_slice(volume, min(index, volume.shape[axis] - 1), axis, -1.0, 1.0))
+    size = [side for number, side in enumerate(real) if number != axis]
+    upright = plane.resize((size[0], size[1]), Image.Resampling.BILINEAR)
+    return resize_to_square(upright, resolution, fit, Image.Resampling.LANCZOS)
 
 
 def difference_map(

@@ -36,6 +36,8 @@ from workflow.diffusion.settings import (
 if TYPE_CHECKING:
     import torch
 
+    from workflow.diffusion import mask_guided
+
 MASK_COLUMNS = ["source_image_id", "dropped_classes"]
 """Columns of a mask-guided generator's samples beyond the SD ones: the real image whose mask conditioned
 each image, and the classes its conditioning left out."""
@@ -178,26 +180,16 @@ def sample_mask_guided(
     classes its conditioning left out (sampling ablation, ``remove_classes``) as ``dropped_classes`` (names
     joined by ``;``); ``image_id`` is ``synthetic/<real image id>``, ``patient_id`` the real patient (the
     classifier regimes never train on samples of a val or test patient's mask)."""
-    import numpy as np
     import torch
 
     from workflow.common.devices import pick_device
     from workflow.diffusion import mask_guided
 
-    if not 0 <= shard < settings.shards:
-        raise InputError(
-            f"shard {shard} is outside 0..{settings.shards - 1} (diffusion.mask_guided.sample.shards)"
-        )
-    card = read_card(model)
+    card = checked_card(model, settings.mask_classes)
     architecture = card["architecture"]
-    if architecture["classes"] != len(settings.mask_classes):
-        raise InputError(
-            f"{model}: trained on {architecture['classes']} mask classes, dataset.mask_classes has "
-            f"{len(settings.mask_classes)}; retrain the generator"
-        )
-    rows = masked_rows(dataset, settings.split)
-    numbers = np.array_split(np.arange(len(rows)), settings.shards)[shard]
-    rows = rows.iloc[numbers].reset_index(drop=True)
+    rows, numbers = shard_rows(
+        masked_rows(dataset, settings.split), shard, settings.shards, "diffusion.mask_guided.sample.shards"
+    )
     network = mask_guided.load_model(model, architecture, pick_device(gpus))
     seeds = [mask_guided.image_seed(settings.seed, str(i)) for i in rows["image_id"]]
     paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
@@ -285,6 +277,54 @@ def captioned_masks(dataset: str, prompts: str, split: str) -> pd.DataFrame:
     return found
 
 
+def captioned_volumes(dataset: str, prompts: str, split: str) -> pd.DataFrame:
+    """One row per volume of ``split`` (volumes adapter: column ``volume_id``) with a label volume and a
+    captioned slice (:func:`captioned_masks`), in the dataset's order: its first captioned slice's row, whose
+    ``path`` is the volume, ``mask_path`` the label volume, ``window_low``/``window_high`` its intensity
+    window and ``prompt`` the caption (a volume's tabular fields, and so its tabular caption, are the same on
+    every slice).
+
+    Raises:
+        InputError: naming the dataset when it has no volumes (spatial_dims 3 needs the volumes adapter).
+    """
+    rows = captioned_masks(dataset, prompts, split)
+    if "volume_id" not in rows or rows["volume_id"].isna().any() or rows["mask_path"].isna().any():
+        raise InputError(
+            f"{dataset}: diffusion.mask_text.train.spatial_dims 3 needs volumes and label volumes "
+            "(dataset.adapter volumes with a label_volume column); use spatial_dims 2 for 2D images"
+        )
+    return rows.drop_duplicates("volume_id").reset_index(drop=True)
+
+
+def read_volumes(
+    volumes: pd.DataFrame, classes: int, shape: Sequence[int] | None
+) -> tuple[mask_guided.Pairs, list[Any]]:
+    """The volumes and label volumes of ``volumes`` (rows of :func:`captioned_volumes`) in memory, windowed
+    and resampled to ``shape`` (:func:`workflow.diffusion.mask_text.read_volume_pair`), and their affines.
+
+    Raises:
+        InputError: naming ``diffusion.mask_text.train.volume_shape`` when the volumes' grids differ and no
+            shape is set.
+    """
+    import torch
+
+    from workflow.diffusion import mask_text
+    from workflow.diffusion.mask_guided import Pairs
+
+    read = [
+        mask_text.read_volume_pair(row.path, row.mask_path, classes, (row.window_low, row.window_high), shape)
+        for row in volumes.itertuples()
+    ]
+    shapes = {tuple(mask.shape) for _, mask, _ in read}
+    if len(shapes) > 1:
+        raise InputError(
+            f"the volumes have different grids {sorted(shapes)}; set diffusion.mask_text.train.volume_shape "
+            "to resample them onto one"
+        )
+    images, masks, affines = zip(*read, strict=True)
+    return Pairs(torch.stack(images), torch.stack(masks)), list(affines)
+
+
 def train_mask_text(
     dataset: str,
     prompts: str,
@@ -296,8 +336,9 @@ def train_mask_text(
     checkpoints: str,
 ) -> None:
     """Train DGM-VLC's mask- and text-conditioned diffusion (:func:`workflow.diffusion.mask_text.train`) on
-    the training split's 2D images, masks and their captions in ``prompts`` (the generator's prompt variant),
-    resuming from the newest checkpoint in ``checkpoints``; a SIGTERM saves one and stops.
+    the training split's captions in ``prompts`` (the generator's prompt variant) and its 2D images and masks
+    or, with ``spatial_dims`` 3, its volumes and label volumes (:func:`captioned_volumes`), resuming from the
+    newest checkpoint in ``checkpoints``; a SIGTERM saves one and stops.
 
     Args:
         gpus: GPUs of the job (``resources.gpu``); 0 trains on the CPU.
@@ -309,16 +350,22 @@ def train_mask_text(
     from workflow.diffusion import mask_guided, mask_text
 
     with attempt_log(checkpoints):
-        rows = captioned_masks(dataset, prompts, "train")
         classes = len(settings.mask_classes)
-        pairs = mask_guided.read_pairs(
-            rows["image"].tolist(), rows["mask"].tolist(), classes, settings.resolution
-        )
+        if settings.spatial_dims == 3:
+            rows = captioned_volumes(dataset, prompts, "train")
+            pairs, _ = read_volumes(rows, classes, settings.volume_shape)
+            size = "x".join(map(str, pairs.masks.shape[1:])) + " voxels"
+        else:
+            rows = captioned_masks(dataset, prompts, "train")
+            pairs = mask_guided.read_pairs(
+                rows["image"].tolist(), rows["mask"].tolist(), classes, settings.resolution
+            )
+            size = f"{settings.resolution} px"
         device = pick_device(gpus)
         texts = mask_text.encode_captions(
             [*rows["prompt"], ""], settings.text_encoder, settings.seed, settings.max_tokens, device
         )
-        architecture = mask_text.architecture(settings, 2, texts.shape[-1])
+        architecture = mask_text.architecture(settings, settings.spatial_dims, texts.shape[-1])
         meta = provenance(
             settings, seeds={"train": settings.seed}, inputs={"dataset": dataset, "prompts": prompts}
         )
@@ -329,13 +376,43 @@ def train_mask_text(
                 pairs, texts[:-1], texts[-1], architecture, settings, fingerprint, checkpoints,
                 device, stop,
             )  # fmt: skip
+        what = "volumes, label volumes" if settings.spatial_dims == 3 else "images, masks"
         weights = (
-            f"mask- and text-conditioned diffusion (DGM-VLC) trained from random init on {len(rows)} images, "
-            f"masks and captions ({settings.steps} steps at {settings.resolution} px; frozen text encoder "
-            f"{settings.text_encoder})"
+            f"mask- and text-conditioned diffusion (DGM-VLC) trained from random init on {len(rows)} {what} "
+            f"and captions ({settings.steps} steps at {size}; frozen text encoder {settings.text_encoder})"
         )
         trained = Trained(network, architecture, losses, time.perf_counter() - started, len(rows), weights)
         write_trained(trained, meta, {"model": model, "report": report, "loss": loss}, "mask-text diffusion")
+
+
+def checked_card(model: str, mask_classes: Sequence[str]) -> dict[str, Any]:
+    """The model card of a pixel generator ``model``.
+
+    Raises:
+        InputError: naming the model when it was trained on another number of mask classes.
+    """
+    card = read_card(model)
+    classes = card["architecture"]["classes"]
+    if classes != len(mask_classes):
+        raise InputError(
+            f"{model}: trained on {classes} mask classes, dataset.mask_classes has {len(mask_classes)}; "
+            "retrain the generator"
+        )
+    return card
+
+
+def shard_rows(rows: pd.DataFrame, shard: int, shards: int, key: str) -> tuple[pd.DataFrame, Any]:
+    """Shard ``shard`` of ``shards`` contiguous parts of ``rows``, and its row numbers.
+
+    Raises:
+        InputError: naming ``key`` (the shards setting) when ``shard`` is not one of them.
+    """
+    import numpy as np
+
+    if not 0 <= shard < shards:
+        raise InputError(f"shard {shard} is outside 0..{shards - 1} ({key})")
+    numbers = np.array_split(np.arange(len(rows)), shards)[shard]
+    return rows.iloc[numbers].reset_index(drop=True), numbers
 
 
 def sample_mask_text(
@@ -351,28 +428,20 @@ def sample_mask_text(
     """Shard ``shard`` of the images generated once per real mask of ``settings.split`` with its own caption
     (a contiguous part of its captioned rows, ``settings.shards`` parts), seeded per image
     (:func:`workflow.diffusion.mask_text.generate`), as a table in the manifest schema
-    (:func:`mask_sample_table`; ``prompt`` is the caption)."""
-    import numpy as np
-
+    (:func:`mask_sample_table`; ``prompt`` is the caption). A 3D model generates once per volume instead
+    (:func:`sample_volumes`)."""
     from workflow.common.devices import pick_device
     from workflow.diffusion import mask_guided, mask_text
 
-    if not 0 <= shard < settings.shards:
-        raise InputError(
-            f"shard {shard} is outside 0..{settings.shards - 1} (diffusion.mask_text.sample.shards)"
-        )
-    card = read_card(model)
+    card = checked_card(model, settings.mask_classes)
     architecture = card["architecture"]
-    if architecture["classes"] != len(settings.mask_classes):
-        raise InputError(
-            f"{model}: trained on {architecture['classes']} mask classes, dataset.mask_classes has "
-            f"{len(settings.mask_classes)}; retrain the generator"
-        )
-    rows = captioned_masks(dataset, prompts, settings.split)
-    numbers = np.array_split(np.arange(len(rows)), settings.shards)[shard]
-    rows = rows.iloc[numbers].reset_index(drop=True)
     device = pick_device(gpus)
     network = mask_guided.load_model(model, architecture, device)
+    if architecture["spatial_dims"] == 3:
+        rows = captioned_volumes(dataset, prompts, settings.split)
+    else:
+        rows = captioned_masks(dataset, prompts, settings.split)
+    rows, numbers = shard_rows(rows, shard, settings.shards, "diffusion.mask_text.sample.shards")
     texts = mask_text.encode_captions(
         [*rows["prompt"], ""],
         architecture["text_encoder"],
@@ -382,16 +451,24 @@ def sample_mask_text(
     )
     contexts, null = texts[:-1], texts[-1]
     seeds = [mask_guided.image_seed(settings.seed, str(i)) for i in rows["image_id"]]
-    paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
     with atomic_output(images) as tmp:
         Path(tmp).mkdir(parents=True)
-        for part, masks in mask_batches(rows, architecture, settings.batch_size):
-            out = mask_text.generate(
-                network, masks, contexts[part], null, seeds[part], settings, architecture
+        if architecture["spatial_dims"] == 3:
+            slices = captioned_masks(dataset, prompts, settings.split)
+            rows, paths, seeds = sample_volumes(
+                network, rows, slices, (contexts, null), seeds, settings, architecture, (tmp, images)
             )
-            for index, image in enumerate(out, part.start):
-                mask_guided.to_png(image).save(Path(tmp) / Path(paths[index]).name)
+        else:
+            paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
+            for part, masks in mask_batches(rows, architecture, settings.batch_size):
+                out = mask_text.generate(
+                    network, masks, contexts[part], null, seeds[part], settings, architecture
+                )
+                for index, image in enumerate(out, part.start):
+                    mask_guided.to_png(image).save(Path(tmp) / Path(paths[index]).name)
     result = mask_sample_table(rows, paths, seeds, [""] * len(rows), rows["prompt"], rows["prompt_id"])
+    if architecture["spatial_dims"] == 3:
+        result["path"] = rows["generated_volume"].to_numpy()
     manifest.validate(result, table)
     meta = provenance(
         settings,
@@ -400,3 +477,51 @@ def sample_mask_text(
         weights=card["weights"],
     )
     write_parquet(table, result, meta | {"shard": shard, "images": len(result)})
+
+
+def sample_volumes(
+    network: torch.nn.Module,
+    volumes: pd.DataFrame,
+    slices: pd.DataFrame,
+    texts: tuple[torch.Tensor, torch.Tensor],
+    seeds: Sequence[int],
+    settings: MaskTextSampleSettings,
+    architecture: dict[str, Any],
+    folders: tuple[str | Path, str],
+) -> tuple[pd.DataFrame, list[str], list[int]]:
+    """Generate one volume per row of ``volumes`` (rows of :func:`captioned_volumes`; ``texts``: their
+    caption embeddings and the empty caption's) from its label volume and its seed, one volume at a time
+    (its windows batched, ``window_batch_size``), into ``folders`` (the folder being written, and the name it
+    will have): ``<volume id>.nii.gz`` in Hounsfield units (or the modality's units) through the real
+    volume's window, with its affine (:func:`workflow.diffusion.mask_text.save_volume`), and, for every real
+    slice in ``slices`` of that volume, the generated volume's slice at the same place as a PNG made as the
+    real one was (:func:`workflow.diffusion.mask_text.slice_image`).
+
+    Returns:
+        The real slice rows the images stand for (with ``generated_volume``, the NIfTI's final path), the
+        images' final paths and their volumes' seeds.
+    """
+    from workflow.diffusion import mask_text
+
+    written, final = Path(folders[0]), Path(folders[1])
+    contexts, null = texts
+    shape = architecture.get("volume_shape")
+    rows, paths, slice_seeds = [], [], []
+    for number, volume in enumerate(volumes.itertuples()):
+        pairs, affines = read_volumes(volumes.iloc[[number]], architecture["classes"], shape)
+        _, masks = pairs.batch(slice(None))
+        generated = mask_text.generate(
+            network, masks, contexts[[number]], null, [seeds[number]], settings, architecture
+        )[0, 0].numpy()
+        name = f"{number:04d}"
+        window = (volume.window_low, volume.window_high)
+        mask_text.save_volume(generated, window, affines[0], str(written / f"{name}.nii.gz"))
+        own = slices[slices["volume_id"] == volume.volume_id]
+        for row in own.itertuples():
+            image = mask_text.slice_image(generated, row, settings.resolution, settings.fit)
+            path = f"{name}_slice{int(row.slice_index):04d}.png"
+            image.save(written / path)
+            paths.append(str(final / path))
+        rows.append(own.assign(generated_volume=str(final / f"{name}.nii.gz")))
+        slice_seeds += [seeds[number]] * len(own)
+    return pd.concat(rows, ignore_index=True), paths, slice_seeds

@@ -238,7 +238,9 @@ class MaskTextTrainSettings(Settings):
     """``diffusion.mask_text.train`` and ``dataset.mask_classes`` (rule ``train_mask_text``: DGM-VLC's
     mask- and clinical-text-conditioned pixel diffusion, :mod:`workflow.diffusion.mask_text`)."""
 
+    spatial_dims: int
     resolution: int
+    volume_shape: tuple[int, ...] | None
     patch_size: tuple[int, ...] | None
     batch_size: int
     steps: int
@@ -279,10 +281,23 @@ class MaskTextSampleSettings(Settings):
     seed: int
     shards: int
     mask_classes: tuple[str, ...]
+    resolution: int
+    fit: str
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
+        """The section's settings, with ``dataset.mask_classes`` and, for the slices of generated volumes,
+        ``preprocess.resolution`` and ``preprocess.fit`` (``resolution``, ``fit``: as the real slices were
+        made)."""
         section = {
             k: v for k, v in config["diffusion"]["mask_text"]["sample"].items() if k not in RESOURCE_KEYS
         }
-        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
+        preprocess = config["preprocess"]
+        return cls.from_dict(
+            section
+            | {
+                "mask_classes": config["dataset"]["mask_classes"],
+                "resolution": preprocess["resolution"],
+                "fit": preprocess["fit"],
+            }
+        )
