@@ -13,6 +13,7 @@ from configs import validated
 from PIL import Image
 
 from workflow.common.interruption import Stopped, StopRequest
+from workflow.common.seeding import derive_seed
 from workflow.diffusion.mask_guided import Pairs
 from workflow.evaluation import segmentation, stage
 from workflow.evaluation.settings import MaskFaithfulnessSettings
@@ -47,15 +48,44 @@ def test_dice_per_class_counts_only_images_with_the_class_and_measures_leftovers
     assert segmentation.dice_per_class(target, target, CLASSES)["mean_dice"] == 1.0
 
 
-def test_a_stopped_segmenter_training_resumes_where_it_stopped(tmp_path):
+def plain_adam(pairs: Pairs, settings: MaskFaithfulnessSettings) -> tuple[torch.nn.Module, list[float]]:
+    """The segmenter's training written out (its loop before it was shared with the pixel generators'):
+    Adam at a constant learning rate, no gradient clipping, step ``s``'s batch from ``SeedSequence([seed,
+    s])``."""
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(settings.seed)
+    model = segmentation.network(settings)
+    adam = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    losses = []
+    for step in range(settings.steps):
+        generator = torch.Generator().manual_seed(derive_seed(settings.seed, step))
+        images, masks = pairs.batch(
+            torch.randint(len(pairs.images), (settings.batch_size,), generator=generator)
+        )
+        loss = DiceCELoss(to_onehot_y=True, softmax=True)(model(images), masks[:, None])
+        adam.zero_grad()
+        loss.backward()
+        adam.step()
+        losses.append(loss.item())
+    return model, losses
+
+
+def test_the_segmenter_trains_as_written_out_and_a_stopped_training_resumes_where_it_stopped(tmp_path):
+    """Same losses and weights as :func:`plain_adam` (so the shared loop's AdamW, schedule or clipping would
+    show), and after a stop and resume the same weights as without."""
     images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
     masks = torch.randint(0, 3, (5, 8, 8), dtype=torch.uint8)
     pairs, light, cpu = Pairs(images, masks), settings(steps=3, checkpoint_steps=1), torch.device("cpu")
-    _, straight = segmentation.train(pairs, light, "a", str(tmp_path / "straight"), cpu, StopRequest())
+    straight, losses = segmentation.train(pairs, light, "a", str(tmp_path / "straight"), cpu, StopRequest())
     with pytest.raises(Stopped):
         segmentation.train(pairs, light, "b", str(tmp_path / "resumed"), cpu, StopRequest(15))
-    _, resumed = segmentation.train(pairs, light, "b", str(tmp_path / "resumed"), cpu, StopRequest())
-    assert len(straight) == 3 and resumed == pytest.approx(straight, rel=1e-5)
+    resumed, again = segmentation.train(pairs, light, "b", str(tmp_path / "resumed"), cpu, StopRequest())
+    reference, expected = plain_adam(pairs, light)
+    assert len(losses) == 3 and losses == expected and again == pytest.approx(losses, rel=1e-5)
+    for name, weights in straight.state_dict().items():
+        assert torch.equal(weights, reference.state_dict()[name]), name
+        torch.testing.assert_close(resumed.state_dict()[name], weights, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_faithfulness_compares_with_the_edited_masks_and_reaches_fid_json_and_the_report(tmp_path):

@@ -2,7 +2,8 @@
 
 A checkpoint is one ``checkpoint-<step>.pt`` file holding everything a training loop needs to continue
 (fine-tuning: :class:`workflow.diffusion.training.TrainingState`; classifiers: the epoch state of
-:func:`workflow.classifier.training.fit`) and the step, which fixes the position in the seeded data order.
+:func:`workflow.classifier.training.fit`; pixel generators and the segmenter:
+:func:`workflow.common.resumable.fit`) and the step, which fixes the position in the seeded data order.
 It is written to a temporary file and renamed, so a job killed while saving leaves the previous checkpoint
 intact. Its name carries a *fingerprint*, ``checkpoint-<step>-<fingerprint>.pt``: a hash of what decides the
 training trajectory (settings and inputs; not how often checkpoints or validation images are made).

@@ -26,7 +26,6 @@ depends only on (model, settings, seed, id), not on the batch it is in.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from workflow.common import checkpoints
+from workflow.common import resumable
 from workflow.common.errors import InputError
 from workflow.common.interruption import StopRequest
 from workflow.common.seeding import derive_seed, text_key
@@ -48,8 +47,6 @@ from workflow.diffusion.settings import (
 
 if TYPE_CHECKING:
     from monai.networks.nets import DiffusionModelUNet
-
-log = logging.getLogger(__name__)
 
 WEIGHTS = "unet.pt"
 
@@ -267,49 +264,25 @@ def fit(
     folder: str,
     stop: StopRequest,
 ) -> list[float]:
-    """Optimize ``model`` for ``settings.steps`` steps, resuming from the newest checkpoint of ``fingerprint``
-    in ``folder``: AdamW with linear warm-up and cosine decay (the segmentation-guided paper's diffusers
-    schedule), gradient norm clipped. Step ``s`` computes ``loss`` with a generator seeded with
-    ``SeedSequence([seed, s])``, so a resumed run continues exactly as one that never stopped. Returns the
-    loss of every step."""
+    """Optimize ``model`` for ``settings.steps`` steps with :func:`workflow.common.resumable.fit` (seeded
+    steps, exact resume from the newest checkpoint of ``fingerprint`` in ``folder``): AdamW with linear
+    warm-up and cosine decay (the segmentation-guided paper's diffusers schedule), gradient norm clipped at
+    ``settings.max_grad_norm``. Returns the loss of every step."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     schedule = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
-    losses: list[float] = []
-    checkpoints.set_aside(folder, fingerprint)
-    state = checkpoints.newest(folder, fingerprint)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        losses = list(state["losses"])
-    model.train()
-    for step in range(len(losses), settings.steps):
-        value = loss(torch.Generator().manual_seed(derive_seed(settings.seed, step)))
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        losses.append(value.item())
-        done = len(losses)
-        if stop or (done % settings.checkpoint_steps == 0 and done < settings.steps):
-            state = {
-                "step": done,
-                "fingerprint": fingerprint,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "losses": losses,
-            }
-            saved = checkpoints.save(folder, state, keep=1)
-            if stop:
-                stop.stop(done, saved)
-        if done % 100 == 0:
-            log.info("step %d/%d loss %.4f", done, settings.steps, losses[-1])
-    model.eval()
-    return losses
+    return resumable.fit(
+        model,
+        optimizer,
+        loss,
+        settings,
+        fingerprint,
+        folder,
+        stop,
+        schedule=schedule,
+        max_grad_norm=settings.max_grad_norm,
+    )
 
 
 def save_model(model: DiffusionModelUNet, folder: str | Path) -> None:

@@ -9,8 +9,8 @@ Isensee et al. 2021) and Adam. Images and masks are read as the generator reads 
 (:func:`workflow.diffusion.mask_guided.read_pairs`: bilinear images, nearest masks, class ids checked).
 
 **Seeds and resume.** Step ``s`` draws its batch from a generator seeded with ``SeedSequence([seed, s])``
-(as :func:`workflow.diffusion.mask_guided.train`), so a run resumed from its checkpoint continues exactly as
-one that never stopped.
+(:func:`workflow.common.resumable.fit`, the training loop of :func:`workflow.diffusion.mask_guided.train`
+too), so a run resumed from its checkpoint continues exactly as one that never stopped.
 
 **Dice** (:func:`dice_per_class`): MONAI's ``compute_dice`` per image and class, averaged over the images
 whose conditioning mask has the class (an absent class has no Dice). Classes the conditioning left out
@@ -21,7 +21,6 @@ have none.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,16 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from workflow.common import checkpoints
+from workflow.common import resumable
 from workflow.common.interruption import StopRequest
-from workflow.common.seeding import derive_seed
 from workflow.diffusion.mask_guided import Pairs, one_hot, read_image, read_mask, resize_mask
 from workflow.evaluation.settings import MaskFaithfulnessSettings
 
 if TYPE_CHECKING:
     from monai.networks.nets import UNet
-
-log = logging.getLogger(__name__)
 
 WEIGHTS = "segmenter.pt"
 
@@ -65,47 +61,23 @@ def train(
     device: torch.device,
     stop: StopRequest,
 ) -> tuple[UNet, list[float]]:
-    """Train the segmenter (module docstring) for ``settings.steps`` steps, resuming from the newest
-    checkpoint of ``fingerprint`` in ``folder``; a stop request saves one and stops. Returns the model (in
-    eval mode) and the loss of every step."""
+    """Train the segmenter (module docstring) for ``settings.steps`` steps with
+    :func:`workflow.common.resumable.fit` (Adam at a constant learning rate, no gradient clipping), resuming
+    from the newest checkpoint of ``fingerprint`` in ``folder``; a stop request saves one and stops. Returns
+    the model (in eval mode) and the loss of every step."""
     from monai.losses import DiceCELoss
 
     torch.manual_seed(settings.seed)
     model = network(settings).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    loss_of = DiceCELoss(to_onehot_y=True, softmax=True)
-    losses: list[float] = []
-    checkpoints.set_aside(folder, fingerprint)
-    state = checkpoints.newest(folder, fingerprint)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        losses = list(state["losses"])
-    model.train()
-    for step in range(len(losses), settings.steps):
-        generator = torch.Generator().manual_seed(derive_seed(settings.seed, step))
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def loss(generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pairs.images), (settings.batch_size,), generator=generator)
         images, masks = pairs.batch(index)
-        loss = loss_of(model(images.to(device)), masks[:, None].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        done = len(losses)
-        if stop or (done % settings.checkpoint_steps == 0 and done < settings.steps):
-            state = {
-                "step": done,
-                "fingerprint": fingerprint,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "losses": losses,
-            }
-            saved = checkpoints.save(folder, state, keep=1)
-            if stop:
-                stop.stop(done, saved)
-        if done % 100 == 0:
-            log.info("step %d/%d loss %.4f", done, settings.steps, losses[-1])
-    return model.eval(), losses
+        return dice_ce(model(images.to(device)), masks[:, None].to(device))
+
+    return model, resumable.fit(model, optimizer, loss, settings, fingerprint, folder, stop)
 
 
 def read_generated(images: Sequence[str], masks: Sequence[str], classes: int, size: int) -> Pairs:
