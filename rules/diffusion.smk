@@ -4,7 +4,8 @@
 # kind mask-guided (segmentation-guided diffusion) are trained on the real masks and sampled once per mask
 # instead (train_mask_guided, sharded sample_mask_guided, collect_mask_guided), into the same folders; one
 # with model_from samples that generator's model (from edited masks: remove_classes) and trains none. Kind
-# mask-text (DGM-VLC: masks and captions of its prompt variant, 2D) has train_mask_text and sharded
+# mask-text (DGM-VLC: masks and captions of its prompt variant; 2D images, or with spatial_dims 3 volumes and
+# label volumes, one NIfTI per volume and its slices as the samples) has train_mask_text and sharded
 # sample_mask_text, collected by collect_mask_guided too.
 # Functions: workflow/diffusion/stage.py (one per rule; the pixel generators' in pixel_stage.py); settings: workflow/diffusion/settings.py.
 import re
@@ -20,6 +21,7 @@ from workflow.diffusion.generators import (
     samples_dir,
     samples_manifest,
     trained_mask_guided,
+    volume_generators,
 )
 from workflow.common.tiny_models import tiny_model_dir, trained_tiny_model_dir
 from workflow.diffusion.settings import (

@@ -2,7 +2,8 @@
 # a real split, overall, per finding, per prompt and (volumes) per slice position, in one or more feature
 # spaces (evaluation.extractor, evaluation.also), and conditional fidelity (the real-data classifier on the
 # samples vs their prompts' labels) and, for mask-guided and mask-text generators, mask faithfulness (a
-# segmenter trained on the real masks segments the samples: Dice per class); results/fid.json has a section
+# segmenter trained on the real masks segments the samples: Dice per class) and, for 3D mask-text generators,
+# volume similarity (MS-SSIM with the real volume of the same label volume); results/fid.json has a section
 # per generator.
 # Functions: workflow/evaluation/stage.py (one per rule); settings: workflow/evaluation/settings.py.
 from workflow.classifier.regimes import real_classifier
@@ -10,6 +11,7 @@ from workflow.evaluation.settings import (
     ConditionalSettings,
     EvaluationSettings,
     MaskFaithfulnessSettings,
+    VolumeSimilaritySettings,
     extractor_inputs,
 )
 
@@ -37,6 +39,7 @@ FAITHFULNESS_REPORTS = (
     if FAITHFULNESS.enabled
     else []
 )
+VOLUME_REPORTS = expand(f"{QUALITY}/volume_similarity.json", generator=volume_generators(config))
 
 
 rule image_metrics:
@@ -132,12 +135,33 @@ rule mask_faithfulness:
         " --settings {params.settings:q} --gpus {resources.gpu} --report {output} 2> {log}"
 
 
+rule volume_similarity:
+    input:
+        samples=samples_manifest("{generator}"),
+        dataset=DATASET,
+    output:
+        f"{QUALITY}/volume_similarity.json",
+    log:
+        "logs/evaluation/volume_similarity/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(volume_generators(config)),
+    conda:
+        "../envs/synthmed.yaml"
+    params:
+        settings=VolumeSimilaritySettings.of(config).to_json(),
+    shell:
+        "python -m scripts.evaluation volume_similarity --generator {wildcards.generator}"
+        " --samples {input.samples} --dataset {input.dataset} --settings {params.settings:q}"
+        " --report {output} 2> {log}"
+
+
 rule collect_image_metrics:
     input:
         reports=expand(rules.image_metrics.output.report, generator=GENERATORS),
         tables=expand(rules.image_metrics.output.table, generator=GENERATORS),
         conditional=CONDITIONAL_REPORTS,
         faithfulness=FAITHFULNESS_REPORTS,
+        volumes=VOLUME_REPORTS,
     output:
         fid="results/fid.json",
         table="results/fid_per_class.csv",
@@ -153,6 +177,7 @@ rule collect_image_metrics:
         " --fid-table {output.table}"
         + (" --conditional {input.conditional}" if CONDITIONAL_REPORTS else "")
         + (" --faithfulness {input.faithfulness}" if FAITHFULNESS_REPORTS else "")
+        + (" --volumes {input.volumes}" if VOLUME_REPORTS else "")
         + " 2> {log}"
 
 

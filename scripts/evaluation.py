@@ -4,7 +4,12 @@ function of the same name in workflow.evaluation.stage."""
 import json
 
 from workflow.common.cli import Arg, command, main
-from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings, MaskFaithfulnessSettings
+from workflow.evaluation.settings import (
+    ConditionalSettings,
+    EvaluationSettings,
+    MaskFaithfulnessSettings,
+    VolumeSimilaritySettings,
+)
 
 COMMANDS = [
     command(
@@ -54,6 +59,15 @@ COMMANDS = [
         "--report",
     ),
     command(
+        "volume_similarity",
+        "MS-SSIM of a 3D generator's volumes with the real volumes of the same label volumes",
+        Arg("--generator", help="the generator's name (its section of results/fid.json)"),
+        Arg("--samples", help="the generator's manifest"),
+        "--dataset",
+        Arg("--settings", VolumeSimilaritySettings.from_json, "evaluation.volume_similarity (JSON)"),
+        "--report",
+    ),
+    command(
         "counterfactual_soundness",
         "soundness of one counterfactual set: effectiveness by the real-data classifier, per-edit measures",
         Arg("--counterfactuals", help="results/counterfactuals/<method>/manifest.parquet"),
@@ -77,8 +91,9 @@ COMMANDS = [
             "--faithfulness",
             many=True,
             optional=True,
-            help="mask_faithfulness.json per mask-guided generator",
+            help="mask_faithfulness.json per mask-guided or mask-text generator",
         ),
+        Arg("--volumes", many=True, optional=True, help="volume_similarity.json per 3D generator"),
     ),
 ]
 

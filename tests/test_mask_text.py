@@ -291,3 +291,37 @@ def test_a_transformers_model_folder_or_hub_id_encodes_captions_and_a_missing_on
     assert encoded.shape == (3, 8, 16) and not torch.allclose(encoded[0], encoded[1])
     with pytest.raises(InputError, match=r"diffusion\.mask_text\.train\.text_encoder: cannot load"):
         mask_text.text_encoder(str(tmp_path / "missing"), 0)
+
+
+def test_resampling_keeps_the_extent_and_the_labels_and_the_affine_follows(tmp_path):
+    labels = np.zeros((6, 6, 4))
+    labels[:3] = 1
+    image, mask = volume_files(tmp_path, labels)
+    volume, resampled, affine = mask_text.read_volume_pair(image, mask, len(CLASSES), (0.0, 143.0), (3, 3, 2))
+    assert volume.shape == (1, 3, 3, 2) and resampled.shape == (3, 3, 2)
+    assert (resampled[0] == 1).all() and (resampled[1:] == 0).all()  # nearest: old voxels 1, 3, 5
+    source = nib.load(image).affine
+    for old, new in [((-0.5, -0.5, -0.5), (-0.5, -0.5, -0.5)), ((5.5, 5.5, 3.5), (2.5, 2.5, 1.5))]:
+        assert np.allclose(source @ [*old, 1], affine @ [*new, 1])  # the grid's outer corners stay put
+    assert np.allclose(nib.affines.voxel_sizes(affine), [2.0, 2.0, 4.0])
+
+
+def test_a_generated_slice_is_made_as_the_real_slice_was():
+    from PIL import Image
+
+    from workflow.data.preprocess import resize_to_square
+    from workflow.data.slicing import render_slice
+
+    real = np.random.default_rng(0).uniform(-1000, 400, size=(12, 10, 6))
+    low, high = -900.0, 300.0
+    windowed = np.rint(np.clip((real - low) * 255 / (high - low), 0, 255))
+    generated = windowed / 127.5 - 1.0  # the model's range: a perfect generator
+    row = pd.Series({"slice_index": 3, "slice_axis": 2, "volume_shape": "[12, 10, 6]"})
+    image = mask_text.slice_image(generated, row, 16, "pad")  # rows come as itertuples; a Series reads alike
+    expected = resize_to_square(
+        Image.fromarray(render_slice(real, 3, 2, low, high)), 16, "pad", Image.Resampling.LANCZOS
+    )
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+    layers = np.broadcast_to(np.linspace(-1, 1, 3), (6, 5, 3))  # generated on half the grid: slice 3 -> 1
+    half = mask_text.slice_image(layers, row, 16, "pad")
+    assert np.asarray(half).max() == 128  # layer 1 is 0.0, 127.5 rounded to even

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -16,7 +18,12 @@ from configs import validated
 from dataset_layouts import LAYOUTS
 from test_workflow_data import snakemake
 
-from workflow.diffusion.generators import generator_names, names_of_kind, trained_mask_guided
+from workflow.diffusion.generators import (
+    generator_names,
+    names_of_kind,
+    trained_mask_guided,
+    volume_generators,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "resources" / "presets").glob("*.yaml"))
@@ -215,7 +222,34 @@ def segguided_study(results: Path) -> None:
     assert faithfulness["images"] == len(samples)
 
 
-PAPER_CHECKS = {"lora-fairness": lora_fairness_study, "mep-ldm": mep_ldm_study, "segguided": segguided_study}
+def dgm_vlc_study(results: Path) -> None:
+    """One generated volume per real training volume, as NIfTI on the resampled grid of its real volume (same
+    extent and orientation: the affine follows the resampling), its slices standing for the real slices, and
+    the volumes' MS-SSIM with their real volumes in fid.json."""
+    samples = pd.read_parquet(results / "samples/dgm-vlc/manifest.parquet")
+    dataset = pd.read_parquet(results / "data/dataset.parquet").set_index("image_id")
+    train = dataset[dataset["split"] == "train"]
+    assert sorted(samples["source_image_id"]) == sorted(train.index)
+    volumes = samples.drop_duplicates("path")
+    assert len(volumes) == train["volume_id"].nunique()
+    for row in volumes.itertuples():
+        generated = nib.load(results.parent / row.path)
+        real = nib.load(dataset.loc[row.source_image_id, "path"])
+        assert generated.shape == (16, 16, 16)  # TINY's volume_shape
+        spacing = nib.affines.voxel_sizes(real.affine) * np.asarray(real.shape) / 16
+        assert np.allclose(nib.affines.voxel_sizes(generated.affine), spacing)
+        assert nib.aff2axcodes(generated.affine) == nib.aff2axcodes(nib.as_closest_canonical(real).affine)
+    section = json.loads((results / "fid.json").read_text())["generators"]["dgm-vlc"]
+    assert section["volume_similarity"]["volumes"] == len(volumes)
+    assert section["mask_faithfulness"]["images"] == len(samples)
+
+
+PAPER_CHECKS = {
+    "dgm-vlc": dgm_vlc_study,
+    "lora-fairness": lora_fairness_study,
+    "mep-ldm": mep_ldm_study,
+    "segguided": segguided_study,
+}
 """Preset -> what its end-to-end run must show of the paper's design, beyond every output being built."""
 
 
@@ -229,19 +263,26 @@ def test_preset_at_full_size_plans_the_expected_jobs_and_gpus(preset, tmp_path):
     study = validated(config)
     diffusion = study["diffusion"]
     sd, masked = len(names_of_kind(study, "sd")), len(names_of_kind(study, "mask-guided"))
-    assert sd + masked == len(generator_names(study))
+    texted = len(names_of_kind(study, "mask-text"))
+    assert sd + masked + texted == len(generator_names(study))
     assert int(counts["preprocess_shard"]) == config["preprocess"]["shards"]
     assert int(counts.get("finetune_sd", 0)) == sd
     assert int(counts.get("sample_images", 0)) == diffusion["sample"]["shards"] * sd
     assert int(counts.get("train_mask_guided", 0)) == len(trained_mask_guided(study))
     assert int(counts.get("sample_mask_guided", 0)) == diffusion["mask_guided"]["sample"]["shards"] * masked
-    assert int(counts.get("mask_faithfulness", 0)) == masked
+    assert int(counts.get("train_mask_text", 0)) == texted
+    assert int(counts.get("sample_mask_text", 0)) == diffusion["mask_text"]["sample"]["shards"] * texted
+    assert int(counts.get("mask_faithfulness", 0)) == masked + texted
+    assert int(counts.get("volume_similarity", 0)) == len(volume_generators(study))
     assert {"train_classifier", "image_metrics", "report_tables"} <= set(counts)
     jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan, re.M)
     gpus = {rule: int(m.group(1)) for rule, body in jobs if (m := re.search(r"gpu=(\d+)", body))}
     assert set(gpus) == GPU_RULES & set(counts)
     if sd:
         assert gpus["finetune_sd"] == diffusion["train"]["gpus"]
+    if texted:
+        assert gpus["train_mask_text"] == diffusion["mask_text"]["train"]["gpus"]
+        assert gpus["sample_mask_text"] == diffusion["mask_text"]["sample"]["gpus"]
     if masked:
         assert gpus["train_mask_guided"] == diffusion["mask_guided"]["train"]["gpus"]
         assert gpus["train_segmenter"] == study["evaluation"]["mask_faithfulness"]["gpus"]

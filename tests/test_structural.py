@@ -61,3 +61,46 @@ def test_small_volume_uses_fewer_scales_and_too_small_one_is_an_error() -> None:
 def test_bad_input_is_a_clear_error(generated, real, kwargs, message) -> None:
     with pytest.raises(InputError, match=message):
         volume_ms_ssim(generated, real, **kwargs)
+
+
+def test_volume_similarity_pairs_each_generated_volume_with_its_real_volume(tmp_path) -> None:
+    """Rule volume_similarity: a generator that gave back the real volume (in its window, on its grid) scores
+    1; one that gave back another patient's volume scores less."""
+    import json
+
+    import nibabel as nib
+    import pandas as pd
+
+    from workflow.diffusion.mask_text import save_volume
+    from workflow.evaluation.settings import VolumeSimilaritySettings
+    from workflow.evaluation.stage import volume_similarity
+
+    low, high, affine = -1000.0, 400.0, np.diag([2.0, 2.0, 3.0, 1.0])
+    real = _phantom(24)
+    other = real + np.random.default_rng(1).normal(0, 600, real.shape)  # patient b: what a is not
+    rows = []
+    for name, volume in (("a", real), ("b", other)):
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), tmp_path / f"{name}.nii")
+        nib.save(nib.Nifti1Image(np.ones(volume.shape, np.int16), affine), tmp_path / f"{name}_label.nii")
+        rows.append({"image_id": f"{name}/slice0003", "path": str(tmp_path / f"{name}.nii")})
+        rows[-1] |= {"mask_path": str(tmp_path / f"{name}_label.nii"), "window_low": low, "window_high": high}
+    pd.DataFrame(rows).to_parquet(tmp_path / "dataset.parquet")
+    windowed = np.rint(np.clip((real - low) * 255 / (high - low), 0, 255)) / 127.5 - 1
+    for name in ("a", "b"):  # both generated volumes are patient a's
+        save_volume(windowed, (low, high), affine, str(tmp_path / f"gen_{name}.nii.gz"))
+    samples = pd.DataFrame(
+        {
+            "path": [str(tmp_path / f"gen_{n}.nii.gz") for n in "ab"],
+            "source_image_id": ["a/slice0003", "b/slice0003"],
+        }
+    )
+    samples.to_parquet(tmp_path / "samples.parquet")
+    settings = VolumeSimilaritySettings(kernel_size=7, kernel_sigma=1.5, mask_classes=("background", "lungs"))
+    report = tmp_path / "volume_similarity.json"
+    volume_similarity(
+        "g", str(tmp_path / "samples.parquet"), str(tmp_path / "dataset.parquet"), settings, str(report)
+    )
+    result = json.loads(report.read_text())
+    same, swapped = (v["ms_ssim"] for v in result["per_volume"])
+    assert same == pytest.approx(1.0, abs=1e-4) and swapped < 0.95
+    assert result["volumes"] == 2 and result["scales"] == [2]

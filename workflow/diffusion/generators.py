@@ -142,6 +142,13 @@ def trained_mask_guided(config: Mapping[str, Any]) -> list[str]:
     return [name for name, g in generators(config).items() if g.kind == "mask-guided" and not g.model_from]
 
 
+def volume_generators(config: Mapping[str, Any]) -> list[str]:
+    """The generators that generate volumes: those of kind ``mask-text`` when
+    ``diffusion.mask_text.train.spatial_dims`` is 3, in config order."""
+    three_d = config["diffusion"]["mask_text"]["train"]["spatial_dims"] == 3
+    return names_of_kind(config, "mask-text") if three_d else []
+
+
 def name_pattern(names: list[str]) -> str:
     """A ``{generator}`` wildcard constraint matching exactly ``names`` (none: a pattern matching nothing)."""
     return "|".join(map(re.escape, names)) or "(?!)"

@@ -18,7 +18,8 @@ from workflow.common.tiny_models import tiny_model_inputs
 class EvaluationSettings(Settings):
     """``evaluation`` (rule ``image_metrics``), less ``tiny_seed`` (the tiny extractor is an input of the
     rule, its folder, built with that seed by ``build_tiny_model``), ``conditional_fidelity``
-    (:class:`ConditionalSettings`) and ``mask_faithfulness`` (:class:`MaskFaithfulnessSettings`)."""
+    (:class:`ConditionalSettings`), ``mask_faithfulness`` (:class:`MaskFaithfulnessSettings`) and
+    ``volume_similarity`` (:class:`VolumeSimilaritySettings`)."""
 
     SECTION = ("evaluation",)
 
@@ -42,7 +43,7 @@ class EvaluationSettings(Settings):
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
-        skip = {*RESOURCE_KEYS, "tiny_seed", "conditional_fidelity", "mask_faithfulness"}
+        skip = {*RESOURCE_KEYS, "tiny_seed", "conditional_fidelity", "mask_faithfulness", "volume_similarity"}
         return cls.from_dict({k: v for k, v in config["evaluation"].items() if k not in skip})
 
     def feature_spaces(self) -> tuple[str, ...]:
@@ -93,6 +94,21 @@ class MaskFaithfulnessSettings(Settings):
         section = {
             k: v for k, v in config["evaluation"]["mask_faithfulness"].items() if k not in RESOURCE_KEYS
         }
+        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
+
+
+@dataclass(frozen=True)
+class VolumeSimilaritySettings(Settings):
+    """``evaluation.volume_similarity`` and ``dataset.mask_classes`` (rule ``volume_similarity``,
+    :mod:`workflow.evaluation.structural`)."""
+
+    kernel_size: int
+    kernel_sigma: float
+    mask_classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        section = dict(config["evaluation"]["volume_similarity"])
         return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
 
 

@@ -38,7 +38,12 @@ from workflow.common.manifest import label_column
 from workflow.common.model_card import read_card
 from workflow.common.provenance import provenance
 from workflow.evaluation import fidelity
-from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings, MaskFaithfulnessSettings
+from workflow.evaluation.settings import (
+    ConditionalSettings,
+    EvaluationSettings,
+    MaskFaithfulnessSettings,
+    VolumeSimilaritySettings,
+)
 
 if TYPE_CHECKING:
     from workflow.diffusion.mask_guided import Pairs
@@ -427,6 +432,65 @@ def mask_faithfulness(
     )
 
 
+def volume_similarity(
+    generator: str, samples: str, dataset: str, settings: VolumeSimilaritySettings, report: str
+) -> None:
+    """MS-SSIM (:func:`workflow.evaluation.structural.volume_ms_ssim`, Wang et al. 2003 eq. 7) of every volume
+    a 3D mask-text generator made (its samples' ``path``) with the real volume whose label volume conditioned
+    it (the ``path`` of its slices' ``source_image_id`` in ``dataset``), both in 8 bits through the real
+    volume's intensity window (data range 255) on the grid it was generated on
+    (:func:`workflow.diffusion.mask_text.read_volume_pair`): DGM-VLC's 3D structural measure.
+
+    Raises:
+        InputError: naming the samples when they hold no volumes (a 2D generator).
+    """
+    from workflow.common.errors import InputError
+    from workflow.data.slicing import load_volume
+    from workflow.diffusion.mask_text import read_volume_pair
+    from workflow.evaluation.structural import volume_ms_ssim
+
+    rows = pd.read_parquet(samples).drop_duplicates("path")
+    if not rows["path"].str.endswith((".nii", ".nii.gz")).all():
+        raise InputError(
+            f"{samples}: the samples are not volumes; volume_similarity is for mask-text generators with "
+            "diffusion.mask_text.train.spatial_dims 3"
+        )
+    real = pd.read_parquet(dataset).set_index("image_id")
+    volumes = []
+    for row in rows.itertuples():
+        source = real.loc[row.source_image_id]
+        generated = load_volume(row.path)[0]
+        low, high = source["window_low"], source["window_high"]
+        volume = read_volume_pair(
+            source["path"], source["mask_path"], len(settings.mask_classes), (low, high), generated.shape
+        )[0]
+        scaled = np.clip((generated - low) * 255.0 / (high - low), 0.0, 255.0)
+        found = volume_ms_ssim(
+            scaled,
+            volume[0].numpy(),
+            data_range=255.0,
+            kernel_size=settings.kernel_size,
+            kernel_sigma=settings.kernel_sigma,
+        )
+        volumes.append(
+            {"volume": row.path, "real_volume": source["path"], "ms_ssim": found.mean, "scales": found.scales}
+        )
+    values = [v["ms_ssim"] for v in volumes]
+    write_json(
+        report,
+        {
+            "generator": generator,
+            "volumes": len(volumes),
+            "ms_ssim_mean": float(np.mean(values)),
+            "ms_ssim_std": float(np.std(values)),
+            "scales": sorted({v["scales"] for v in volumes}),
+            "data_range": 255.0,
+            "per_volume": volumes,
+            "provenance": provenance(settings, inputs={"samples": samples, "dataset": dataset}),
+        },
+    )
+
+
 def collect_image_metrics(
     generators: Sequence[str],
     reports: Sequence[str],
@@ -435,12 +499,13 @@ def collect_image_metrics(
     fid_table: str,
     conditional: Sequence[str] | None = None,
     faithfulness: Sequence[str] | None = None,
+    volumes: Sequence[str] | None = None,
 ) -> None:
     """Every generator's image quality in one JSON (a section each) and one CSV (a ``generator`` column);
     ``conditional``: every generator's conditional fidelity, in generator order (none when the study trains
     no classifier on real images); ``faithfulness``: the mask faithfulness of the mask-guided and mask-text
-    generators
-    (:func:`mask_faithfulness`), each in its generator's section."""
+    generators (:func:`mask_faithfulness`) and ``volumes`` the volume similarity of the 3D ones
+    (:func:`volume_similarity`), each in its generator's section."""
     pairs = list(zip(generators, reports, tables, strict=True))
     sections = {name: json.loads(Path(path).read_text()) for name, path, _ in pairs}
     inputs = {f"report[{name}]": report for name, report, _ in pairs}
@@ -462,10 +527,11 @@ def collect_image_metrics(
                 "auroc": {f: row["auroc"] for f, row in result["labels"].items()},
                 "real_test_auroc": {f: row["real_test_auroc"] for f, row in result["labels"].items()},
             }
-    for path in faithfulness or []:
-        result = json.loads(Path(path).read_text())
-        sections[result["generator"]]["mask_faithfulness"] = result
-        inputs[f"mask_faithfulness[{result['generator']}]"] = path
+    for key, paths in (("mask_faithfulness", faithfulness), ("volume_similarity", volumes)):
+        for path in paths or []:
+            result = json.loads(Path(path).read_text())
+            sections[result["generator"]][key] = result
+            inputs[f"{key}[{result['generator']}]"] = path
     write_json(
         fid,
         {

@@ -10,7 +10,8 @@ as small self-contained HTML pages (:func:`report_tables`):
 - ``image_quality.html``: FID, KID and precision/recall of every generator and extractor (feature space),
   overall, per finding and per prompt (``fid_per_class.csv``), with the extractors and their weights from
   ``fid.json``, the conditional fidelity of every generator (:func:`conditional_table`) and the mask
-  faithfulness of every mask-guided generator (:func:`faithfulness_table`);
+  faithfulness of every mask-guided generator (:func:`faithfulness_table`) and the volume similarity of
+  every 3D one (:func:`volume_table`);
 - ``classifier_regimes.html``: the comparison across classifier runs (``comparison.csv``: test metrics,
   fairness gaps, Grad-CAM focus), one column per run;
 - ``counterfactuals.html`` (with ``editing.enabled``): the soundness of every editing method's counterfactual
@@ -140,6 +141,19 @@ def faithfulness_table(fid: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["generator", "class"]) if rows else pd.DataFrame()
 
 
+def volume_table(fid: dict) -> pd.DataFrame:
+    """One row per 3D generator: the mean and spread of its volumes' MS-SSIM with the real volumes of the
+    same label volumes, how many volumes and at how many scales."""
+    rows = [
+        {"generator": generator, "volumes": result["volumes"]}
+        | {"MS-SSIM mean": result["ms_ssim_mean"], "MS-SSIM std": result["ms_ssim_std"]}
+        | {"scales": ", ".join(map(str, result["scales"]))}
+        for generator, section in fid["generators"].items()
+        if (result := section.get("volume_similarity")) is not None
+    ]
+    return pd.DataFrame(rows).set_index("generator") if rows else pd.DataFrame()
+
+
 def report_tables(
     split_report: str,
     fid: str,
@@ -179,6 +193,14 @@ def report_tables(
             "every image of a mask-guided generator; Dice per class against its conditioning mask (less "
             "the classes its conditioning left out), beside the network's Dice on the real test split.",
             faithfulness,
+        ))  # fmt: skip
+    volumes = volume_table(metrics)
+    if not volumes.empty:
+        more.append((
+            "Volume similarity: 3D structure of the generated volumes",
+            "MS-SSIM (Wang et al. 2003; as many scales as the volumes allow) of each generated volume with "
+            "the real volume whose label volume conditioned it, both through the real volume's window.",
+            volumes,
         ))  # fmt: skip
     write_page(
         image_quality_page,
