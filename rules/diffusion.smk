@@ -6,13 +6,15 @@
 # with model_from samples that generator's model (from edited masks: remove_classes) and trains none. Kind
 # mask-text (DGM-VLC: masks and captions of its prompt variant; 2D images, or with spatial_dims 3 volumes and
 # label volumes, one NIfTI per volume and its slices as the samples) has train_mask_text and sharded
-# sample_mask_text, collected by collect_mask_guided too.
+# sample_mask_text, collected by collect_mask_guided too, and with diffusion.mask_text.differences.changes
+# difference_maps (DGM-VLC's voxel difference maps of changed clinical fields).
 # Functions: workflow/diffusion/stage.py (one per rule; the pixel generators' in pixel_stage.py); settings: workflow/diffusion/settings.py.
 import re
 import shlex
 
 from workflow.diffusion.generators import (
     cache_file,
+    differences_dir,
     generators,
     model_dir,
     name_pattern,
@@ -22,12 +24,14 @@ from workflow.diffusion.generators import (
     samples_manifest,
     trained_mask_guided,
     volume_generators,
+    with_differences,
 )
 from workflow.common.tiny_models import tiny_model_dir, trained_tiny_model_dir
 from workflow.diffusion.settings import (
     CacheSettings,
     MaskGuidedSampleSettings,
     MaskGuidedTrainSettings,
+    MaskTextDifferenceSettings,
     MaskTextSampleSettings,
     MaskTextTrainSettings,
     SampleSettings,
@@ -47,6 +51,7 @@ MASK_SAMPLE_SETTINGS = {
     name: MaskGuidedSampleSettings.of(config, name).to_json() for name in MASK_GUIDED
 }
 MASK_TEXT = names_of_kind(config, "mask-text")
+DIFFERENCES = with_differences(config)  # mask-text generators with difference maps
 # shard jobs per generator whose shards collect_mask_guided merges (mask-guided and mask-text)
 MASK_SHARDS = {
     name: DIFFUSION["mask_guided"]["sample"]["shards"] for name in MASK_GUIDED
@@ -92,6 +97,7 @@ DIFFUSION_OUTPUTS = [
         name=["model", "train_report.json", "loss.png"],
     ),
     *expand(samples_manifest("{generator}"), generator=GENERATORS),
+    *expand(differences_dir("{generator}"), generator=DIFFERENCES),
 ]
 
 
@@ -376,6 +382,40 @@ rule sample_mask_text:
         "python -m scripts.diffusion sample_mask_text --dataset {input.dataset} --prompts {input.prompts}"
         " --model {input.model} --settings {params.settings:q} --gpus {resources.gpu}"
         " --shard {wildcards.shard} --images {output.images} --table {output.table} 2> {log}"
+
+
+rule difference_maps:
+    input:
+        dataset=DATASET,
+        prompts=lambda wildcards: prompts_table(
+            STUDY_GENERATORS[wildcards.generator].variant,
+            STRATEGIES,
+            DIFFUSION["mask_text"]["differences"]["split"],
+        ),
+        model=f"{MODEL}/model",
+    output:
+        report(
+            directory(differences_dir("{generator}")),
+            patterns=["{name}.png"],
+            caption="../resources/report/differences.rst",
+            category="3. Diffusion",
+            subcategory="{generator}",
+        ),
+    log:
+        "logs/diffusion/difference_maps/{generator}.log",
+    wildcard_constraints:
+        generator=name_pattern(DIFFERENCES),
+    conda:
+        "../envs/synthmed.yaml"
+    threads: 8  # as train_tiny_vae
+    resources:
+        gpu=DIFFUSION["mask_text"]["differences"]["gpus"],
+    params:
+        settings=MaskTextDifferenceSettings.of(config).to_json(),
+    shell:
+        "python -m scripts.diffusion difference_maps --dataset {input.dataset} --prompts {input.prompts}"
+        " --model {input.model} --settings {params.settings:q} --gpus {resources.gpu}"
+        " --maps {output} 2> {log}"
 
 
 rule collect_mask_guided:

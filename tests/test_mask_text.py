@@ -3,6 +3,7 @@ seamless sliding-window generation in 3D, text conditioning, resume, bad volumes
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -14,8 +15,14 @@ from configs import validated
 
 from workflow.common.errors import InputError
 from workflow.common.interruption import Stopped, StopRequest
+from workflow.common.model_card import write_card
 from workflow.diffusion import mask_guided, mask_text
-from workflow.diffusion.settings import MaskTextSampleSettings, MaskTextTrainSettings
+from workflow.diffusion.settings import (
+    ChangeSettings,
+    MaskTextDifferenceSettings,
+    MaskTextSampleSettings,
+    MaskTextTrainSettings,
+)
 from workflow.prompts.settings import TabularSettings
 
 CLASSES = ("background", "lungs", "airway")
@@ -77,10 +84,14 @@ def test_a_difference_map_of_two_identical_prompts_is_zero_and_of_two_others_is_
     (before, after), null = texts(*CAPTIONS)
     _, sample = settings(sample={"guidance_scale": 2.0})
     mask = masks(1, (8, 4, 4))[0]
-    same = mask_text.difference_map(model, mask, before, before, null, 7, sample, architecture)
-    changed = mask_text.difference_map(model, mask, before, after, null, 7, sample, architecture)
-    assert same.shape == (8, 4, 4) and torch.equal(same, torch.zeros_like(same))
-    assert changed.abs().max() > 1e-4  # the caption reaches the image through cross-attention
+    same, changed = mask_text.difference_map(
+        model, mask, before, torch.stack([before, after]), null, 7, sample, architecture
+    )
+    alone = mask_text.generate(model, mask[None], after[None], null, [7], sample, architecture)[0, 0]
+    first = mask_text.generate(model, mask[None], before[None], null, [7], sample, architecture)[0, 0]
+    assert same.shape == (8, 4, 4) and not same.any()
+    assert np.abs(changed).max() > 1e-4  # the caption reaches the image through cross-attention
+    np.testing.assert_allclose(changed, (alone.clamp(-1, 1) - first.clamp(-1, 1)).numpy(), atol=1e-6)
 
 
 def test_same_caption_and_seed_give_the_same_image_another_caption_or_seed_another(model3d):
@@ -325,3 +336,143 @@ def test_a_generated_slice_is_made_as_the_real_slice_was():
     layers = np.broadcast_to(np.linspace(-1, 1, 3), (6, 5, 3))  # generated on half the grid: slice 3 -> 1
     half = mask_text.slice_image(layers, row, 16, "pad")
     assert np.asarray(half).max() == 128  # layer 1 is 0.0, 127.5 rounded to even
+
+
+CHANGES = [{"field": "age", "add": 10}, {"field": "smoking_status", "value": "current"}]
+
+
+def difference_settings(sources: int, changes: list[dict]):
+    """The difference_maps settings of a study whose tabular captions give age and smoking status."""
+    fields = [
+        {"field": "age", "text": "Patient age: {value}."},
+        {"field": "smoking_status", "text": "Smoking: {value}."},
+    ]
+    study = validated(
+        {
+            "dataset": {"mask_classes": list(CLASSES)},
+            "prompts": {"tabular": {"prefix": "Lung CT scan:", "fields": fields}},
+            "diffusion": {
+                "mask_text": {
+                    "sample": {"steps": 2, "guidance_scale": 2.0},
+                    "differences": {"split": "test", "sources": sources, "changes": changes},
+                }
+            },
+        }
+    )
+    return MaskTextDifferenceSettings.of(study)
+
+
+def saved_model(folder: Path, model: torch.nn.Module, architecture: dict) -> str:
+    folder.mkdir()
+    mask_guided.save_model(model, folder)
+    write_card(folder, {"weights": "random (test)", "architecture": architecture})
+    return str(folder)
+
+
+def captioned(rows: pd.DataFrame, dataset: Path, prompts: Path) -> tuple[str, str]:
+    """``rows`` as the dataset, and a prompts table selecting a caption for each."""
+    rows.to_parquet(dataset)
+    table = pd.DataFrame({"image_id": rows["image_id"], "prompt": "a caption", "selected": True})
+    table.assign(prompt_id=[f"p{i}" for i in range(len(rows))]).to_parquet(prompts)
+    return str(dataset), str(prompts)
+
+
+def test_2d_difference_maps_list_every_source_and_change_and_zero_maps_for_unchanged_captions(tmp_path):
+    """Two test images x two changes: age + 10 and smoking set to current. The first source smokes already and
+    the second has no age, so those captions stay as they are (zero maps, the reason in the summary); the
+    others change and their maps are not zero. 2D maps are the images' [-1, 1] difference, identity affine."""
+    from classifier_data import fabricate
+
+    from workflow.diffusion import stage
+
+    rows = fabricate(tmp_path / "data", n=20)
+    test = rows.index[rows["split"] == "test"]
+    rows["tab_smoking_status"] = None
+    rows.loc[test[0], "tab_smoking_status"] = "current"
+    rows.loc[test[1], "age"] = np.nan
+    dataset, prompts = captioned(rows, tmp_path / "dataset.parquet", tmp_path / "test.parquet")
+    train, _ = settings({"resolution": 16})
+    architecture = mask_text.architecture(train, 2, texts("x")[0].shape[-1])
+    torch.manual_seed(0)
+    network = mask_guided.network(architecture)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0, 0.2)
+    model = saved_model(tmp_path / "model", network, architecture)
+    maps = tmp_path / "maps"
+    stage.difference_maps(dataset, prompts, model, difference_settings(2, CHANGES), 0, str(maps))
+    summary = pd.read_csv(maps / "summary.csv", keep_default_na=False, dtype={"after_value": str})
+    ids = rows.loc[test[:2], "image_id"].tolist()
+    assert summary["source_id"].tolist() == [ids[0], ids[0], ids[1], ids[1]]
+    assert summary["field"].tolist() == ["age", "smoking_status"] * 2
+    assert summary["unchanged"].tolist() == [
+        "",
+        "the caption says so already",
+        "missing for this source: in neither caption",
+        "",
+    ]
+    assert summary["after_caption"][3].endswith("Smoking: current.")
+    for row in summary.itertuples():
+        written = nib.load(maps / row.map)
+        assert written.shape == (16, 16) and (maps / row.montage).stat().st_size > 0
+        np.testing.assert_array_equal(written.affine, np.eye(4))
+        assert (row.max_abs == 0) == bool(row.unchanged) == (not written.get_fdata().any())
+    assert {"mean_abs_lungs", "mean_signed"} <= set(summary)
+    seeds = json.loads((maps / "provenance.json").read_text())["seeds"]
+    assert seeds[f"source {ids[0]}"] == mask_guided.image_seed(0, ids[0]) == summary["seed"][0]
+
+
+def test_3d_difference_maps_are_in_the_volumes_units_on_the_resampled_grid(tmp_path, model3d):
+    """Two CT volumes (6 x 6 x 4 voxels of 1 x 1 x 2 mm, window 0..143) generated on an 8 x 8 x 4 grid: the
+    maps have the resampled grid's affine and are differences in the volume's units; setting age to its own
+    value changes nothing."""
+    from workflow.diffusion import stage
+
+    labels = np.zeros((6, 6, 4))
+    labels[2:4] = 1
+    labels[4:] = 2
+    volumes = []
+    for number in range(2):
+        (tmp_path / f"v{number}").mkdir()
+        image, mask = volume_files(tmp_path / f"v{number}", labels)
+        volumes.append({"volume_id": f"ct{number}", "path": image, "mask_path": mask, "age": 50.0 + number})
+    rows = pd.DataFrame(
+        [
+            volume | {"image_id": f"ct{number}/slice{k}", "patient_id": f"p{number}", "slice": k}
+            for number, volume in enumerate(volumes)
+            for k in range(2)
+        ]
+    ).assign(split="test", mask="slice.png", window_low=0.0, window_high=143.0, tab_smoking_status="never")
+    dataset, prompts = captioned(rows, tmp_path / "dataset.parquet", tmp_path / "test.parquet")
+    network, architecture = model3d
+    model = saved_model(tmp_path / "model", network, architecture | {"volume_shape": [8, 8, 4]})
+    changes = [{"field": "age", "add": 10}, {"field": "age", "value": 51}]
+    maps = tmp_path / "maps"
+    stage.difference_maps(dataset, prompts, model, difference_settings(2, changes), 0, str(maps))
+    summary = pd.read_csv(maps / "summary.csv", keep_default_na=False, dtype={"after_value": str})
+    assert summary["source_id"].tolist() == ["ct0", "ct0", "ct1", "ct1"]
+    assert summary["after_value"].tolist() == ["60", "51", "61", "51"]
+    assert summary["unchanged"].tolist() == ["", "", "", "the caption says so already"]
+    affine = mask_text.resampled_affine(np.diag([1.0, 1.0, 2.0, 1.0]), (6, 6, 4), (8, 8, 4))
+    for row in summary.itertuples():
+        written = nib.load(maps / row.map)
+        np.testing.assert_allclose(written.affine, affine)
+        difference = written.get_fdata()
+        assert difference.shape == (8, 8, 4) and np.abs(difference).max() <= 143.0
+        assert row.max_abs == pytest.approx(np.abs(difference).max(), rel=1e-5)
+    assert summary["max_abs"][3] == 0 and summary["max_abs"][0] > 0.1  # HU-scale, not [-1, 1]
+
+
+def test_a_change_the_dataset_or_captions_cannot_make_is_refused_naming_its_key():
+    rows = pd.DataFrame({"age": [50.0], "tab_smoking_status": ["never"], "tab_site": ["a"]})
+    tabular = difference_settings(1, CHANGES).tabular
+    bad = [
+        ({"field": "weight", "add": 1}, r"changes\[0\]\.field: the dataset has no field 'weight'"),
+        ({"field": "site", "value": "b"}, r"changes\[0\]\.field: 'site' is not one of prompts\.tabular"),
+        ({"field": "smoking_status", "add": 1}, r"changes\[0\]\.add: field 'smoking_status' is not numeric"),
+    ]
+    for change, message in bad:
+        with pytest.raises(InputError, match=r"diffusion\.mask_text\.differences\." + message):
+            mask_text.field_changes(rows, [ChangeSettings(**change)], tabular)
+    with pytest.raises(InputError, match=r"differences\.changes\[1\]: give the field 'age' either a value"):
+        difference_settings(1, [CHANGES[0], {"field": "age"}])

@@ -95,6 +95,7 @@ TINY: dict[str, Any] = {
                 "checkpoint_steps": 2,
             },
             "sample": {"gpus": 0, "steps": 1, "shards": 2},
+            "differences": {"gpus": 0, "sources": 2},
         },
     },
     "classifier": {
@@ -131,6 +132,7 @@ GPU_RULES = {
     "sample_mask_guided",
     "train_mask_text",
     "sample_mask_text",
+    "difference_maps",
     "train_segmenter",
     "mask_faithfulness",
     "edit_images",
@@ -158,6 +160,9 @@ def preset_study(preset: Path, workdir: Path, data: Path, *, tiny: bool) -> dict
     if adapter == "volumes":  # the CT phantoms' findings stand for the study's own labels
         section.pop("label_columns", None)
         config["dataset"]["labels"] = PHANTOM_VOLUME_LABELS
+        for change in config["diffusion"].get("mask_text", {}).get("differences", {}).get("changes", []):
+            if change["field"] == "smoking_status":  # the phantoms' values: never, former, current
+                change["value"] = "current"
     training = config.get("classifier", {}).get("training", {})
     if training.get("weights") not in (None, "random", "imagenet"):  # the user's checkpoint file
         stand_in = data / Path(training["weights"]).name

@@ -70,6 +70,7 @@ NOT_IN_DEMO = {
     "mask_faithfulness",
     "train_mask_text",
     "sample_mask_text",
+    "difference_maps",
 }
 PROBE_MULTI_GPU = "finetune_sd"  # the probe rule that asks for 4 GPUs (like the PRISM preset's fine-tuning)
 

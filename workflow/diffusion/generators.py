@@ -28,7 +28,9 @@ beside the generator on the full masks, from one training.
 
 A generator of ``kind: mask-text`` (DGM-VLC, :mod:`workflow.diffusion.mask_text`) conditions on the real
 masks and on captions of its prompt ``strategies`` (``tabular`` for DGM-VLC; its prompt variant is made as an
-SD arm's): rules ``train_mask_text`` and ``sample_mask_text``, collected like a mask-guided generator's.
+SD arm's): rules ``train_mask_text`` and ``sample_mask_text``, collected like a mask-guided generator's, and,
+when ``diffusion.mask_text.differences.changes`` lists clinical fields to change, ``difference_maps``
+(``results/differences/<generator>/``, :func:`with_differences`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from workflow.prompts.variants import variant_name
 MODELS = "results/models"
 SAMPLES = "results/samples"
 CACHE = f"{MODELS}/cache"
+DIFFERENCES = "results/differences"
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,13 @@ def volume_generators(config: Mapping[str, Any]) -> list[str]:
     return names_of_kind(config, "mask-text") if three_d else []
 
 
+def with_differences(config: Mapping[str, Any]) -> list[str]:
+    """The mask-text generators whose difference maps the study makes (rule ``difference_maps``): all of them
+    when ``diffusion.mask_text.differences.changes`` is not empty, else none."""
+    changes = config["diffusion"]["mask_text"]["differences"]["changes"]
+    return names_of_kind(config, "mask-text") if changes else []
+
+
 def name_pattern(names: list[str]) -> str:
     """A ``{generator}`` wildcard constraint matching exactly ``names`` (none: a pattern matching nothing)."""
     return "|".join(map(re.escape, names)) or "(?!)"
@@ -179,3 +189,8 @@ def samples_dir(generator: str) -> str:
 def samples_manifest(generator: str) -> str:
     """The manifest of ``generator``'s synthetic images (manifest schema plus ``image``, ``prompt``...)."""
     return f"{samples_dir(generator)}/manifest.parquet"
+
+
+def differences_dir(generator: str) -> str:
+    """Where the difference maps of mask-text ``generator`` are (NIfTI, PNG montages, ``summary.csv``)."""
+    return f"{DIFFERENCES}/{generator}"

@@ -25,10 +25,11 @@ classifier-free guided, ``uncond + w (cond - uncond)`` (Ho and Salimans 2022 eq.
 and DDIM with eta 0 is deterministic given that noise: an image depends only on (model, settings, seed, id,
 caption).
 
-**Difference maps** (:func:`difference_map`, :func:`save_difference`): the paper's way of showing what a
-clinical field does (age, smoking): the same mask, seed and noise under two captions that differ in one field
-(:func:`changed_captions`), the signed voxel difference ``after - before``, written as NIfTI with the source
-volume's affine and as a PNG montage of slices.
+**Difference maps** (:func:`difference_map`, :func:`save_difference`; rule ``difference_maps``): the
+paper's way of showing what a clinical field does (age, smoking): the same mask, seed and noise under two
+captions that differ in one field (:func:`changed_captions`), the signed voxel difference ``after - before``
+(of volumes in their units, :func:`in_units`), written as NIfTI with the source volume's affine and as a PNG
+montage of slices.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from workflow.common.files import atomic_output
 from workflow.common.interruption import StopRequest
 from workflow.common.manifest import tabular_column
 from workflow.diffusion import mask_guided
-from workflow.diffusion.settings import MaskTextSampleSettings, MaskTextTrainSettings
+from workflow.diffusion.settings import ChangeSettings, MaskTextSampleSettings, MaskTextTrainSettings
 from workflow.prompts.settings import TabularSettings
 from workflow.prompts.strategies import tabular_captions
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from monai.networks.nets import DiffusionModelUNet
 
 TRAIN_KEY = "diffusion.mask_text.train"
+DIFFERENCES_KEY = "diffusion.mask_text.differences"
 TINY = "tiny"
 
 
@@ -130,6 +132,86 @@ def changed_captions(row: pd.DataFrame, field: str, value: Any, settings: Tabula
     both = pd.concat([row, row.assign(**{column: [value]})], ignore_index=True)
     before, after = tabular_captions(both, settings)
     return before, after
+
+
+def change_column(rows: pd.DataFrame, change: ChangeSettings, number: int, tabular: TabularSettings) -> str:
+    """The dataset column of change ``number`` of ``diffusion.mask_text.differences.changes``: ``tab_<field>``
+    or a manifest field (``age``, ``sex``).
+
+    Raises:
+        InputError: naming the change's key when the dataset has no such field, the captions do not describe
+            it (``prompts.tabular.fields``), or ``add`` is given for a field with non-numeric values.
+    """
+    key = f"{DIFFERENCES_KEY}.changes[{number}]"
+    column = tabular_column(change.field) if tabular_column(change.field) in rows else change.field
+    if column not in rows:
+        present = sorted(c.removeprefix("tab_") for c in rows.columns if c.startswith("tab_"))
+        raise InputError(
+            f"{key}.field: the dataset has no field '{change.field}' (no column "
+            f"'{tabular_column(change.field)}' and no manifest field of that name); change one of its "
+            f"tabular fields {present} or age, sex"
+        )
+    if change.field not in {f.field for f in tabular.fields}:
+        raise InputError(
+            f"{key}.field: '{change.field}' is not one of prompts.tabular.fields, so no caption mentions it; "
+            "add it there or change a field the captions describe"
+        )
+    values = rows[column].dropna()
+    if change.add is not None and pd.to_numeric(values, errors="coerce").isna().any():
+        raise InputError(
+            f"{key}.add: field '{change.field}' is not numeric (values such as "
+            f"{values.astype(str).unique()[:3].tolist()}); set it with {{field, value}} instead"
+        )
+    return column
+
+
+def field_changes(
+    rows: pd.DataFrame, changes: Sequence[ChangeSettings], tabular: TabularSettings
+) -> pd.DataFrame:
+    """One row per row of ``rows`` (the dataset rows of the sources) and change, source by source: ``source``
+    (the row's position), ``change`` (the change's), ``field``, ``before_value`` and ``after_value`` (as
+    text, empty when missing; ``add`` on a missing number leaves it missing), the two tabular captions
+    (:func:`changed_captions`) and ``unchanged``, why the captions are equal (the field is missing for this
+    source and left out of both, or the caption already says so), or empty.
+
+    Raises:
+        InputError: naming the change's key when its field cannot be changed (:func:`change_column`).
+    """
+    from workflow.prompts.strategies import clean_value, format_value, is_missing
+
+    columns = [change_column(rows, change, n, tabular) for n, change in enumerate(changes)]
+    fields = {f.field: f for f in tabular.fields}
+    out = []
+    for source in range(len(rows)):
+        row = rows.iloc[[source]].reset_index(drop=True)
+        for number, (change, column) in enumerate(zip(changes, columns, strict=True)):
+            value = row.at[0, column]
+            if change.add is None:
+                after = change.value
+            else:
+                after = pd.NA if is_missing(value) else float(pd.to_numeric(value)) + change.add
+            before_caption, after_caption = changed_captions(row, change.field, after, tabular)
+            reason = ""
+            if before_caption == after_caption:
+                missing = clean_value(value, fields[change.field]) is None
+                reason = (
+                    "missing for this source: in neither caption"
+                    if missing
+                    else "the caption says so already"
+                )
+            out.append(
+                {
+                    "source": source,
+                    "change": number,
+                    "field": change.field,
+                    "before_value": "" if is_missing(value) else format_value(value),
+                    "after_value": "" if is_missing(after) else format_value(after),
+                    "before_caption": before_caption,
+                    "after_caption": after_caption,
+                    "unchanged": reason,
+                }
+            )
+    return pd.DataFrame(out)
 
 
 def read_volume_pair(
@@ -373,15 +455,20 @@ def generate(
     return denoise(model, condition, contexts, null, noise, settings, architecture["timesteps"], patch).cpu()
 
 
+def in_units(volume: np.ndarray | torch.Tensor, window: tuple[float, float]) -> np.ndarray:
+    """A generated volume (in [-1, 1]) in the units of its real volume through the intensity ``window`` it
+    was trained in (low, high: -1 -> low, 1 -> high), float32."""
+    low, high = window
+    values = np.clip(np.asarray(volume, dtype=np.float64), -1.0, 1.0)
+    return (low + (values + 1.0) / 2.0 * (high - low)).astype(np.float32)
+
+
 def save_volume(volume: np.ndarray, window: tuple[float, float], affine: np.ndarray, path: str) -> None:
-    """A generated volume (X x Y x Z in [-1, 1]) back in the units of its real volume through the intensity
-    ``window`` it was trained in (low, high: -1 -> low, 1 -> high), as float32 gzipped NIfTI with the real
-    volume's (or its resampled grid's) ``affine``."""
+    """A generated volume (X x Y x Z in [-1, 1]) back in the units of its real volume (:func:`in_units`), as
+    float32 gzipped NIfTI with the real volume's (or its resampled grid's) ``affine``."""
     import nibabel as nib
 
-    low, high = window
-    units = low + (np.clip(volume, -1.0, 1.0) + 1.0) / 2.0 * (high - low)
-    data = nib.Nifti1Image(units.astype(np.float32), np.asarray(affine, dtype=float)).to_bytes()
+    data = nib.Nifti1Image(in_units(volume, window), np.asarray(affine, dtype=float)).to_bytes()
     with atomic_output(path) as tmp:
         tmp.write_bytes(gzip.compress(data, mtime=0))
 
@@ -407,20 +494,43 @@ def difference_map(
     model: torch.nn.Module,
     mask: torch.Tensor,
     before: torch.Tensor,
-    after: torch.Tensor,
+    afters: torch.Tensor,
     null: torch.Tensor,
     seed: int,
     settings: MaskTextSampleSettings,
     architecture: dict[str, Any],
-) -> torch.Tensor:
-    """The signed difference (``mask``'s shape, float) between the image generated from ``mask`` with the
-    caption embedding ``after`` and the one with ``before``, from the same seed and noise, each generated
-    alone, so that equal captions give exactly zero (DGM-VLC's difference maps for a changed clinical
-    field)."""
-    images = [
-        generate(model, mask[None], c[None], null, [seed], settings, architecture) for c in (before, after)
-    ]
-    return images[1][0, 0] - images[0][0, 0]
+    window: tuple[float, float] = (-1.0, 1.0),
+) -> np.ndarray:
+    """The signed differences ``after - before`` (n x ``mask``'s shape, float32) between the image generated
+    from ``mask`` with each caption embedding of ``afters`` (n x tokens x features) and the one with
+    ``before``, from the same seed and noise, in the units of ``window`` (:func:`in_units`: a volume's
+    intensity window; the default, the images' [-1, 1]). ``before``'s image is generated once and every
+    other alone, and an embedding equal to ``before`` is not generated again, so equal captions give exactly
+    zero (DGM-VLC's difference maps for a changed clinical field)."""
+
+    def image(context: torch.Tensor) -> np.ndarray:
+        generated = generate(model, mask[None], context[None], null, [seed], settings, architecture)
+        return in_units(generated[0, 0], window)
+
+    first = image(before)
+    return np.stack([np.zeros_like(first) if torch.equal(a, before) else image(a) - first for a in afters])
+
+
+def difference_statistics(
+    difference: np.ndarray, mask: np.ndarray, classes: Sequence[str]
+) -> dict[str, float]:
+    """Mean and max |difference|, mean signed difference and, per mask class of ``classes`` (``mask``: the
+    class ids, ``difference``'s shape), the mean |difference| over its voxels (NaN when the mask lacks it)."""
+    size = np.abs(difference)
+    out = {
+        "mean_abs": float(size.mean()),
+        "mean_signed": float(difference.mean()),
+        "max_abs": float(size.max()),
+    }
+    for number, name in enumerate(classes):
+        inside = mask == number
+        out[f"mean_abs_{name}"] = float(size[inside].mean()) if inside.any() else float("nan")
+    return out
 
 
 def save_difference(

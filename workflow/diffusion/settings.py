@@ -14,6 +14,7 @@ from typing import Any, Self
 
 from workflow.common.errors import InputError
 from workflow.common.settings import RESOURCE_KEYS, Settings
+from workflow.prompts.settings import TabularSettings
 
 
 def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -301,3 +302,46 @@ class MaskTextSampleSettings(Settings):
                 "fit": preprocess["fit"],
             }
         )
+
+
+@dataclass(frozen=True)
+class ChangeSettings(Settings):
+    """One entry of ``diffusion.mask_text.differences.changes``: clinical ``field`` set to ``value``, or its
+    number plus ``add``."""
+
+    field: str
+    value: str | float | bool | None = None
+    add: float | None = None
+
+
+@dataclass(frozen=True)
+class MaskTextDifferenceSettings(Settings):
+    """``diffusion.mask_text.differences`` with the generator's sampling (``diffusion.mask_text.sample``:
+    DDIM, guidance, seed) and captions (``prompts.tabular``) (rule ``difference_maps``: DGM-VLC's voxel
+    difference maps, :func:`workflow.diffusion.mask_text.difference_map`)."""
+
+    KEY = "diffusion.mask_text.differences"
+
+    split: str
+    sources: int
+    changes: tuple[ChangeSettings, ...]
+    sample: MaskTextSampleSettings
+    tabular: TabularSettings
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        section = {
+            k: v for k, v in config["diffusion"]["mask_text"]["differences"].items() if k not in RESOURCE_KEYS
+        }
+        sample = MaskTextSampleSettings.of(config).to_dict()
+        return cls.from_dict(section | {"sample": sample, "tabular": config["prompts"]["tabular"]})
+
+    def __post_init__(self) -> None:
+        """Raises InputError naming the change that has neither or both of ``value`` and ``add`` (when the
+        study is read)."""
+        for number, change in enumerate(self.changes):
+            if (change.value is None) == (change.add is None):
+                raise InputError(
+                    f"{self.KEY}.changes[{number}]: give the field '{change.field}' either a value "
+                    "({field, value}: set it) or an add ({field, add}: a numeric offset), not both or neither"
+                )

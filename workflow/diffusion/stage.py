@@ -40,6 +40,7 @@ from workflow.diffusion import sampling
 from workflow.diffusion.latent_cache import training_rows
 from workflow.diffusion.pixel_stage import (  # noqa: F401 (re-exported: the rules' functions)
     collect_mask_guided,
+    difference_maps,
     sample_mask_guided,
     sample_mask_text,
     train_mask_guided,
