@@ -52,6 +52,8 @@ MASK_SAMPLE_SETTINGS = {
 }
 MASK_TEXT = names_of_kind(config, "mask-text")
 DIFFERENCES = with_differences(config)  # mask-text generators with difference maps
+# its captions' phrases hold {value}: a params function, so Snakemake does not take it for a wildcard
+DIFFERENCE_SETTINGS = MaskTextDifferenceSettings.of(config).to_json()
 # shard jobs per generator whose shards collect_mask_guided merges (mask-guided and mask-text)
 MASK_SHARDS = {
     name: DIFFUSION["mask_guided"]["sample"]["shards"] for name in MASK_GUIDED
@@ -411,7 +413,7 @@ rule difference_maps:
     resources:
         gpu=DIFFUSION["mask_text"]["differences"]["gpus"],
     params:
-        settings=MaskTextDifferenceSettings.of(config).to_json(),
+        settings=lambda wildcards: DIFFERENCE_SETTINGS,
     shell:
         "python -m scripts.diffusion difference_maps --dataset {input.dataset} --prompts {input.prompts}"
         " --model {input.model} --settings {params.settings:q} --gpus {resources.gpu}"
