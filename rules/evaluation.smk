@@ -39,7 +39,9 @@ FAITHFULNESS_REPORTS = (
     if FAITHFULNESS.enabled
     else []
 )
-VOLUME_REPORTS = expand(f"{QUALITY}/volume_similarity.json", generator=volume_generators(config))
+VOLUME_REPORTS = expand(
+    f"{QUALITY}/volume_similarity.json", generator=volume_generators(config)
+)
 
 
 rule image_metrics:
