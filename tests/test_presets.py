@@ -246,6 +246,14 @@ def dgm_vlc_study(results: Path) -> None:
         assert nib.aff2axcodes(generated.affine) == nib.aff2axcodes(nib.as_closest_canonical(real).affine)
     section = json.loads((results / "fid.json").read_text())["generators"]["dgm-vlc"]
     assert section["volume_similarity"]["volumes"] == len(volumes)
+    summary = pd.read_csv(results / "differences/dgm-vlc/summary.csv")  # TINY: 2 test volumes x 2 changes
+    test_volumes = dataset.loc[dataset["split"] == "test", "volume_id"].unique()
+    assert len(summary) == 2 * min(2, len(test_volumes)) and set(summary["field"]) == {
+        "age",
+        "smoking_status",
+    }
+    for row in summary.itertuples():
+        assert nib.load(results / "differences/dgm-vlc" / Path(row.map).name).shape == (16, 16, 16)
     assert section["mask_faithfulness"]["images"] == len(samples)
 
 
