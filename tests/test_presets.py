@@ -16,6 +16,7 @@ import pytest
 import yaml
 from configs import validated
 from dataset_layouts import LAYOUTS
+from test_mask_text import TINY as TINY_MASK_TEXT
 from test_workflow_data import snakemake
 
 from workflow.diffusion.generators import (
@@ -79,21 +80,8 @@ TINY: dict[str, Any] = {
             "sample": {"gpus": 0, "steps": 1, "shards": 2},
         },
         "mask_text": {  # 3D (DGM-VLC's preset): the 32-voxel phantom volumes resampled to 16, 8-voxel patches
-            "train": {
-                "gpus": 0,
-                "volume_shape": [16, 16, 16],
-                "patch_size": [8, 8, 8],
-                "batch_size": 2,
-                "steps": 2,
-                "warmup_steps": 1,
-                "timesteps": 50,
-                "channels": [8, 8],
-                "attention_levels": [False, True],
-                "norm_num_groups": 8,
-                "text_encoder": "tiny",
-                "max_tokens": 16,
-                "checkpoint_steps": 2,
-            },
+            "train": TINY_MASK_TEXT
+            | {"gpus": 0, "resolution": 16, "volume_shape": [16, 16, 16], "patch_size": [8, 8, 8]},
             "sample": {"gpus": 0, "steps": 1, "shards": 2},
             "differences": {"gpus": 0, "sources": 2},
         },
