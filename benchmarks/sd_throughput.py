@@ -20,11 +20,14 @@ script counted on its step, VAE encode + text encoder + UNet) divided by the dev
 measured in the same run (``--peak-tflops`` overrides it), over the measured time per image.
 
 The base model must be a diffusers Stable Diffusion folder with a CLIP tokenizer (diffusers' scripts load
-``CLIPTokenizer``), e.g. a local copy of stable-diffusion-v1-5. GPU node, SD 1.5 at 512 px in bf16::
+``CLIPTokenizer``), e.g. a local copy of stable-diffusion-v1-5. ``--tiny-clip-base OUT`` instead writes the
+demo's tiny SD architecture (random weights) with a byte-level CLIP BPE tokenizer to OUT and benchmarks that,
+for a run without SD 1.5 (CPU figures at tiny size; the demo's tiny SD keeps its word-level tokenizer).
+GPU node, SD 1.5 at 512 px in bf16::
 
     python benchmarks/sd_throughput.py --base-model /models/stable-diffusion-v1-5 \\
         --diffusers-examples /src/diffusers-0.42.1/examples/text_to_image --resolution 512 --batch 8 \\
-        --precision bf16 --method full --out /tmp/sd-bench
+        --precision bf16 --method full --steps 20 520 --out /tmp/sd-bench
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from PIL import Image
 from snakemake.utils import validate
 from torch.utils.flop_counter import FlopCounterMode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workflow.diffusion import base_models, sampling, stage, training
 from workflow.diffusion.settings import CacheSettings, SampleSettings, TrainSettings
 
@@ -64,6 +68,40 @@ def settings_of(diffusion: dict[str, Any]) -> dict[str, Any]:
     config = {"dataset": {"chexpert": {"csv": "x.csv", "image_root": "."}}, "diffusion": diffusion}
     validate(config, str(ROOT / "resources" / "config.schema.yaml"))
     return config
+
+
+def clip_byte_tokenizer(folder: Path) -> Any:
+    """CLIP's byte-level BPE tokenizer (Radford et al. 2021) with no merges, written to ``folder`` as
+    ``vocab.json`` and ``merges.txt`` (what ``CLIPTokenizer.from_pretrained`` reads) and returned: every
+    byte-level character with and without the end-of-word mark ``</w>``, after CLIP's start and end tokens at
+    the ids the tiny text encoder uses (0 and 1). Every text tokenises (one token per character), so a tiny
+    SD with it loads in diffusers' example scripts, which require ``CLIPTokenizer``."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    bos, eos, _ = base_models.SPECIAL_TOKENS
+    characters = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = [bos, eos, *characters, *(c + "</w>" for c in characters)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        vocab=str(folder / "vocab.json"),
+        merges=str(folder / "merges.txt"),
+        model_max_length=base_models.MAX_TOKENS,
+    )
+
+
+def build_tiny_clip_base(out: Path, seed: int = 0) -> None:
+    """The demo's tiny SD architecture with random (seeded) weights and :func:`clip_byte_tokenizer`, its
+    text encoder's vocabulary sized to it, saved as a diffusers folder at ``out``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    pipe = base_models.build_random(*base_models.TINY_CONFIGS, seed=seed)
+    tokenizer = clip_byte_tokenizer(out / "tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(**(base_models.TINY_TEXT | {"vocab_size": len(tokenizer)})))
+    pipe.register_modules(tokenizer=tokenizer, text_encoder=text_encoder)
+    pipe.save_pretrained(out)
 
 
 def write_data(folder: Path, images: int, resolution: int) -> None:
@@ -238,14 +276,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--base-model", required=True, help="diffusers SD folder with a CLIP tokenizer")
+    base = parser.add_mutually_exclusive_group(required=True)
+    base.add_argument("--base-model", help="diffusers SD folder with a CLIP tokenizer")
+    base.add_argument(
+        "--tiny-clip-base", type=Path, help="write the tiny SD with a CLIP tokenizer here, use it"
+    )
     parser.add_argument("--diffusers-examples", required=True, help="diffusers' examples/text_to_image")
     parser.add_argument("--method", choices=["full", "lora"], default="full")
     parser.add_argument("--ema", action="store_true", help="EMA of the UNet in both (full only)")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--precision", choices=["no", "bf16", "fp16"], default="bf16")
     parser.add_argument("--batch", type=int, default=8, help="training images per step")
-    parser.add_argument("--steps", type=int, nargs=2, default=[20, 60], help="S1 S2 optimizer steps")
+    parser.add_argument("--steps", type=int, nargs=2, default=[20, 520], help="S1 S2 optimizer steps")
     parser.add_argument("--images", type=int, default=256, help="training images written")
     parser.add_argument("--workers", type=int, default=4, help="diffusers' data-loader workers")
     parser.add_argument("--dtype", choices=["no", "bf16", "fp16"], default="bf16", help="sampling dtype")
@@ -256,6 +298,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="working folder")
     args = parser.parse_args()
 
+    if args.tiny_clip_base:
+        build_tiny_clip_base(args.tiny_clip_base)
+        args.base_model = str(args.tiny_clip_base)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     write_data(args.out, args.images, args.resolution)
@@ -275,7 +320,7 @@ def main() -> None:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device, dtype)
     for result, on_the_fly in ((ours, False), (theirs, True)):
         flops = step_flops(pipe, args, device, on_the_fly)
-        result["tflop_per_image"] = round(flops / 1e12, 4)
+        result["tflop_per_image"] = float(f"{flops / 1e12:.4g}")
         result["fraction_of_ideal"] = round(result["images_per_s"] * flops / peak, 3)
     del pipe
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -287,7 +332,7 @@ def main() -> None:
         "resolution": args.resolution,
         "precision": args.precision,
         "batch": args.batch,
-        "peak_tflops": round(peak / 1e12, 1),
+        "peak_tflops": float(f"{peak / 1e12:.4g}"),
         "cache_images_per_s": round(cache_rate, 2),
         "training": {"synthmed finetune_sd": ours, "diffusers example script": theirs},
         "training_ratio": round(ours["images_per_s"] / theirs["images_per_s"], 3),
