@@ -17,13 +17,42 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sd_throughput import SD15_TEXT, SD15_UNET, SD15_VAE
 from workflow.diffusion import base_models
 from workflow.editing import inversion, p2p
+
+# Stable Diffusion 1.5's architecture (its configs on the hub), built with random weights: the same FLOPs.
+SD15_UNET: dict[str, Any] = {
+    "sample_size": 64,
+    "cross_attention_dim": 768,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "attention_head_dim": 8,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+}
+SD15_VAE: dict[str, Any] = {
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "sample_size": 512,
+}
+SD15_TEXT: dict[str, Any] = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
 
 SOURCE = "Chest X-ray showing Cardiomegaly, Pleural Effusion"
 TARGET = "Chest X-ray showing Pleural Effusion"
