@@ -3,12 +3,16 @@ the tiny SD in benchmarks/sd_throughput.py."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+import pytest
 from transformers import CLIPTokenizer
 
 from benchmarks.sd_throughput import PROMPTS, clip_byte_tokenizer
 from workflow.diffusion import base_models
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_clip_byte_tokenizer_loads_as_clip_from_vocab_and_merges(tmp_path: Path) -> None:
@@ -26,3 +30,10 @@ def test_clip_byte_tokenizer_loads_as_clip_from_vocab_and_merges(tmp_path: Path)
         assert len(ids) <= base_models.MAX_TOKENS
         decoded = tokenizer.decode(ids, skip_special_tokens=True)
         assert decoded.replace(" ", "") == prompt.lower().replace(" ", "")
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_imports(script: str) -> None:
+    """A benchmark is run by hand, rarely: at least its imports must hold (editing_speed.py once imported
+    names that sd_throughput.py no longer had)."""
+    importlib.import_module(f"benchmarks.{script}")
