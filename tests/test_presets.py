@@ -36,7 +36,7 @@ TINY: dict[str, Any] = {
     "preprocess": {"resolution": 32, "shards": 1},
     # phantoms are not H&E tissue: MEP's histology outlier rule would remove every one of them
     "prompts": {
-        "mep": {"model": "tiny", "k": 2, "outliers": {"enabled": False}},
+        "mep": {"model": "tiny", "k": 2, "shards": 1, "outliers": {"enabled": False}},
         "balance": {"min_prompts_per_class": 1},
     },
     "diffusion": {

@@ -51,7 +51,7 @@ PROGRAMS = ["slurmctld", "slurmd", "slurmdbd", "sbatch", "srun", "sacct", "sacct
 PROGRAMS += ["munged", "mungekey", "mariadbd", "mariadb-install-db", "mariadb", "mariadb-admin"]
 # What a user exports for the profile (see profiles/slurm/profile.yaml); the partitions of our test cluster.
 USER_ENV = {"SLURM_ACCOUNT": "synthmed", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu"}
-RUN_TIMEOUT = 900  # seconds for one Snakemake run through the profile (the whole demo DAG is the longest)
+RUN_TIMEOUT = 1500  # seconds for one Snakemake run through the profile (the whole demo DAG is the longest)
 FAKE_GPUS = 16  # on the test node: more than a real node has, so that all probe jobs run at once
 # The end products of the whole default DAG the demo run must leave behind (besides the data stage's).
 DEMO_OUTPUTS = [
@@ -352,6 +352,11 @@ def with_gpus(section: object, gpus: int) -> object:
     return section
 
 
+# Steps of the cancelled fine-tuning (a checkpoint every 10): 40 steps after the first checkpoint for the test
+# to cancel the job in (it needs a second), about 80 s at the demo's speed on two busy cores.
+RESUMED_STEPS = 50
+
+
 def cancel_training_and_rerun(
     cluster: LocalSlurm, demo: Path, workdir: Path, started: list[ProfileRun]
 ) -> tuple[Run, Run]:
@@ -366,7 +371,7 @@ def cancel_training_and_rerun(
     config_file = workdir / "config.yaml"
     args = ["--snakefile", str(ROOT / "Snakefile"), "--configfile", str(config_file)]
     config = yaml.safe_load(config_file.read_text())
-    config["diffusion"]["train"] |= {"max_steps": 150, "checkpoint_steps": 10}
+    config["diffusion"]["train"] |= {"max_steps": RESUMED_STEPS, "checkpoint_steps": 10}
     config_file.write_text(yaml.safe_dump(config))
     target = f"{TRAINING}/train_report.json"
     first = ProfileRun(cluster, workdir, *args).start(target)
@@ -389,7 +394,9 @@ def cancel_training_and_rerun(
     return cancelled, rerun.finish()
 
 
-TIME_LIMITED_TRAINING_S = 100  # fine-tuning at the demo's speed: well beyond the first job's time limit
+# Fine-tuning at the demo's speed: well beyond the first job's time limit (2.5 times its minute), and no more:
+# the resubmitted job trains every step after the cut (a floor of 600 steps made that 900-1,200 s in CI).
+TIME_LIMITED_TRAINING_S = 150
 FIRST_LIMIT, LATER_LIMIT = 1, 30  # minutes: Slurm's shortest time limit, then enough on a busy machine
 
 
@@ -407,7 +414,7 @@ def start_time_limited_training(cluster: LocalSlurm, demo: Path, workdir: Path) 
     config = yaml.safe_load(config_file.read_text())
     done = json.loads((demo / TRAINING / "train_report.json").read_text())
     per_step = done["train_seconds_this_job"] / (done["steps"] - done["resumed_from_step"])
-    steps = max(600, round(TIME_LIMITED_TRAINING_S / per_step))
+    steps = round(TIME_LIMITED_TRAINING_S / per_step)
     config["diffusion"]["train"] |= {"max_steps": steps, "checkpoint_steps": 10 * steps}
     config_file.write_text(yaml.safe_dump(config))
     entry = PROFILE["set-resources"]["finetune_sd"]
@@ -546,8 +553,8 @@ def test_cancelled_training_resumes_from_its_checkpoint(runs: dict, slurm: Local
     assert rerun.returncode == 0, rerun.log
     assert [job.rule for job in rerun.submitted()] == ["finetune_sd"]
     report = json.loads((rerun.workdir / TRAINING / "train_report.json").read_text())
-    assert report["steps"] == 150
-    assert 10 <= report["resumed_from_step"] < 150
+    assert report["steps"] == RESUMED_STEPS
+    assert 10 <= report["resumed_from_step"] < RESUMED_STEPS
     assert not list((rerun.workdir / TRAINING / "checkpoints").glob("checkpoint-*.pt"))
 
 

@@ -22,11 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from workflow.classifier import comparison, fairness, figures, metrics, networks, regimes, training
+from workflow.classifier import comparison, regimes
 from workflow.classifier.settings import EvaluationSettings, FairnessSettings, FocusSettings, TrainSettings
-from workflow.common.devices import pick_device
 from workflow.common.figures import image_grid
 from workflow.common.files import write_csv, write_json, write_parquet
 from workflow.common.interruption import attempt_log
@@ -58,6 +56,11 @@ def train_classifier(
         run: ``<regime>`` or ``<regime>/<source>`` (:func:`workflow.classifier.regimes.runs`).
         sources: the extra manifests of the run by kind (:func:`workflow.classifier.regimes.run_sources`).
     """
+    import torch  # here, not at the top: compare_classifiers starts in a second without torch
+
+    from workflow.classifier import networks, training
+    from workflow.common.devices import pick_device
+
     torch.set_num_threads(threads)
     regime = run.partition("/")[0]
     notes: list[str] = []
@@ -124,6 +127,11 @@ def evaluate_classifier(
     threads: int,
 ) -> None:
     """Test metrics, fairness, predictions and figures of one trained classifier."""
+    import torch
+
+    from workflow.classifier import fairness, figures, metrics, networks, training
+    from workflow.common.devices import pick_device
+
     torch.set_num_threads(threads)
     network, spec, trained = networks.load(model)
     trained_on = json.loads(Path(training_report).read_text())
@@ -171,7 +179,9 @@ def classifier_focus(
     dataset: str, model: str, settings: FocusSettings, focus: str, overlays: str, threads: int
 ) -> None:
     """Grad-CAM focus metrics of one trained classifier on test images, and example overlays."""
-    from workflow.classifier import cam  # grad-cam takes seconds to import; only this step needs it
+    import torch
+
+    from workflow.classifier import cam, networks  # grad-cam takes seconds to import; only this step needs it
 
     torch.set_num_threads(threads)
     network, spec, trained = networks.load(model)

@@ -37,7 +37,6 @@ from workflow.common.files import read_parquet_meta, write_csv, write_json
 from workflow.common.manifest import label_column
 from workflow.common.model_card import read_card
 from workflow.common.provenance import provenance
-from workflow.evaluation import fidelity
 from workflow.evaluation.settings import (
     ConditionalSettings,
     EvaluationSettings,
@@ -91,6 +90,7 @@ def image_metrics(
     """
     import torch
 
+    from workflow.evaluation import fidelity
     from workflow.evaluation.features import resolve_policy
 
     split = settings.reference_split
@@ -155,7 +155,7 @@ def _feature_space(
     of its random weights (tiny stand-ins; else None)."""
     import torch_fidelity
 
-    from workflow.evaluation import extractors
+    from workflow.evaluation import extractors, fidelity
     from workflow.evaluation.features import FeatureCache
 
     spec = extractors.resolve(settings, kind, local)
