@@ -476,3 +476,49 @@ def test_a_change_the_dataset_or_captions_cannot_make_is_refused_naming_its_key(
             mask_text.field_changes(rows, [ChangeSettings(**change)], tabular)
     with pytest.raises(InputError, match=r"differences\.changes\[1\]: give the field 'age' either a value"):
         difference_settings(1, [CHANGES[0], {"field": "age"}])
+
+
+def test_3d_sampling_shards_volumes_and_a_shard_without_one_is_empty(tmp_path, model3d):
+    """Two captioned training volumes in three sampling shards: one volume each in the first two, named by
+    its place in the split, every training slice with its counterpart after collecting; the third shard
+    holds no volume and writes an empty table instead of failing."""
+    from classifier_data import fabricate
+
+    from workflow.diffusion import stage
+
+    labels = np.zeros((6, 6, 4))
+    labels[2:4] = 1
+    files = []
+    for number in range(2):
+        (tmp_path / f"v{number}").mkdir()
+        files.append(volume_files(tmp_path / f"v{number}", labels))
+    rows = fabricate(tmp_path / "data", n=10)
+    volume = [i % 2 for i in range(len(rows))]
+    rows = rows.assign(
+        volume_id=[f"ct{v}" for v in volume],
+        path=[files[v][0] for v in volume],
+        mask_path=[files[v][1] for v in volume],
+        slice_index=[i % 4 for i in range(len(rows))],
+        slice_axis=2,
+        volume_shape="[6, 6, 4]",
+        window_low=0.0,
+        window_high=143.0,
+    )
+    dataset, prompts = captioned(rows, tmp_path / "dataset.parquet", tmp_path / "train.parquet")
+    network, architecture = model3d
+    model = saved_model(tmp_path / "model", network, architecture)
+    _, sample = settings(sample={"steps": 1, "shards": 3})
+    parts = [str(tmp_path / f"{k}.parquet") for k in range(3)]
+    for k in range(3):
+        stage.sample_mask_text(dataset, prompts, model, sample, 0, k, str(tmp_path / f"masks{k}"), parts[k])
+    assert pd.read_parquet(parts[2]).empty and not list((tmp_path / "masks2").iterdir())
+    stage.collect_mask_guided(parts, str(tmp_path / "manifest.parquet"))
+    samples = pd.read_parquet(tmp_path / "manifest.parquet")
+    train = rows[rows["split"] == "train"]
+    assert sorted(samples["source_image_id"]) == sorted(train["image_id"])
+    first = train.drop_duplicates("volume_id")["volume_id"].tolist()  # the split's volumes in order
+    volume_of = train.set_index("image_id")["volume_id"]
+    for row in samples.itertuples():
+        number = first.index(volume_of[row.source_image_id])
+        assert Path(row.path) == tmp_path / f"masks{number}" / f"{number:06d}.nii.gz"
+        assert Path(row.path).is_file() and Path(row.image).is_file()

@@ -433,7 +433,9 @@ def sample_mask_text(
     (a contiguous part of its captioned rows, ``settings.shards`` parts), seeded per image
     (:func:`workflow.diffusion.mask_text.generate`), as a table in the manifest schema
     (:func:`mask_sample_table`; ``prompt`` is the caption). A 3D model generates once per volume instead
-    (:func:`sample_volumes`)."""
+    (:func:`sample_volumes`): a row's ``path`` is then the generated NIfTI, while ``slice_index``,
+    ``volume_shape`` and ``affine`` stay the real slice's (its place in the real volume's grid; the generated
+    grid is the NIfTI's own header)."""
     from workflow.common.devices import pick_device
     from workflow.diffusion import mask_guided, mask_text
 
@@ -460,7 +462,14 @@ def sample_mask_text(
         if architecture["spatial_dims"] == 3:
             slices = captioned_masks(dataset, prompts, settings.split)
             rows, paths, seeds = sample_volumes(
-                network, rows, slices, (contexts, null), seeds, settings, architecture, (tmp, images)
+                network,
+                rows.assign(number=numbers),
+                slices,
+                (contexts, null),
+                seeds,
+                settings,
+                architecture,
+                (tmp, images),
             )
         else:
             paths = [str(Path(images) / f"{i:06d}.png") for i in numbers]
@@ -496,14 +505,15 @@ def sample_volumes(
     """Generate one volume per row of ``volumes`` (rows of :func:`captioned_volumes`; ``texts``: their
     caption embeddings and the empty caption's) from its label volume and its seed, one volume at a time
     (its windows batched, ``window_batch_size``), into ``folders`` (the folder being written, and the name it
-    will have): ``<volume id>.nii.gz`` in Hounsfield units (or the modality's units) through the real
-    volume's window, with its affine (:func:`workflow.diffusion.mask_text.save_volume`), and, for every real
-    slice in ``slices`` of that volume, the generated volume's slice at the same place as a PNG made as the
-    real one was (:func:`workflow.diffusion.mask_text.slice_image`).
+    will have): ``<n>.nii.gz`` (``n``: its column ``number``, the volume's place in the split) in Hounsfield
+    units (or the modality's units) through the real volume's window, with its affine
+    (:func:`workflow.diffusion.mask_text.save_volume`), and, for every real slice in ``slices`` of that
+    volume, the generated volume's slice at the same place as a PNG made as the real one was
+    (:func:`workflow.diffusion.mask_text.slice_image`).
 
     Returns:
         The real slice rows the images stand for (with ``generated_volume``, the NIfTI's final path), the
-        images' final paths and their volumes' seeds.
+        images' final paths and their volumes' seeds; none for a shard without volumes.
     """
     from workflow.diffusion import mask_text
 
@@ -517,7 +527,7 @@ def sample_volumes(
         generated = mask_text.generate(
             network, masks, contexts[[number]], null, [seeds[number]], settings, architecture
         )[0, 0].numpy()
-        name = f"{number:04d}"
+        name = f"{volume.number:06d}"
         window = (volume.window_low, volume.window_high)
         mask_text.save_volume(generated, window, affines[0], str(written / f"{name}.nii.gz"))
         own = slices[slices["volume_id"] == volume.volume_id]
@@ -528,6 +538,8 @@ def sample_volumes(
             paths.append(str(final / path))
         rows.append(own.assign(generated_volume=str(final / f"{name}.nii.gz")))
         slice_seeds += [seeds[number]] * len(own)
+    if not rows:  # more shards than volumes
+        return slices.iloc[:0].assign(generated_volume=pd.Series(dtype="string")), [], []
     return pd.concat(rows, ignore_index=True), paths, slice_seeds
 
 
