@@ -34,7 +34,7 @@ def modules() -> dict[str, Path]:
 def imported(path: Path, package: str) -> set[str]:
     """The library modules ``path`` imports, at the top or inside functions (lazy imports count too)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -105,7 +105,7 @@ def test_every_stage_has_rules_script_and_stage_module():
 def test_each_rule_calls_its_stage_function_with_matching_arguments(stage):
     """A rule of rules/<stage>.smk runs ``scripts.<stage> <rule>``; the script has that subcommand, the stage
     module a function of that name, and the subcommand's options are exactly the function's parameters."""
-    text = (ROOT / "rules" / f"{stage}.smk").read_text()
+    text = (ROOT / "rules" / f"{stage}.smk").read_text(encoding="utf-8")
     script = importlib.import_module(f"scripts.{stage}")
     commands = {command.rule: command for command in script.COMMANDS}
     module = "workflow.common.tiny_models" if stage == "common" else f"workflow.{stage}.stage"
@@ -121,7 +121,7 @@ def test_each_rule_calls_its_stage_function_with_matching_arguments(stage):
 
 def test_config_sections_are_owned_by_stages():
     """Every top-level config section belongs to a stage: its settings classes live in that stage."""
-    schema = yaml.safe_load((ROOT / "resources" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "resources" / "config.schema.yaml").read_text(encoding="utf-8"))
     owners = {"phantom": "data", "dataset": "data", "split": "data", "preprocess": "data"}
     sections = set(schema["properties"])
     assert sections - set(owners) == set(STAGES) - {"data"}
