@@ -83,6 +83,18 @@ def write_parquet(
         pq.write_table(table, tmp)
 
 
+def write_nifti(path: str | os.PathLike[str], array: Any, affine: Any) -> None:
+    """``array`` as a NIfTI-1 image with ``affine`` (nibabel), gzipped when ``path`` ends in ``.gz`` with no
+    time stamp in the gzip header, so equal arrays give byte-identical files."""
+    import gzip
+
+    import nibabel as nib
+
+    data = nib.Nifti1Image(array, affine).to_bytes()
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(gzip.compress(data, mtime=0) if str(path).endswith(".gz") else data)
+
+
 def read_parquet_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Return the synthmed metadata (provenance) stored by :func:`write_parquet`, or ``{}``."""
     import pyarrow.parquet as pq

@@ -32,11 +32,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage, spatial
 
-from workflow.common.files import atomic_output, write_json
+from workflow.common.files import atomic_output, write_json, write_nifti
 from workflow.data.labels import CHEXPERT_LABELS
 from workflow.data.phantom_render import MASK_CLASSES, Anatomy, Findings, _ramp
 from workflow.data.phantoms import TOGGLABLE, PhantomSettings, sample_patient, truth_labels
@@ -184,11 +183,6 @@ def _switched(field: str, row: dict[str, str], findings: Findings, clinical: Cli
     return value, {**row, **{k: f"{v:.1f}" for k, v in truth.items()}}, flipped, clinical
 
 
-def _save(path: Path, array: np.ndarray, matrix: np.ndarray) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(nib.Nifti1Image(array, matrix).to_bytes())
-
-
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[dict[str, str]]) -> None:
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, header, lineterminator="\n")
@@ -216,8 +210,8 @@ def generate_volumes(settings: PhantomSettings, out_dir: str | os.PathLike[str])
         noise = volume_noise(settings, number, patient.site)
         image, label = render_volume(patient.anatomy, study.findings, clinical, noise)
         name = f"patient{number:05d}.nii"
-        _save(root / "images" / name, image, matrix)
-        _save(root / "labels" / name, label, matrix)
+        write_nifti(root / "images" / name, image, matrix)
+        write_nifti(root / "labels" / name, label, matrix)
         truth = truth_labels(study.findings.present)
         row = {
             "volume": f"images/{name}",
@@ -241,9 +235,9 @@ def generate_volumes(settings: PhantomSettings, out_dir: str | os.PathLike[str])
         value, cf_row, findings, cf_clinical = _switched(field, row, study.findings, clinical)
         stem = f"counterfactuals/patient{number:05d}_{field.lower().replace(' ', '_')}_{value}"
         cf_image, cf_label = render_volume(patient.anatomy, findings, cf_clinical, noise)
-        _save(root / f"{stem}.nii", cf_image, matrix)
+        write_nifti(root / f"{stem}.nii", cf_image, matrix)
         if not np.array_equal(cf_label, label):  # Cardiomegaly and Support Devices change the label volume
-            _save(root / f"{stem}_label.nii", cf_label, matrix)
+            write_nifti(root / f"{stem}_label.nii", cf_label, matrix)
             cf_row["label_volume"] = f"{stem}_label.nii"
         cf_name = f"{stem}.nii"
         cf_rows.append(

@@ -239,8 +239,14 @@ def render_slice(volume: np.ndarray, index: int, axis: int, low: float, high: fl
     plane = _plane(volume, index, axis, "volume")
     if not (np.isfinite(low) and np.isfinite(high) and high > low):
         raise InputError(f"window low={low}, high={high} is invalid; need finite values with high > low")
-    scaled = (plane.astype(np.float64) - low) * 255.0 / (high - low)
-    return np.ascontiguousarray(np.rot90(np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)))
+    return np.ascontiguousarray(np.rot90(windowed(plane, low, high)))
+
+
+def windowed(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Intensities through the window ``[low, high]`` -> ``[0, 255]`` as uint8:
+    ``rint(clip((x - low) * 255 / (high - low), 0, 255))`` (float64, halves to even)."""
+    scaled = (np.asarray(values, dtype=np.float64) - low) * 255.0 / (high - low)
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
 def mask_slice(label_volume: np.ndarray, index: int, axis: int) -> np.ndarray:

@@ -34,7 +34,6 @@ montage of slices.
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -45,7 +44,7 @@ import torch
 from PIL import Image
 
 from workflow.common.errors import InputError
-from workflow.common.files import atomic_output
+from workflow.common.files import write_nifti
 from workflow.common.interruption import StopRequest
 from workflow.common.manifest import tabular_column
 from workflow.diffusion import mask_guided
@@ -234,7 +233,7 @@ def read_volume_pair(
         InputError: naming the label volume when its shape, spacing or orientation (affine) differ from the
             volume's, or its class ids are outside ``dataset.mask_classes``.
     """
-    from workflow.data.slicing import load_volume
+    from workflow.data.slicing import load_volume, windowed
 
     volume, affine = load_volume(image_path)
     labels, label_affine = load_volume(mask_path)
@@ -249,9 +248,7 @@ def read_volume_pair(
             f"volume {image_path} ({affine.round(4).tolist()}); resample the label volume onto the volume"
         )
     mask = mask_guided.check_classes(labels.round().astype(np.int64), mask_path, classes)
-    low, high = window
-    scaled = np.rint(np.clip((volume.astype(np.float64) - low) * 255.0 / (high - low), 0.0, 255.0))
-    image, mask = torch.from_numpy(scaled.astype(np.uint8))[None], torch.from_numpy(mask.astype(np.uint8))
+    image, mask = torch.from_numpy(windowed(volume, *window))[None], torch.from_numpy(mask.astype(np.uint8))
     if shape is None or tuple(shape) == volume.shape:
         return image, mask, affine
     return *resample(image, mask, shape), resampled_affine(affine, volume.shape, shape)
@@ -466,11 +463,7 @@ def in_units(volume: np.ndarray | torch.Tensor, window: tuple[float, float]) -> 
 def save_volume(volume: np.ndarray, window: tuple[float, float], affine: np.ndarray, path: str) -> None:
     """A generated volume (X x Y x Z in [-1, 1]) back in the units of its real volume (:func:`in_units`), as
     float32 gzipped NIfTI with the real volume's (or its resampled grid's) ``affine``."""
-    import nibabel as nib
-
-    data = nib.Nifti1Image(in_units(volume, window), np.asarray(affine, dtype=float)).to_bytes()
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(gzip.compress(data, mtime=0))
+    write_nifti(path, in_units(volume, window), np.asarray(affine, dtype=float))
 
 
 def slice_image(volume: np.ndarray, row: Any, resolution: int, fit: str) -> Image.Image:
@@ -539,15 +532,12 @@ def save_difference(
     """``difference`` (X x Y x Z, or X x Y) as a float32 NIfTI with the source volume's ``affine`` (gzipped
     when ``nifti`` ends in ``.gz``), and a PNG montage of up to ``slices`` evenly spaced axial slices in a
     diverging colour map centred on zero."""
-    import nibabel as nib
     from matplotlib.figure import Figure
 
     from workflow.common.figures import save_figure
 
     volume = np.asarray(difference, dtype=np.float32)
-    data = nib.Nifti1Image(volume, np.asarray(affine, dtype=float)).to_bytes()
-    with atomic_output(nifti) as tmp:
-        tmp.write_bytes(gzip.compress(data, mtime=0) if str(nifti).endswith(".gz") else data)
+    write_nifti(nifti, volume, np.asarray(affine, dtype=float))
     stack = volume[..., None] if volume.ndim == 2 else volume
     chosen = np.unique(np.linspace(0, stack.shape[-1] - 1, min(slices, stack.shape[-1])).round().astype(int))
     limit = float(np.abs(volume).max()) or 1.0

@@ -445,7 +445,7 @@ def volume_similarity(
         InputError: naming the samples when they hold no volumes (a 2D generator).
     """
     from workflow.common.errors import InputError
-    from workflow.data.slicing import load_volume
+    from workflow.data.slicing import load_volume, windowed
     from workflow.diffusion.mask_text import read_volume_pair
     from workflow.evaluation.structural import volume_ms_ssim
 
@@ -464,9 +464,8 @@ def volume_similarity(
         volume = read_volume_pair(
             source["path"], source["mask_path"], len(settings.mask_classes), (low, high), generated.shape
         )[0]
-        scaled = np.clip((generated - low) * 255.0 / (high - low), 0.0, 255.0)
         found = volume_ms_ssim(
-            scaled,
+            windowed(generated, low, high),
             volume[0].numpy(),
             data_range=255.0,
             kernel_size=settings.kernel_size,
