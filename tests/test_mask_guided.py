@@ -4,6 +4,7 @@ masks, resume, and its rules in the DAG (a Snakemake dry run)."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 from configs import validated
 from PIL import Image
-from test_workflow_data import snakemake, write_config
+from test_workflow_data import ROOT, snakemake, write_config
 
 from workflow.common.errors import InputError
 from workflow.common.interruption import Stopped, StopRequest
@@ -317,3 +318,19 @@ def test_samples_name_the_classes_their_masks_lost(trained, tmp_path):
     samples = sample(trained, tmp_path, remove_classes=["heart"])
     assert (samples["dropped_classes"] == "heart").all()
     assert (sample(trained, tmp_path / "full")["dropped_classes"] == "").all()
+
+
+@pytest.mark.integration
+def test_the_demo_trains_a_mask_guided_arm_beside_stable_diffusion(tmp_path):
+    """The default config.yaml (issue 15): segmentation-guided diffusion trained on the phantoms' masks and
+    sampled once per training mask, judged by mask faithfulness and image quality; the classifier regimes
+    train on the SD arm's samples only (classifier.generators)."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    plan = snakemake(tmp_path, "--dry-run").stdout
+    assert "results/data/dataset.parquet" in job(plan, "train_mask_guided", "segguided")
+    assert "results/models/segguided/model" in job(plan, "sample_mask_guided", "segguided")
+    for rule in ("image_metrics", "conditional_fidelity", "mask_faithfulness"):
+        assert "results/samples/segguided/manifest.parquet" in job(plan, rule, "segguided"), rule
+    assert job(plan, "finetune_sd", "sd-full")
+    trained = re.findall(r"results/classifier/(\S+)/model\.pt", plan)
+    assert set(trained) == {"real", "synthetic/sd-full"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from classifier_data import LABELS, fabricate
+from configs import validated
 
 from workflow.classifier import regimes
 from workflow.common.errors import InputError
@@ -89,3 +90,24 @@ def test_missing_label_columns_are_noted_and_missing_sources_named(frames, tmp_p
         regimes.read_extra(str(tmp_path / "no_image.parquet"), LABELS, [])
     with pytest.raises(InputError, match="split"):
         regimes.real_splits(frames["real"][frames["real"]["split"] != "val"])
+
+
+def test_synthetic_regimes_train_on_the_generators_classifier_generators_names():
+    arms = {"sd-full": {}, "segguided": {"kind": "mask-guided"}}
+    every = validated({"diffusion": {"generators": arms}, "classifier": {"regimes": ["real", "synthetic"]}})
+    assert regimes.runs(every) == ["real", "synthetic/sd-full", "synthetic/segguided"]
+    chosen = validated(
+        {
+            "diffusion": {"generators": arms},
+            "classifier": {"regimes": ["synthetic", "mixed"], "generators": ["sd-full"]},
+        }
+    )
+    assert regimes.runs(chosen) == ["synthetic/sd-full", "mixed/sd-full"]
+    unknown = validated(
+        {
+            "diffusion": {"generators": arms},
+            "classifier": {"regimes": ["synthetic"], "generators": ["sd-lora"]},
+        }
+    )
+    with pytest.raises(InputError, match=r"classifier.generators: \['sd-lora'\]"):
+        regimes.runs(unknown)

@@ -16,7 +16,8 @@ real+counterfactual    the real ``train`` split plus every row of a counterfactu
 =====================  ===============================================================================
 
 **Runs.** A regime that adds images trains once per source of them (:data:`SOURCES`): the synthetic and
-mixed regimes once per generator of the study (:mod:`workflow.diffusion.generators`), real + counterfactual
+mixed regimes once per generator of the study (:mod:`workflow.diffusion.generators`) or of its
+``classifier.generators`` (:func:`trained_generators`), real + counterfactual
 once per counterfactual set: the workflow's own, one per editing method (``editing.methods`` when
 ``editing.enabled``, :mod:`workflow.editing.edits`), and the manifest ``classifier.counterfactuals``, named
 ``external``, when set. A run is
@@ -79,7 +80,7 @@ def runs(config: Mapping[str, Any]) -> list[str]:
         InputError: when ``real+counterfactual`` is asked for without a counterfactual manifest.
     """
     classifier = config["classifier"]
-    sources = {"synthetic": generator_names(config), "counterfactual": editing_methods(config)}
+    sources = {"synthetic": trained_generators(config), "counterfactual": editing_methods(config)}
     if classifier["counterfactuals"] is not None:
         sources["counterfactual"].append(EXTERNAL)
     names = []
@@ -96,6 +97,25 @@ def runs(config: Mapping[str, Any]) -> list[str]:
             )
         names += [f"{regime}/{source}" for source in sources[kind]]
     return names
+
+
+def trained_generators(config: Mapping[str, Any]) -> list[str]:
+    """The generators whose samples the synthetic and mixed regimes train on: ``classifier.generators``, or
+    every generator of the study when it is null, in config order.
+
+    Raises:
+        InputError: naming ``classifier.generators`` when it lists a name that is no generator of the study.
+    """
+    study = generator_names(config)
+    chosen = config["classifier"]["generators"]
+    if chosen is None:
+        return study
+    unknown = [name for name in chosen if name not in study]
+    if unknown:
+        raise InputError(
+            f"classifier.generators: {unknown} are not generators of the study {study} (diffusion.generators)"
+        )
+    return [name for name in study if name in chosen]
 
 
 def run_sources(config: Mapping[str, Any], run: str) -> dict[str, str]:
