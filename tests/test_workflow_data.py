@@ -54,10 +54,16 @@ def write_config(workdir: Path, **changes: dict) -> dict:
     config["diffusion"]["train"] |= {"max_steps": 20, "checkpoint_steps": 10}
     config["diffusion"]["sample"] |= {"max_prompts": 6, "steps": 2}
     config["classifier"]["regimes"] = ["real"]
-    # the SD arm alone: the demo's mask-guided arm runs in tests/test_mask_guided.py and the segguided preset
+    # the SD arm alone (the demo's mask-guided arm runs in tests/test_mask_guided.py and the segguided
+    # preset) and both editing methods of the PRISM study (the demo edits with ddim-p2p only)
     config["diffusion"]["generators"] = None
     config["classifier"]["generators"] = None
-    config["editing"] |= {"max_images": 2, "steps": 2, "clip": {"model": None}}
+    config["editing"] |= {
+        "max_images": 2,
+        "steps": 2,
+        "clip": {"model": None},
+        "methods": ["sdedit", "ddim-p2p"],
+    }
     for section, values in changes.items():
         config[section].update(values)
     workdir.mkdir(parents=True, exist_ok=True)
