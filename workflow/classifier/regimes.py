@@ -17,7 +17,7 @@ real+counterfactual    the real ``train`` split plus every row of a counterfactu
 
 **Runs.** A regime that adds images trains once per source of them (:data:`SOURCES`): the synthetic and
 mixed regimes once per generator of the study (:mod:`workflow.diffusion.generators`) or of its
-``classifier.generators`` (:func:`trained_generators`), real + counterfactual
+``classifier.generators`` (:func:`classifier_generators`), real + counterfactual
 once per counterfactual set: the workflow's own, one per editing method (``editing.methods`` when
 ``editing.enabled``, :mod:`workflow.editing.edits`), and the manifest ``classifier.counterfactuals``, named
 ``external``, when set. A run is
@@ -80,7 +80,7 @@ def runs(config: Mapping[str, Any]) -> list[str]:
         InputError: when ``real+counterfactual`` is asked for without a counterfactual manifest.
     """
     classifier = config["classifier"]
-    sources = {"synthetic": trained_generators(config), "counterfactual": editing_methods(config)}
+    sources = {"synthetic": classifier_generators(config), "counterfactual": editing_methods(config)}
     if classifier["counterfactuals"] is not None:
         sources["counterfactual"].append(EXTERNAL)
     names = []
@@ -99,7 +99,7 @@ def runs(config: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def trained_generators(config: Mapping[str, Any]) -> list[str]:
+def classifier_generators(config: Mapping[str, Any]) -> list[str]:
     """The generators whose samples the synthetic and mixed regimes train on: ``classifier.generators``, or
     every generator of the study when it is null, in config order.
 
