@@ -234,6 +234,45 @@ def test_bad_label_volumes_are_refused_naming_the_file(tmp_path):
         assert mask in str(error.value)
 
 
+def test_the_3d_steps_read_volumes_with_the_studys_reader(tmp_path):
+    """A volume whose two NIfTI orientations disagree (its qform flips the first axis, its sform does not
+    and has other scales: SimpleITK follows the qform, nibabel the sform). A study that slices its volumes
+    with `dataset.volumes.reader: sitk` trains, samples, maps differences and measures volume similarity on
+    the same orientation (they read with `auto`, nibabel for NIfTI, before)."""
+    from workflow.data.settings import PreprocessSettings
+    from workflow.data.slicing import load_volume, windowed
+    from workflow.diffusion.pixel_stage import read_volumes
+    from workflow.evaluation.settings import VolumeSimilaritySettings
+
+    volumes = {"table": "volumes.csv", "modality": "ct", "reader": "sitk"}
+    study = validated({"dataset": {"adapter": "volumes", "mask_classes": list(CLASSES), "volumes": volumes}})
+    readers = {
+        settings.volume_reader
+        for settings in (
+            *(kind.of(study) for kind in (MaskTextTrainSettings, MaskTextSampleSettings)),
+            MaskTextDifferenceSettings.of(study).sample,
+            VolumeSimilaritySettings.of(study),
+            PreprocessSettings.of(study),
+        )
+    }
+    assert readers == {"sitk"}
+    image, mask = str(tmp_path / "ct.nii.gz"), str(tmp_path / "labels.nii.gz")
+    labels = np.zeros((6, 6, 4), np.int16)
+    labels[:2] = 1  # the first axis's low end, which the flip moves to the high end
+    for data, path in [(np.arange(6 * 6 * 4, dtype=np.float32).reshape(6, 6, 4), image), (labels, mask)]:
+        written = nib.Nifti1Image(data, np.eye(4))
+        written.set_qform(np.diag([-1.0, 1.0, 1.0, 1.0]), code=1)
+        written.set_sform(np.diag([1.0, 2.0, 1.0, 1.0]), code=2)
+        nib.save(written, path)
+    rows = pd.DataFrame([{"path": image, "mask_path": mask, "window_low": 0.0, "window_high": 143.0}])
+    pairs, affines = read_volumes(rows, len(CLASSES), None, readers.pop())
+    volume, affine = load_volume(image, "sitk")
+    np.testing.assert_array_equal(pairs.images[0, 0].numpy(), windowed(volume, 0.0, 143.0))
+    np.testing.assert_array_equal(pairs.masks[0].numpy(), load_volume(mask, "sitk")[0])
+    np.testing.assert_allclose(affines[0], affine)
+    assert not np.array_equal(load_volume(image, "nibabel")[0], volume)  # the readers disagree on this file
+
+
 def test_patches_must_fit_the_images_and_have_one_side_per_axis():
     train, _ = settings({"patch_size": [4, 4]})
     with pytest.raises(InputError, match="patch_size"):

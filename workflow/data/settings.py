@@ -86,14 +86,21 @@ class PreprocessSettings(Settings):
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
-        dataset = config["dataset"]
-        reader = dataset["volumes"]["reader"] if dataset["adapter"] == "volumes" else "auto"
         section = config["preprocess"]
         return cls(
             section["resolution"],
             section["fit"],
             section["shards"],
             section["color"],
-            len(dataset["mask_classes"]),
-            reader,
+            len(config["dataset"]["mask_classes"]),
+            configured_volume_reader(config),
         )
+
+
+def configured_volume_reader(config: Mapping[str, Any]) -> str:
+    """The reader that opens the study's volumes (:func:`workflow.data.slicing.load_volume`):
+    ``dataset.volumes.reader`` for the volumes adapter, ``auto`` for the others. Every step that reads the
+    volumes again (preprocessing, 3D generation, volume similarity) reads them with it, so that all of them
+    see the same orientation where a file's two NIfTI orientations (qform, sform) disagree."""
+    dataset = config["dataset"]
+    return dataset["volumes"]["reader"] if dataset["adapter"] == "volumes" else "auto"

@@ -219,8 +219,10 @@ def read_volume_pair(
     classes: int,
     window: tuple[float, float],
     shape: Sequence[int] | None = None,
+    reader: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """A CT/MR volume (NIfTI or DICOM, :func:`workflow.data.slicing.load_volume`, canonical orientation) in
+    """A CT/MR volume (NIfTI or DICOM, read with ``reader``: :func:`workflow.data.slicing.load_volume`, the
+    study's ``dataset.volumes.reader`` as its slices were read; canonical orientation) in
     8 bits through the dataset's intensity ``window`` (low, high: the volumes adapter's ``window_low`` and
     ``window_high``, as :func:`workflow.data.slicing.render_slice` renders its slices; DGM-VLC min-max
     scales each volume instead), its label volume (X x Y x Z class ids) and the volume's
@@ -235,8 +237,8 @@ def read_volume_pair(
     """
     from workflow.data.slicing import load_volume, windowed
 
-    volume, affine = load_volume(image_path)
-    labels, label_affine = load_volume(mask_path)
+    volume, affine = load_volume(image_path, reader)
+    labels, label_affine = load_volume(mask_path, reader)
     if labels.shape != volume.shape:
         raise InputError(
             f"{mask_path}: label volume shape {labels.shape} does not match its volume {image_path} "

@@ -301,10 +301,11 @@ def captioned_volumes(dataset: str, prompts: str, split: str) -> pd.DataFrame:
 
 
 def read_volumes(
-    volumes: pd.DataFrame, classes: int, shape: Sequence[int] | None
+    volumes: pd.DataFrame, classes: int, shape: Sequence[int] | None, reader: str
 ) -> tuple[mask_guided.Pairs, list[Any]]:
-    """The volumes and label volumes of ``volumes`` (rows of :func:`captioned_volumes`) in memory, windowed
-    and resampled to ``shape`` (:func:`workflow.diffusion.mask_text.read_volume_pair`), and their affines.
+    """The volumes and label volumes of ``volumes`` (rows of :func:`captioned_volumes`) in memory, read with
+    ``reader`` (``dataset.volumes.reader``), windowed and resampled to ``shape``
+    (:func:`workflow.diffusion.mask_text.read_volume_pair`), and their affines.
 
     Raises:
         InputError: naming ``diffusion.mask_text.train.volume_shape`` when the volumes' grids differ and no
@@ -316,7 +317,9 @@ def read_volumes(
     from workflow.diffusion.mask_guided import Pairs
 
     read = [
-        mask_text.read_volume_pair(row.path, row.mask_path, classes, (row.window_low, row.window_high), shape)
+        mask_text.read_volume_pair(
+            row.path, row.mask_path, classes, (row.window_low, row.window_high), shape, reader
+        )
         for row in volumes.itertuples()
     ]
     shapes = {tuple(mask.shape) for _, mask, _ in read}
@@ -357,7 +360,7 @@ def train_mask_text(
         classes = len(settings.mask_classes)
         if settings.spatial_dims == 3:
             rows = captioned_volumes(dataset, prompts, "train")
-            pairs, _ = read_volumes(rows, classes, settings.volume_shape)
+            pairs, _ = read_volumes(rows, classes, settings.volume_shape, settings.volume_reader)
             size = "x".join(map(str, pairs.masks.shape[1:])) + " voxels"
         else:
             rows = captioned_masks(dataset, prompts, "train")
@@ -522,7 +525,9 @@ def sample_volumes(
     shape = architecture.get("volume_shape")
     rows, paths, slice_seeds = [], [], []
     for number, volume in enumerate(volumes.itertuples()):
-        pairs, affines = read_volumes(volumes.iloc[[number]], architecture["classes"], shape)
+        pairs, affines = read_volumes(
+            volumes.iloc[[number]], architecture["classes"], shape, settings.volume_reader
+        )
         _, masks = pairs.batch(slice(None))
         generated = mask_text.generate(
             network, masks, contexts[[number]], null, [seeds[number]], settings, architecture
@@ -590,7 +595,7 @@ def difference_maps(
     with atomic_output(maps) as tmp:
         Path(tmp).mkdir(parents=True)
         for source, own in changes.groupby("source", sort=True):
-            mask, affine, window = source_mask(rows.iloc[[source]], architecture)
+            mask, affine, window = source_mask(rows.iloc[[source]], architecture, sample.volume_reader)
             differences = mask_text.difference_map(
                 network,
                 mask,
@@ -624,10 +629,11 @@ def difference_maps(
 
 
 def source_mask(
-    row: pd.DataFrame, architecture: dict[str, Any]
+    row: pd.DataFrame, architecture: dict[str, Any], reader: str
 ) -> tuple[torch.Tensor, Any, tuple[float, float]]:
     """The mask a source (one row of :func:`captioned_volumes` or :func:`captioned_masks`) is generated from,
-    read as the model of ``architecture`` was trained (class ids, int64), the affine of its grid (3D: the
+    read as the model of ``architecture`` was trained (class ids, int64; a label volume with ``reader``,
+    ``dataset.volumes.reader``), the affine of its grid (3D: the
     volume's, or its resampled grid's; 2D: identity) and the window of its units (3D: the volume's intensity
     window; 2D: the images' [-1, 1])."""
     import numpy as np
@@ -635,7 +641,7 @@ def source_mask(
     from workflow.diffusion import mask_guided
 
     if architecture["spatial_dims"] == 3:
-        pairs, affines = read_volumes(row, architecture["classes"], architecture["volume_shape"])
+        pairs, affines = read_volumes(row, architecture["classes"], architecture["volume_shape"], reader)
         window = (float(row["window_low"].iloc[0]), float(row["window_high"].iloc[0]))
     else:
         pairs = mask_guided.read_pairs(

@@ -14,6 +14,7 @@ from typing import Any, Self
 
 from workflow.common.errors import InputError
 from workflow.common.settings import RESOURCE_KEYS, Settings
+from workflow.data.settings import configured_volume_reader
 from workflow.prompts.settings import TabularSettings
 
 
@@ -236,8 +237,9 @@ class MaskGuidedSampleSettings(Settings):
 
 @dataclass(frozen=True)
 class MaskTextTrainSettings(Settings):
-    """``diffusion.mask_text.train`` and ``dataset.mask_classes`` (rule ``train_mask_text``: DGM-VLC's
-    mask- and clinical-text-conditioned pixel diffusion, :mod:`workflow.diffusion.mask_text`)."""
+    """``diffusion.mask_text.train``, ``dataset.mask_classes`` and the reader of the study's volumes
+    (:func:`workflow.data.settings.configured_volume_reader`) (rule ``train_mask_text``: DGM-VLC's mask- and
+    clinical-text-conditioned pixel diffusion, :mod:`workflow.diffusion.mask_text`)."""
 
     spatial_dims: int
     resolution: int
@@ -259,13 +261,15 @@ class MaskTextTrainSettings(Settings):
     seed: int
     checkpoint_steps: int
     mask_classes: tuple[str, ...]
+    volume_reader: str = "auto"
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
         section = {
             k: v for k, v in config["diffusion"]["mask_text"]["train"].items() if k not in RESOURCE_KEYS
         }
-        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
+        dataset = {"mask_classes": config["dataset"]["mask_classes"]}
+        return cls.from_dict(section | dataset | {"volume_reader": configured_volume_reader(config)})
 
 
 @dataclass(frozen=True)
@@ -284,10 +288,12 @@ class MaskTextSampleSettings(Settings):
     mask_classes: tuple[str, ...]
     resolution: int
     fit: str
+    volume_reader: str = "auto"
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
-        """The section's settings, with ``dataset.mask_classes`` and, for the slices of generated volumes,
+        """The section's settings, with ``dataset.mask_classes``, the reader of the real volumes
+        (:func:`workflow.data.settings.configured_volume_reader`) and, for the slices of generated volumes,
         ``preprocess.resolution`` and ``preprocess.fit`` (``resolution``, ``fit``: as the real slices were
         made)."""
         section = {
@@ -300,6 +306,7 @@ class MaskTextSampleSettings(Settings):
                 "mask_classes": config["dataset"]["mask_classes"],
                 "resolution": preprocess["resolution"],
                 "fit": preprocess["fit"],
+                "volume_reader": configured_volume_reader(config),
             }
         )
 

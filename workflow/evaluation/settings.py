@@ -12,6 +12,7 @@ from workflow.classifier.regimes import real_classifier
 from workflow.common.errors import InputError
 from workflow.common.settings import RESOURCE_KEYS, Settings
 from workflow.common.tiny_models import tiny_model_inputs
+from workflow.data.settings import configured_volume_reader
 
 
 @dataclass(frozen=True)
@@ -99,17 +100,20 @@ class MaskFaithfulnessSettings(Settings):
 
 @dataclass(frozen=True)
 class VolumeSimilaritySettings(Settings):
-    """``evaluation.volume_similarity`` and ``dataset.mask_classes`` (rule ``volume_similarity``,
+    """``evaluation.volume_similarity``, ``dataset.mask_classes`` and the reader of the real volumes
+    (:func:`workflow.data.settings.configured_volume_reader`) (rule ``volume_similarity``,
     :mod:`workflow.evaluation.structural`)."""
 
     kernel_size: int
     kernel_sigma: float
     mask_classes: tuple[str, ...]
+    volume_reader: str = "auto"
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
         section = dict(config["evaluation"]["volume_similarity"])
-        return cls.from_dict(section | {"mask_classes": config["dataset"]["mask_classes"]})
+        dataset = {"mask_classes": config["dataset"]["mask_classes"]}
+        return cls.from_dict(section | dataset | {"volume_reader": configured_volume_reader(config)})
 
 
 def extractor_inputs(config: Mapping[str, Any]) -> dict[str, str]:

@@ -438,8 +438,9 @@ def volume_similarity(
     """MS-SSIM (:func:`workflow.evaluation.structural.volume_ms_ssim`, Wang et al. 2003 eq. 7) of every volume
     a 3D mask-text generator made (its samples' ``path``) with the real volume whose label volume conditioned
     it (the ``path`` of its slices' ``source_image_id`` in ``dataset``), both in 8 bits through the real
-    volume's intensity window (data range 255) on the grid it was generated on
-    (:func:`workflow.diffusion.mask_text.read_volume_pair`): DGM-VLC's 3D structural measure.
+    volume's intensity window (data range 255) on the grid it was generated on (read with
+    ``dataset.volumes.reader``, :func:`workflow.diffusion.mask_text.read_volume_pair`): DGM-VLC's 3D
+    structural measure.
 
     Raises:
         InputError: naming the samples when they hold no volumes (a 2D generator).
@@ -462,7 +463,12 @@ def volume_similarity(
         generated = load_volume(row.path)[0]
         low, high = source["window_low"], source["window_high"]
         volume = read_volume_pair(
-            source["path"], source["mask_path"], len(settings.mask_classes), (low, high), generated.shape
+            source["path"],
+            source["mask_path"],
+            len(settings.mask_classes),
+            (low, high),
+            generated.shape,
+            settings.volume_reader,
         )[0]
         found = volume_ms_ssim(
             windowed(generated, low, high),
