@@ -1,5 +1,6 @@
-"""Mask- and text-conditioned pixel diffusion, DGM-VLC (workflow/diffusion/mask_text.py): difference maps,
-seamless sliding-window generation in 3D, text conditioning, resume, bad volumes; tiny networks on the CPU."""
+"""Mask- and text-conditioned pixel diffusion, DGM-VLC (workflow/diffusion/mask_text.py) and its difference
+maps (workflow/diffusion/differences.py): seamless sliding-window generation in 3D, text conditioning,
+resume, bad volumes; tiny networks on the CPU."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from configs import validated
 from workflow.common.errors import InputError
 from workflow.common.interruption import Stopped, StopRequest
 from workflow.common.model_card import write_card
-from workflow.diffusion import mask_guided, mask_text
+from workflow.diffusion import differences, mask_guided, mask_text
 from workflow.diffusion.settings import (
     ChangeSettings,
     MaskTextDifferenceSettings,
@@ -84,7 +85,7 @@ def test_a_difference_map_of_two_identical_prompts_is_zero_and_of_two_others_is_
     (before, after), null = texts(*CAPTIONS)
     _, sample = settings(sample={"guidance_scale": 2.0})
     mask = masks(1, (8, 4, 4))[0]
-    same, changed = mask_text.difference_map(
+    same, changed = differences.difference_map(
         model, mask, before, torch.stack([before, after]), null, 7, sample, architecture
     )
     alone = mask_text.generate(model, mask[None], after[None], null, [7], sample, architecture)[0, 0]
@@ -187,11 +188,11 @@ def test_a_changed_field_changes_only_its_phrase_of_the_caption():
         }
     )
     row = pd.DataFrame({"age": [58], "tab_smoking": ["never"]})
-    assert mask_text.changed_captions(row, "age", 68, tabular) == (
+    assert differences.changed_captions(row, "age", 68, tabular) == (
         "Lung CT scan: Patient age: 58. Smoking status: never.",
         "Lung CT scan: Patient age: 68. Smoking status: never.",
     )
-    assert mask_text.changed_captions(row, "smoking", "current", tabular)[1].endswith(
+    assert differences.changed_captions(row, "smoking", "current", tabular)[1].endswith(
         "Smoking status: current."
     )
 
@@ -199,7 +200,7 @@ def test_a_changed_field_changes_only_its_phrase_of_the_caption():
 def test_difference_maps_are_written_as_nifti_with_the_source_affine_and_a_montage(tmp_path):
     affine = np.diag([0.7, 0.7, 2.5, 1.0])
     difference = np.linspace(-1, 1, 4 * 4 * 6, dtype=np.float32).reshape(4, 4, 6)
-    mask_text.save_difference(
+    differences.save_difference(
         difference, affine, str(tmp_path / "d.nii.gz"), str(tmp_path / "d.png"), slices=3
     )
     written = nib.load(tmp_path / "d.nii.gz")
@@ -512,7 +513,7 @@ def test_a_change_the_dataset_or_captions_cannot_make_is_refused_naming_its_key(
     ]
     for change, message in bad:
         with pytest.raises(InputError, match=r"diffusion\.mask_text\.differences\." + message):
-            mask_text.field_changes(rows, [ChangeSettings(**change)], tabular)
+            differences.field_changes(rows, [ChangeSettings(**change)], tabular)
     with pytest.raises(InputError, match=r"differences\.changes\[1\]: give the field 'age' either a value"):
         difference_settings(1, [CHANGES[0], {"field": "age"}])
 

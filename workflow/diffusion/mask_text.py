@@ -25,11 +25,7 @@ classifier-free guided, ``uncond + w (cond - uncond)`` (Ho and Salimans 2022 eq.
 and DDIM with eta 0 is deterministic given that noise: an image depends only on (model, settings, seed, id,
 caption).
 
-**Difference maps** (:func:`difference_map`, :func:`save_difference`; rule ``difference_maps``): the
-paper's way of showing what a clinical field does (age, smoking): the same mask, seed and noise under two
-captions that differ in one field (:func:`changed_captions`), the signed voxel difference ``after - before``
-(of volumes in their units, :func:`in_units`), written as NIfTI with the source volume's affine and as a PNG
-montage of slices.
+The paper's difference maps for changed clinical fields are :mod:`workflow.diffusion.differences`.
 """
 
 from __future__ import annotations
@@ -39,24 +35,19 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
 from workflow.common.errors import InputError
 from workflow.common.files import write_nifti
 from workflow.common.interruption import StopRequest
-from workflow.common.manifest import tabular_column
 from workflow.diffusion import mask_guided
-from workflow.diffusion.settings import ChangeSettings, MaskTextSampleSettings, MaskTextTrainSettings
-from workflow.prompts.settings import TabularSettings
-from workflow.prompts.strategies import tabular_captions
+from workflow.diffusion.settings import MaskTextSampleSettings, MaskTextTrainSettings
 
 if TYPE_CHECKING:
     from monai.networks.nets import DiffusionModelUNet
 
 TRAIN_KEY = "diffusion.mask_text.train"
-DIFFERENCES_KEY = "diffusion.mask_text.differences"
 TINY = "tiny"
 
 
@@ -122,95 +113,6 @@ def encode_captions(
             hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
             outputs.append(hidden.float().cpu())
     return torch.cat(outputs)
-
-
-def changed_captions(row: pd.DataFrame, field: str, value: Any, settings: TabularSettings) -> tuple[str, str]:
-    """The tabular captions (DGM-VLC's prompts, :func:`tabular_captions`) of one dataset row as it is and with
-    clinical ``field`` set to ``value`` (e.g. age + 10, smoking yes instead of no)."""
-    column = tabular_column(field) if tabular_column(field) in row else field
-    both = pd.concat([row, row.assign(**{column: [value]})], ignore_index=True)
-    before, after = tabular_captions(both, settings)
-    return before, after
-
-
-def change_column(rows: pd.DataFrame, change: ChangeSettings, number: int, tabular: TabularSettings) -> str:
-    """The dataset column of change ``number`` of ``diffusion.mask_text.differences.changes``: ``tab_<field>``
-    or a manifest field (``age``, ``sex``).
-
-    Raises:
-        InputError: naming the change's key when the dataset has no such field, the captions do not describe
-            it (``prompts.tabular.fields``), or ``add`` is given for a field with non-numeric values.
-    """
-    key = f"{DIFFERENCES_KEY}.changes[{number}]"
-    column = tabular_column(change.field) if tabular_column(change.field) in rows else change.field
-    if column not in rows:
-        present = sorted(c.removeprefix("tab_") for c in rows.columns if c.startswith("tab_"))
-        raise InputError(
-            f"{key}.field: the dataset has no field '{change.field}' (no column "
-            f"'{tabular_column(change.field)}' and no manifest field of that name); change one of its "
-            f"tabular fields {present} or age, sex"
-        )
-    if change.field not in {f.field for f in tabular.fields}:
-        raise InputError(
-            f"{key}.field: '{change.field}' is not one of prompts.tabular.fields, so no caption mentions it; "
-            "add it there or change a field the captions describe"
-        )
-    values = rows[column].dropna()
-    if change.add is not None and pd.to_numeric(values, errors="coerce").isna().any():
-        raise InputError(
-            f"{key}.add: field '{change.field}' is not numeric (values such as "
-            f"{values.astype(str).unique()[:3].tolist()}); set it with {{field, value}} instead"
-        )
-    return column
-
-
-def field_changes(
-    rows: pd.DataFrame, changes: Sequence[ChangeSettings], tabular: TabularSettings
-) -> pd.DataFrame:
-    """One row per row of ``rows`` (the dataset rows of the sources) and change, source by source: ``source``
-    (the row's position), ``change`` (the change's), ``field``, ``before_value`` and ``after_value`` (as
-    text, empty when missing; ``add`` on a missing number leaves it missing), the two tabular captions
-    (:func:`changed_captions`) and ``unchanged``, why the captions are equal (the field is missing for this
-    source and left out of both, or the caption already says so), or empty.
-
-    Raises:
-        InputError: naming the change's key when its field cannot be changed (:func:`change_column`).
-    """
-    from workflow.prompts.strategies import clean_value, format_value, is_missing
-
-    columns = [change_column(rows, change, n, tabular) for n, change in enumerate(changes)]
-    fields = {f.field: f for f in tabular.fields}
-    out = []
-    for source in range(len(rows)):
-        row = rows.iloc[[source]].reset_index(drop=True)
-        for number, (change, column) in enumerate(zip(changes, columns, strict=True)):
-            value = row.at[0, column]
-            if change.add is None:
-                after = change.value
-            else:
-                after = pd.NA if is_missing(value) else float(pd.to_numeric(value)) + change.add
-            before_caption, after_caption = changed_captions(row, change.field, after, tabular)
-            reason = ""
-            if before_caption == after_caption:
-                missing = clean_value(value, fields[change.field]) is None
-                reason = (
-                    "missing for this source: in neither caption"
-                    if missing
-                    else "the caption says so already"
-                )
-            out.append(
-                {
-                    "source": source,
-                    "change": number,
-                    "field": change.field,
-                    "before_value": "" if is_missing(value) else format_value(value),
-                    "after_value": "" if is_missing(after) else format_value(after),
-                    "before_caption": before_caption,
-                    "after_caption": after_caption,
-                    "unchanged": reason,
-                }
-            )
-    return pd.DataFrame(out)
 
 
 def read_volume_pair(
@@ -483,70 +385,3 @@ def slice_image(volume: np.ndarray, row: Any, resolution: int, fit: str) -> Imag
     size = [side for number, side in enumerate(real) if number != axis]
     upright = plane.resize((size[0], size[1]), Image.Resampling.BILINEAR)
     return resize_to_square(upright, resolution, fit, Image.Resampling.LANCZOS)
-
-
-def difference_map(
-    model: torch.nn.Module,
-    mask: torch.Tensor,
-    before: torch.Tensor,
-    afters: torch.Tensor,
-    null: torch.Tensor,
-    seed: int,
-    settings: MaskTextSampleSettings,
-    architecture: dict[str, Any],
-    window: tuple[float, float] = (-1.0, 1.0),
-) -> np.ndarray:
-    """The signed differences ``after - before`` (n x ``mask``'s shape, float32) between the image generated
-    from ``mask`` with each caption embedding of ``afters`` (n x tokens x features) and the one with
-    ``before``, from the same seed and noise, in the units of ``window`` (:func:`in_units`: a volume's
-    intensity window; the default, the images' [-1, 1]). ``before``'s image is generated once and every
-    other alone, and an embedding equal to ``before`` is not generated again, so equal captions give exactly
-    zero (DGM-VLC's difference maps for a changed clinical field)."""
-
-    def image(context: torch.Tensor) -> np.ndarray:
-        generated = generate(model, mask[None], context[None], null, [seed], settings, architecture)
-        return in_units(generated[0, 0], window)
-
-    first = image(before)
-    return np.stack([np.zeros_like(first) if torch.equal(a, before) else image(a) - first for a in afters])
-
-
-def difference_statistics(
-    difference: np.ndarray, mask: np.ndarray, classes: Sequence[str]
-) -> dict[str, float]:
-    """Mean and max |difference|, mean signed difference and, per mask class of ``classes`` (``mask``: the
-    class ids, ``difference``'s shape), the mean |difference| over its voxels (NaN when the mask lacks it)."""
-    size = np.abs(difference)
-    out = {
-        "mean_abs": float(size.mean()),
-        "mean_signed": float(difference.mean()),
-        "max_abs": float(size.max()),
-    }
-    for number, name in enumerate(classes):
-        inside = mask == number
-        out[f"mean_abs_{name}"] = float(size[inside].mean()) if inside.any() else float("nan")
-    return out
-
-
-def save_difference(
-    difference: np.ndarray, affine: np.ndarray, nifti: str, montage: str, slices: int = 8
-) -> None:
-    """``difference`` (X x Y x Z, or X x Y) as a float32 NIfTI with the source volume's ``affine`` (gzipped
-    when ``nifti`` ends in ``.gz``), and a PNG montage of up to ``slices`` evenly spaced axial slices in a
-    diverging colour map centred on zero."""
-    from matplotlib.figure import Figure
-
-    from workflow.common.figures import save_figure
-
-    volume = np.asarray(difference, dtype=np.float32)
-    write_nifti(nifti, volume, np.asarray(affine, dtype=float))
-    stack = volume[..., None] if volume.ndim == 2 else volume
-    chosen = np.unique(np.linspace(0, stack.shape[-1] - 1, min(slices, stack.shape[-1])).round().astype(int))
-    limit = float(np.abs(volume).max()) or 1.0
-    figure = Figure(figsize=(2.2 * len(chosen) + 1, 2.6), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(1, len(chosen)))
-    for ax, index in zip(axes, chosen, strict=True):
-        shown = ax.imshow(stack[..., index].T, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower")
-        ax.set(title=f"slice {index}", xticks=[], yticks=[])
-    figure.colorbar(shown, ax=list(axes), label="after - before")
-    save_figure(figure, montage)

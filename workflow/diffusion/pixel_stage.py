@@ -8,10 +8,10 @@ Files written (atomically, with provenance), per generator:
   ``train_report.json`` and ``loss.png`` (:func:`train_mask_guided`, :func:`train_mask_text`);
 - ``results/samples/<generator>/``: the images sampled once per real mask of a split, ``shards/<k>.parquet``
   and ``images/masks<k>/`` (:func:`sample_mask_guided`, :func:`sample_mask_text`: with its caption), and
-  ``manifest.parquet`` (:func:`collect_mask_guided`);
-- ``results/differences/<generator>/``: a mask-text generator's difference maps for changed clinical fields,
-  NIfTI and PNG montage per source and change, ``summary.csv`` and ``provenance.json``
-  (:func:`difference_maps`).
+  ``manifest.parquet`` (:func:`collect_mask_guided`).
+
+A mask-text generator's difference maps (``results/differences/<generator>/``) are
+:mod:`workflow.diffusion.differences`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from workflow.diffusion import sampling
 from workflow.diffusion.settings import (
     MaskGuidedSampleSettings,
     MaskGuidedTrainSettings,
-    MaskTextDifferenceSettings,
     MaskTextSampleSettings,
     MaskTextTrainSettings,
 )
@@ -546,107 +545,3 @@ def sample_volumes(
     if not rows:  # more shards than volumes
         return slices.iloc[:0].assign(generated_volume=pd.Series(dtype="string")), [], []
     return pd.concat(rows, ignore_index=True), paths, slice_seeds
-
-
-def difference_maps(
-    dataset: str,
-    prompts: str,
-    model: str,
-    settings: MaskTextDifferenceSettings,
-    gpus: int,
-    maps: str,
-) -> None:
-    """DGM-VLC's voxel difference maps (:func:`workflow.diffusion.mask_text.difference_map`) into the folder
-    ``maps``: for each of the first ``settings.sources`` captioned volumes (a 3D model,
-    :func:`captioned_volumes`) or images (2D, :func:`captioned_masks`) of ``settings.split`` and each change
-    of one clinical field
-    (:func:`workflow.diffusion.mask_text.field_changes`), the image generated from its mask with the changed
-    tabular caption minus the one with its own, from the source's sampling seed (that of
-    :func:`sample_mask_text`). Per source and change ``<source>_<change>_<field>.nii.gz`` (3D: in the volume's
-    units through its window, as :func:`workflow.diffusion.mask_text.save_volume` writes volumes, with the
-    affine of the grid generated on; 2D: the images' [-1, 1] difference, identity affine) and ``.png`` (a
-    montage); ``summary.csv``, one row per source and change: the captions and values, why a caption stayed
-    unchanged (its map is zero), mean and max |difference|, mean signed difference and mean |difference| per
-    mask class of the source's mask (empty for a class it lacks); ``provenance.json``."""
-    import re
-
-    import torch
-
-    from workflow.common.devices import pick_device
-    from workflow.common.files import write_csv, write_json
-    from workflow.diffusion import mask_guided, mask_text
-
-    sample = settings.sample
-    card = checked_card(model, sample.mask_classes)
-    architecture = card["architecture"]
-    volumes = architecture["spatial_dims"] == 3
-    rows = (captioned_volumes if volumes else captioned_masks)(dataset, prompts, settings.split)
-    rows = rows.head(settings.sources).reset_index(drop=True)
-    changes = mask_text.field_changes(rows, settings.changes, settings.tabular)
-    device = pick_device(gpus)
-    network = mask_guided.load_model(model, architecture, device)
-    captions = list(dict.fromkeys(["", *changes["before_caption"], *changes["after_caption"]]))
-    texts = mask_text.encode_captions(
-        captions, architecture["text_encoder"], architecture["text_seed"], architecture["max_tokens"], device
-    )
-    embedding = dict(zip(captions, texts, strict=True))
-    seeds = [mask_guided.image_seed(sample.seed, str(i)) for i in rows["image_id"]]
-    statistics = []
-    with atomic_output(maps) as tmp:
-        Path(tmp).mkdir(parents=True)
-        for source, own in changes.groupby("source", sort=True):
-            mask, affine, window = source_mask(rows.iloc[[source]], architecture, sample.volume_reader)
-            differences = mask_text.difference_map(
-                network,
-                mask,
-                embedding[own["before_caption"].iloc[0]],
-                torch.stack([embedding[c] for c in own["after_caption"]]),
-                embedding[""],
-                seeds[source],
-                sample,
-                architecture,
-                window,
-            )
-            for change, difference in zip(own.itertuples(), differences, strict=True):
-                name = f"{source:04d}_{change.change:02d}_" + re.sub(r"[^\w-]+", "_", change.field)
-                path = Path(tmp) / name
-                mask_text.save_difference(difference, affine, f"{path}.nii.gz", f"{path}.png")
-                statistics.append(
-                    {"map": f"{name}.nii.gz", "montage": f"{name}.png"}
-                    | mask_text.difference_statistics(difference, mask.numpy(), sample.mask_classes)
-                )
-        ids = rows["volume_id"] if volumes else rows["image_id"]
-        summary = changes.assign(seed=[seeds[s] for s in changes["source"]])
-        summary.insert(1, "source_id", ids[changes["source"]].to_numpy())
-        write_csv(Path(tmp) / "summary.csv", pd.concat([summary, pd.DataFrame(statistics)], axis=1))
-        meta = provenance(
-            settings,
-            seeds={"sample": sample.seed} | {f"source {i}": seed for i, seed in zip(ids, seeds, strict=True)},
-            inputs={"dataset": dataset, "prompts": prompts},
-            weights=card["weights"],
-        )
-        write_json(Path(tmp) / "provenance.json", meta)
-
-
-def source_mask(
-    row: pd.DataFrame, architecture: dict[str, Any], reader: str
-) -> tuple[torch.Tensor, Any, tuple[float, float]]:
-    """The mask a source (one row of :func:`captioned_volumes` or :func:`captioned_masks`) is generated from,
-    read as the model of ``architecture`` was trained (class ids, int64; a label volume with ``reader``,
-    ``dataset.volumes.reader``), the affine of its grid (3D: the
-    volume's, or its resampled grid's; 2D: identity) and the window of its units (3D: the volume's intensity
-    window; 2D: the images' [-1, 1])."""
-    import numpy as np
-
-    from workflow.diffusion import mask_guided
-
-    if architecture["spatial_dims"] == 3:
-        pairs, affines = read_volumes(row, architecture["classes"], architecture["volume_shape"], reader)
-        window = (float(row["window_low"].iloc[0]), float(row["window_high"].iloc[0]))
-    else:
-        pairs = mask_guided.read_pairs(
-            row["image"].tolist(), row["mask"].tolist(), architecture["classes"], architecture["resolution"]
-        )
-        affines, window = [np.eye(4)], (-1.0, 1.0)
-    _, masks = pairs.batch(slice(None))
-    return masks[0], affines[0], window

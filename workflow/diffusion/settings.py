@@ -325,7 +325,7 @@ class ChangeSettings(Settings):
 class MaskTextDifferenceSettings(Settings):
     """``diffusion.mask_text.differences`` with the generator's sampling (``diffusion.mask_text.sample``:
     DDIM, guidance, seed) and captions (``prompts.tabular``) (rule ``difference_maps``: DGM-VLC's voxel
-    difference maps, :func:`workflow.diffusion.mask_text.difference_map`)."""
+    difference maps, :mod:`workflow.diffusion.differences`)."""
 
     KEY = "diffusion.mask_text.differences"
 

@@ -16,7 +16,8 @@ provenance), per generator (:mod:`workflow.diffusion.generators`):
   ``images/shard<k>/`` (:func:`sample_images`), ``manifest.parquet`` (:func:`collect_samples`), see
   :mod:`workflow.diffusion.sampling`;
 - for generators of kinds ``mask-guided`` and ``mask-text`` (pixel diffusion), the functions of
-  :mod:`workflow.diffusion.pixel_stage`, re-exported here.
+  :mod:`workflow.diffusion.pixel_stage` and, for a mask-text generator's difference maps, of
+  :mod:`workflow.diffusion.differences`, re-exported here.
 
 torch and diffusers are imported only by the steps that run a model: planning and collecting start in a
 second.
@@ -37,10 +38,10 @@ from workflow.common.files import atomic_output, write_parquet
 from workflow.common.model_card import read_card, weights_label, write_card
 from workflow.common.provenance import config_hash, provenance
 from workflow.diffusion import sampling
+from workflow.diffusion.differences import difference_maps  # noqa: F401 (re-exported: a rule's function)
 from workflow.diffusion.latent_cache import training_rows
 from workflow.diffusion.pixel_stage import (  # noqa: F401 (re-exported: the rules' functions)
     collect_mask_guided,
-    difference_maps,
     sample_mask_guided,
     sample_mask_text,
     train_mask_guided,
