@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from classifier_data import LABELS, fabricate, training_settings
+from configs import validated
 
 from workflow.classifier import networks, regimes, training
 from workflow.common import checkpoints
@@ -26,7 +27,9 @@ def dataset(tmp_path_factory) -> pd.DataFrame:
 def _fit(dataset: pd.DataFrame, work_dir, **changes) -> training.FitResult:
     settings = training_settings(**changes)
     data = regimes.training_data("real", dataset, {}, 1.0, settings.seed)
-    spec = networks.ModelSpec(settings.backbone, settings.channels, ("A", "B"), settings.image_size)
+    spec = networks.ModelSpec(
+        settings.backbone, settings.channels, ("A", "B"), settings.image_size, settings.color
+    )
     return training.fit(data, spec, settings, str(work_dir), "fingerprint", torch.device("cpu"))
 
 
@@ -230,13 +233,54 @@ def test_weights_from_a_file_and_their_errors(tmp_path):
         networks.build(networks.ModelSpec("resnet18", "repeat", ("A",), 32), str(tmp_path / "absent.pt"))
 
 
-def test_saved_model_rebuilds_identically(tmp_path):
-    spec = networks.ModelSpec("small-cnn", "adapt", ("A", "B"), 32)
+@pytest.mark.parametrize(("channels", "color"), [("adapt", "grayscale"), ("repeat", "rgb")])
+def test_saved_model_rebuilds_identically(tmp_path, channels, color):
+    spec = networks.ModelSpec("small-cnn", channels, ("A", "B"), 32, color)
     torch.manual_seed(2)
     model = networks.build(spec).eval()
     networks.save(str(tmp_path / "model.pt"), model, spec, {"weights": "random-init (demo)"})
     loaded, loaded_spec, meta = networks.load(str(tmp_path / "model.pt"))
     assert loaded_spec == spec and meta == {"weights": "random-init (demo)"}
-    images = torch.rand(3, 1, 32, 32)
+    images = torch.rand(3, spec.input_channels, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(images), loaded(images))
+
+
+def colour_findings(root) -> pd.DataFrame:
+    """The fabricated dataset in colour: finding A's square is red with A and green without, at the same
+    luma (PIL's 'L', 0.299 R + 0.587 G + 0.114 B: 76 for both), so only colour tells A (PCam's H&E stains
+    carry their findings in colour the same way)."""
+    from PIL import Image
+
+    rows = fabricate(root, n=60)
+    for row in rows.itertuples():
+        rgb = np.repeat(np.asarray(Image.open(row.image))[..., None], 3, axis=2)
+        rgb[4:14, 4:14] = (255, 0, 0) if getattr(row, label_column("A")) else (0, 130, 0)
+        Image.fromarray(rgb).save(row.image)
+    return rows
+
+
+def test_colour_images_train_a_classifier_that_sees_colour(tmp_path):
+    """preprocess.color rgb: the classifier reads three channels and learns a finding that only colour shows
+    (it read every image as grayscale before, where A's red and green squares are the same)."""
+    from sklearn.metrics import roc_auc_score
+
+    from workflow.classifier.settings import TrainSettings
+    from workflow.common.figures import load_gray
+
+    data = colour_findings(tmp_path / "images")
+    positive, negative = (data[data[label_column("A")] == v]["image"].iloc[0] for v in (1.0, 0.0))
+    assert np.array_equal(load_gray(positive, 32)[6:12, 6:12], load_gray(negative, 32)[6:12, 6:12])
+    study = validated({"preprocess": {"color": "rgb"}})
+    settings = TrainSettings.of(study)
+    assert settings.color == "rgb"
+    with pytest.raises(InputError, match=r"classifier\.training\.channels"):
+        TrainSettings.of(
+            validated({"preprocess": {"color": "rgb"}, "classifier": {"training": {"channels": "adapt"}}})
+        )
+    result = _fit(data, tmp_path, color="rgb", epochs=4, learning_rate=0.01)
+    assert next(m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 3
+    spec = networks.ModelSpec("small-cnn", "repeat", ("A", "B"), 32, "rgb")
+    test = data[data["split"] != "train"]
+    scores = training.predict(result.model, test, spec, 32, torch.device("cpu"))
+    assert roc_auc_score(test[label_column("A")], scores["A"]) > 0.9

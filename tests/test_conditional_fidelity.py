@@ -29,7 +29,7 @@ def brightness_classifier() -> networks.Classifier:
         head.weight.copy_(torch.tensor([[20.0], [0.0], [0.0]]))
         head.bias.zero_()
     backbone = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
-    model = networks.Classifier(backbone, "adapt")
+    model = networks.Classifier(backbone, networks.ModelSpec("custom", "adapt", LABELS, SIZE))
     model.mean.fill_(0.5)
     model.std.fill_(1.0)
     return model.eval()

@@ -226,6 +226,15 @@ def test_counterfactual_regime_trains_on_every_editing_method(monkeypatch):
     }
 
 
+def test_editing_colour_images_is_refused_before_any_job_runs():
+    """The edits are measured and written in grayscale: a colour study (preprocess.color rgb) that enables
+    editing is told so, naming the keys, instead of getting grayscale counterfactuals of its colour images."""
+    colour = {"preprocess": {"color": "rgb"}, "editing": {"enabled": True, "methods": ["sdedit"]}}
+    with pytest.raises(InputError, match=r"editing\.enabled.*preprocess\.color is rgb"):
+        edits.editing_methods(validated(colour))
+    assert edits.editing_methods(validated(colour | {"editing": {"enabled": False}})) == []
+
+
 def test_edit_words_are_found_among_the_caption_tokens_of_a_case_sensitive_tokenizer():
     """The demo's ddim-p2p edits failed: edit words were lower-cased, and the tiny SD's word-level tokenizer
     (unlike CLIP's) keeps case, so prompt-to-prompt could not place ``cardiomegaly`` in '... Cardiomegaly'."""

@@ -41,6 +41,7 @@ from scipy.stats import pearsonr
 
 from workflow.classifier import networks
 from workflow.classifier.settings import FocusSettings
+from workflow.classifier.training import image_tensor
 from workflow.common.figures import load_gray
 from workflow.common.manifest import label_column
 
@@ -142,8 +143,7 @@ def focus(
         empty = {"cases": [], "overall": _summary([]), "labels": {}, "note": "no test image has a finding"}
         return empty | {"regions_unavailable": unavailable}, []
     size = spec.image_size
-    grays = [load_gray(str(test["image"].iloc[row]), size) for row, _ in cases]
-    batch = torch.from_numpy(np.stack(grays)).float().div(255).unsqueeze(1)
+    batch = torch.stack([image_tensor(str(test["image"].iloc[row]), spec) for row, _ in cases])
     targets = [spec.labels.index(name) for _, name in cases]
     maps = grad_cams(model, batch, targets)
     with torch.no_grad():
@@ -165,7 +165,7 @@ def focus(
         }
         records.append(record | ({"note": "CAM is zero everywhere"} if p is None else {}))
         if k < settings.overlays:
-            rgb = np.repeat(grays[k][..., None], 3, axis=2).astype(np.float32) / 255
+            rgb = batch[k].expand(3, -1, -1).permute(1, 2, 0).numpy()
             overlays.append((show_cam_on_image(rgb, cam, use_rgb=True), f"{name} p={confidence[k]:.2f}"))
     explained = dict.fromkeys(name for _, name in cases)
     per_label = {name: _summary([r for r in records if r["label"] == name]) for name in explained}

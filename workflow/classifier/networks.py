@@ -17,7 +17,9 @@ Weights (``classifier.training.weights``):
   X-rays). Head keys (``fc.*``, ``classifier.*``) are ignored; any other missing or unexpected key is an
   error.
 
-Grayscale input (``classifier.training.channels``); the model takes ``(B, 1, H, W)`` images in [0, 1]:
+Input, images in [0, 1]: colour images (``preprocess.color: rgb``, e.g. PCam's H&E patches) as
+``(B, 3, H, W)``, normalised with the ImageNet mean and std; grayscale ones as ``(B, 1, H, W)``, handled as
+``classifier.training.channels`` says:
 
 - ``repeat``: the gray channel is repeated to 3 channels and normalised with the ImageNet mean and std, so
   ImageNet weights are used as trained (what the LoRA-fairness and PRISM classifiers do by converting to RGB);
@@ -54,6 +56,13 @@ class ModelSpec:
     channels: str
     labels: tuple[str, ...]
     image_size: int
+    color: str = "grayscale"
+    """``preprocess.color`` of the images it reads: ``grayscale`` (1 channel) or ``rgb`` (3)."""
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the images the model takes: 3 for colour, 1 for grayscale."""
+        return 3 if self.color == "rgb" else 1
 
 
 class SmallCNN(nn.Module):
@@ -77,14 +86,16 @@ class SmallCNN(nn.Module):
 
 
 class Classifier(nn.Module):
-    """A backbone behind the grayscale handling of ``channels``; returns one logit per finding."""
+    """A backbone behind the input handling of ``spec`` (colour, or the grayscale handling of its
+    ``channels``); returns one logit per finding."""
 
-    def __init__(self, backbone: nn.Module, channels: str) -> None:
+    def __init__(self, backbone: nn.Module, spec: ModelSpec) -> None:
         super().__init__()
         self.backbone = backbone
-        self.repeat = channels == "repeat"
-        mean = IMAGENET_MEAN if self.repeat else (sum(IMAGENET_MEAN) / 3,)
-        std = IMAGENET_STD if self.repeat else (sum(IMAGENET_STD) / 3,)
+        self.repeat = spec.color == "grayscale" and spec.channels == "repeat"
+        imagenet = self.repeat or spec.color == "rgb"
+        mean = IMAGENET_MEAN if imagenet else (sum(IMAGENET_MEAN) / 3,)
+        std = IMAGENET_STD if imagenet else (sum(IMAGENET_STD) / 3,)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -164,7 +175,8 @@ def build(spec: ModelSpec, weights: str = "random") -> Classifier:
     if spec.backbone == "small-cnn":
         if weights != "random":
             raise InputError("classifier.training.weights: small-cnn has no pretrained weights; use 'random'")
-        return Classifier(SmallCNN(3 if spec.channels == "repeat" else 1, n_labels), spec.channels)
+        channels = 3 if spec.color == "rgb" or spec.channels == "repeat" else 1
+        return Classifier(SmallCNN(channels, n_labels), spec)
     net = _torchvision_backbone(spec.backbone, weights)
     if spec.backbone.startswith("resnet"):
         net.fc = nn.Linear(net.fc.in_features, n_labels)
@@ -172,7 +184,7 @@ def build(spec: ModelSpec, weights: str = "random") -> Classifier:
         net.classifier = nn.Linear(net.classifier.in_features, n_labels)
     if spec.channels == "adapt":
         _first_conv_to_gray(net)
-    return Classifier(net, spec.channels)
+    return Classifier(net, spec)
 
 
 def cam_layer(model: Classifier) -> nn.Module:
@@ -197,7 +209,9 @@ def load(path: str) -> tuple[Classifier, ModelSpec, dict[str, Any]]:
     """Rebuild a classifier saved by :func:`save`; returns the model (eval mode), its spec and provenance."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     raw = payload["spec"]
-    spec = ModelSpec(raw["backbone"], raw["channels"], tuple(raw["labels"]), int(raw["image_size"]))
+    spec = ModelSpec(
+        raw["backbone"], raw["channels"], tuple(raw["labels"]), int(raw["image_size"]), raw["color"]
+    )
     model = build(spec)
     model.load_state_dict(payload["state_dict"])
     return model.eval(), spec, payload["provenance"]

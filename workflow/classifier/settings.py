@@ -9,12 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from workflow.common.settings import Settings
+from workflow.common.errors import InputError
+from workflow.common.settings import RESOURCE_KEYS, Settings
 
 
 @dataclass(frozen=True)
 class TrainSettings(Settings):
-    """``classifier.training`` (rule ``train_classifier``)."""
+    """``classifier.training`` and the colour of the images, ``preprocess.color`` (rule ``train_classifier``:
+    colour images go in as three channels, :mod:`workflow.classifier.networks`)."""
 
     SECTION = ("classifier", "training")
 
@@ -34,6 +36,22 @@ class TrainSettings(Settings):
     loader_workers: int
     seed: int
     log_with: str
+    color: str = "grayscale"
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        section = {k: v for k, v in config["classifier"]["training"].items() if k not in RESOURCE_KEYS}
+        return cls.from_dict(section | {"color": config["preprocess"]["color"]})
+
+    def __post_init__(self) -> None:
+        """Raises InputError naming ``classifier.training.channels`` when it asks for a one-channel network
+        (``adapt``) for colour images (when the study is read)."""
+        if self.color == "rgb" and self.channels == "adapt":
+            raise InputError(
+                "classifier.training.channels: adapt makes a one-channel network for grayscale images, but "
+                "preprocess.color is rgb; use repeat (colour images go in as their three channels, "
+                "ImageNet-normalised)"
+            )
 
     def weights_inputs(self) -> list[str]:
         """The pretrained weights file, when ``weights`` names one (none for random or imagenet)."""

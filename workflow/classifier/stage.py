@@ -67,7 +67,9 @@ def train_classifier(
     extras = {name: regimes.read_extra(path, labels, notes) for name, path in sources.items()}
     data = regimes.training_data(regime, pd.read_parquet(dataset), extras, synthetic_per_real, settings.seed)
     kept, skipped = training.trainable_labels(data.train, labels)
-    spec = networks.ModelSpec(settings.backbone, settings.channels, tuple(kept), settings.image_size)
+    spec = networks.ModelSpec(
+        settings.backbone, settings.channels, tuple(kept), settings.image_size, settings.color
+    )
     step = settings.to_dict() | {
         "regime": regime,
         "labels": list(labels),

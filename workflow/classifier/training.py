@@ -46,7 +46,7 @@ from workflow.classifier.regimes import TrainingData
 from workflow.classifier.settings import TrainSettings
 from workflow.common import checkpoints
 from workflow.common.errors import InputError
-from workflow.common.figures import load_gray
+from workflow.common.figures import load_image
 from workflow.common.interruption import stop_on_signal
 from workflow.common.manifest import label_column
 from workflow.common.progress import progress as progress_bar
@@ -68,21 +68,28 @@ class FitResult:
     """Where earlier attempts stopped on a signal (``workflow.common.interruption.StopRequest.record``)."""
 
 
-class ImageTable(Dataset):
-    """Rows of a manifest as (image ``(1, size, size)`` in [0, 1], label vector with NaN for missing)."""
+def image_tensor(path: str, spec: networks.ModelSpec) -> torch.Tensor:
+    """The image at ``path`` as the classifier of ``spec`` reads it: ``(C, size, size)`` in [0, 1], one
+    channel for grayscale, three for colour (``spec.color``)."""
+    image = torch.from_numpy(load_image(path, spec.image_size, spec.color).copy()).float().div(255)
+    return image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
 
-    def __init__(self, frame: pd.DataFrame, labels: Sequence[str], size: int) -> None:
+
+class ImageTable(Dataset):
+    """Rows of a manifest as (image as the classifier of ``spec`` reads it, :func:`image_tensor`; label
+    vector of ``spec.labels`` with NaN for missing)."""
+
+    def __init__(self, frame: pd.DataFrame, spec: networks.ModelSpec) -> None:
         self.paths = frame["image"].astype(str).tolist()
-        targets = frame[[label_column(name) for name in labels]].to_numpy(dtype=np.float32)
+        targets = frame[[label_column(name) for name in spec.labels]].to_numpy(dtype=np.float32)
         self.targets = torch.tensor(targets)
-        self.size = size
+        self.spec = spec
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = torch.from_numpy(load_gray(self.paths[index], self.size).copy()).float().div(255)
-        return image.unsqueeze(0), self.targets[index]
+        return image_tensor(self.paths[index], self.spec), self.targets[index]
 
 
 def trainable_labels(train: pd.DataFrame, labels: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -166,7 +173,7 @@ def predict(
     workers: int = 0,
 ) -> pd.DataFrame:
     """Predicted probabilities (sigmoid of the logits), one column per finding, indexed by ``image_id``."""
-    table = ImageTable(frame, spec.labels, spec.image_size)
+    table = ImageTable(frame, spec)
     probabilities = torch.sigmoid(logits(model, table, batch_size, where, workers)).numpy()
     return pd.DataFrame(
         probabilities, index=pd.Index(frame["image_id"], name="image_id"), columns=spec.labels
@@ -254,8 +261,8 @@ def fit(
         model.parameters(), settings.learning_rate, weight_decay=settings.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
-    train_table = ImageTable(data.train, spec.labels, spec.image_size)
-    val_table = ImageTable(data.val, spec.labels, spec.image_size)
+    train_table = ImageTable(data.train, spec)
+    val_table = ImageTable(data.val, spec)
     checkpoints.set_aside(work_dir, fingerprint)
     state = checkpoints.newest(work_dir, fingerprint)
     if state is None:

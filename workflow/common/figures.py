@@ -1,7 +1,7 @@
-"""Figures for people to look at, written atomically: images as pixels (reading one as grayscale, tiling equal
-images, PNG writing) and charts drawn with matplotlib's object API (``Figure``; no pyplot state, no display):
-an image grid with titles and a loss curve. Stage-specific charts (ROC curves, subgroup bars) live in their
-stage and save through :func:`save_figure`.
+"""Figures for people to look at, written atomically: images as pixels (reading one as grayscale or RGB,
+tiling equal images, PNG writing) and charts drawn with matplotlib's object API (``Figure``; no pyplot state,
+no display): an image grid with titles and a loss curve. Stage-specific charts (ROC curves, subgroup bars)
+live in their stage and save through :func:`save_figure`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,24 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def load_gray(path: str, size: int, resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
-    """A PNG as a ``size`` x ``size`` uint8 grayscale array (RGB converted with PIL's ITU-R 601 luma)."""
+def load_image(
+    path: str, size: int, color: str = "grayscale", resample: Image.Resampling = Image.Resampling.BILINEAR
+) -> np.ndarray:
+    """A PNG as a ``size`` x ``size`` uint8 array: ``color`` ``grayscale`` (S x S; RGB converted with PIL's
+    ITU-R 601 luma) or ``rgb`` (S x S x 3; a grayscale image repeated to three channels)."""
     try:
         with Image.open(path) as image:
-            gray = image.convert("L")
-            if gray.size != (size, size):
-                gray = gray.resize((size, size), resample)
-            return np.asarray(gray)
+            converted = image.convert("L" if color == "grayscale" else "RGB")
+            if converted.size != (size, size):
+                converted = converted.resize((size, size), resample)
+            return np.asarray(converted)
     except OSError as err:
         raise InputError(f"'{path}': unreadable image ({err})") from err
+
+
+def load_gray(path: str, size: int, resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
+    """A PNG as a ``size`` x ``size`` uint8 grayscale array (:func:`load_image`)."""
+    return load_image(path, size, "grayscale", resample)
 
 
 def save_grid(images: Sequence[Image.Image], path: str | Path, columns: int) -> None:

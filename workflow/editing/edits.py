@@ -86,11 +86,18 @@ def editing_methods(config: Mapping[str, Any]) -> list[str]:
 
     Raises:
         InputError: for a method the schema knows but :data:`workflow.editing.methods.METHODS` does not
-            register (yet), before any job runs.
+            register (yet), or for colour images (``preprocess.color: rgb``: the edits are measured and
+            written in grayscale, PRISM's chest X-rays), before any job runs.
     """
     editing = config["editing"]
     if not editing["enabled"]:
         return []
+    if config["preprocess"]["color"] == "rgb":
+        raise InputError(
+            "editing.enabled: counterfactual editing measures and writes grayscale images (chest X-rays); "
+            "preprocess.color is rgb, whose colour the edits would drop; set editing.enabled false or "
+            "preprocess.color grayscale"
+        )
     missing = [m for m in editing["methods"] if m not in METHODS]
     if missing:
         raise InputError(f"editing.methods: {missing} are not available; available: {sorted(METHODS)}")

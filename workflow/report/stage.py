@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from workflow.common.figures import image_grid, load_gray
+from workflow.common.figures import image_grid, load_image
 from workflow.common.files import atomic_output, write_text
 from workflow.common.manifest import label_column
 from workflow.report.settings import ReportSettings
@@ -268,8 +268,7 @@ def _grid(
         return None
     cells: list[tuple[np.ndarray, str] | None] = []
     for kind, paths in rows:
-        gray = [load_gray(p, size, Image.Resampling.BICUBIC) for p in paths]
-        cells += [(np.repeat(g[..., None], 3, axis=-1), kind) for g in gray]
+        cells += [(load_image(p, size, "rgb", Image.Resampling.BICUBIC), kind) for p in paths]
         cells += [None] * (per_row - len(paths))
     path = out / f"{index:02d}_{name.replace(' ', '_')}.png"
     title = f"{name}: real training images (top) vs synthetic (bottom)"
