@@ -100,6 +100,22 @@ def test_the_real_classifier_serves_as_torch_fidelity_extractor(tmp_path):
         extractors.resolve(settings, "classifier", None)
 
 
+def test_a_classifier_of_colour_images_extracts_features_of_their_colour(tmp_path):
+    """A colour study's classifier (preprocess.color rgb) sees the images' three channels as a feature
+    extractor too (it saw their luma only before)."""
+    torch.manual_seed(0)
+    spec = networks.ModelSpec("small-cnn", "repeat", LABELS, SIZE, "rgb")
+    model = networks.build(spec).eval()
+    networks.save(str(tmp_path / "model.pt"), model, spec, {"weights": "random-init (demo)"})
+    settings = EvaluationSettings.of(validated({"evaluation": {"extractor": "classifier"}}))
+    extractor = extractors.resolve(settings, "classifier", str(tmp_path / "model.pt")).create(cuda=False)
+    colour = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    (features,) = extractor(colour)
+    with torch.no_grad():
+        expected = model.penultimate(colour.float() / 255)
+    torch.testing.assert_close(features, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_fid_json_holds_every_generators_conditional_fidelity(tmp_path):
     generators, reports, tables, results = ["sd-a", "sd-b"], [], [], []
     for k, name in enumerate(generators):

@@ -224,8 +224,9 @@ class ClassifierExtractor(torch_fidelity.FeatureExtractorBase):
     extractor (feature ``"penultimate"``: the globally pooled features its linear head reads).
 
     The uint8 ``B x 3 x H x W`` images torch-fidelity hands over are turned gray with the ITU-R 601 luma
-    weights and resized to the classifier's input side (bilinear, antialiased), then scaled to [0, 1]: the
-    input the classifier was trained on.
+    weights (kept in colour for a classifier of colour images, its spec's ``color`` ``rgb``) and resized to
+    the classifier's input side (bilinear, antialiased), then scaled to [0, 1]: the input the classifier was
+    trained on.
 
     Args:
         name: registry name (:data:`CLASSIFIER`).
@@ -240,16 +241,16 @@ class ClassifierExtractor(torch_fidelity.FeatureExtractorBase):
         from workflow.classifier import networks
 
         self.model, spec, _ = networks.load(feature_extractor_weights_path)
-        self.side = spec.image_size
+        self.side, self.colour = spec.image_size, spec.color == "rgb"
         self.register_buffer("luma", torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from torchvision.transforms.v2.functional import resize
 
         vassert(x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3, "expecting uint8 B x 3 x H x W")
-        gray = (x.float() * self.luma).sum(dim=1, keepdim=True)
-        gray = resize(gray, [self.side, self.side], antialias=True)
-        return (self.model.penultimate(gray / 255).float(),)
+        images = x.float() if self.colour else (x.float() * self.luma).sum(dim=1, keepdim=True)
+        images = resize(images, [self.side, self.side], antialias=True)
+        return (self.model.penultimate(images / 255).float(),)
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
