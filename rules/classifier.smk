@@ -62,7 +62,8 @@ rule train_classifier:
         " --dataset {input.dataset}"
         " --sources {params.sources:q} --labels {params.labels:q} --settings {params.settings:q}"
         " --synthetic-per-real {params.synthetic_per_real} --model {output.model}"
-        " --report {output.report} --work-dir {params.work_dir:q} --threads {threads}"
+        " --report {output.report} --work-dir {params.work_dir:q} --gpus {resources.gpu}"
+        " --threads {threads}"
         " --logs {params.logs:q} 2> {log}"
 
 
@@ -91,6 +92,8 @@ rule evaluate_classifier:
         "logs/classifier/evaluate_classifier/{run}.log",
     conda:
         "../envs/synthmed.yaml"
+    resources:
+        gpu=CLS["gpus"],
     params:
         settings=EvaluationSettings.of(config).to_json(),
         fairness=FairnessSettings.of(config).to_json(),
@@ -99,7 +102,7 @@ rule evaluate_classifier:
         " --training-report {input.training} --settings {params.settings:q}"
         " --fairness-settings {params.fairness:q} --metrics-report {output.metrics}"
         " --fairness-report {output.fairness} --predictions {output.predictions} --roc {output.roc}"
-        " --subgroups {output.subgroups} --threads {threads} 2> {log}"
+        " --subgroups {output.subgroups} --gpus {resources.gpu} --threads {threads} 2> {log}"
 
 
 rule classifier_focus:

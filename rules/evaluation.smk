@@ -65,7 +65,7 @@ rule image_metrics:
     shell:
         "python -m scripts.evaluation image_metrics --dataset {input.dataset} --samples {input.samples}"
         " --prompts {input.prompts} --settings {params.settings:q} --extractors {params.extractors:q}"
-        " --report {output.report} --table {output.table} 2> {log}"
+        " --gpus {resources.gpu} --report {output.report} --table {output.table} 2> {log}"
 
 
 rule conditional_fidelity:
@@ -87,7 +87,7 @@ rule conditional_fidelity:
     shell:
         "python -m scripts.evaluation conditional_fidelity --samples {input.samples} --model {input.model}"
         " --real-metrics {input.metrics} --settings {params.settings:q} --report {output}"
-        " --threads {threads} 2> {log}"
+        " --gpus {resources.gpu} --threads {threads} 2> {log}"
 
 
 rule train_segmenter:
@@ -209,4 +209,4 @@ rule counterfactual_soundness:
     shell:
         "python -m scripts.evaluation counterfactual_soundness --counterfactuals {input.counterfactuals}"
         " --plan {input.plan} {params.classifier} --settings {params.settings:q} --report {output}"
-        " --threads {threads} 2> {log}"
+        " --gpus {resources.gpu} --threads {threads} 2> {log}"

@@ -35,7 +35,8 @@ rule embed_images:
         settings=EmbedSettings.of(config).to_json(),
     shell:
         "python -m scripts.prompts embed_images --dataset {input.dataset} --model {params.model:q}"
-        " --settings {params.settings:q} --shard {wildcards.shard} --threads {threads}"
+        " --settings {params.settings:q} --shard {wildcards.shard} --gpus {resources.gpu}"
+        " --threads {threads}"
         " --embeddings {output} 2> {log}"
 
 

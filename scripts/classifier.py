@@ -4,7 +4,7 @@ function of the same name in workflow.classifier.stage."""
 import json
 
 from workflow.classifier.settings import EvaluationSettings, FairnessSettings, FocusSettings, TrainSettings
-from workflow.common.cli import Arg, command, main
+from workflow.common.cli import GPUS, Arg, command, main
 
 THREADS = Arg("--threads", int, "CPU threads of the job")
 COMMANDS = [
@@ -20,6 +20,7 @@ COMMANDS = [
         "--model",
         "--report",
         Arg("--work-dir", help="checkpoint folder (resumed from, removed at the end)"),
+        GPUS,
         THREADS,
         Arg("--logs", help="folder of the training curves (classifier.training.log_with)"),
     ),
@@ -36,6 +37,7 @@ COMMANDS = [
         "--predictions",
         "--roc",
         "--subgroups",
+        GPUS,
         THREADS,
     ),
     command(

@@ -1,7 +1,7 @@
 """Entry points of the diffusion stage (rules/diffusion.smk): one subcommand per rule, each calling the
 function of the same name in workflow.diffusion.stage. finetune_sd is started by ``accelerate launch``."""
 
-from workflow.common.cli import Arg, command, main
+from workflow.common.cli import GPUS, Arg, command, main
 from workflow.diffusion.settings import (
     CacheSettings,
     MaskGuidedSampleSettings,
@@ -16,7 +16,6 @@ from workflow.diffusion.settings import (
 from workflow.prompts.settings import CaptionSettings
 
 BASE_MODEL = Arg("--base-model", help="folder or hub id of the base model")
-GPUS = Arg("--gpus", int, "GPUs of the job (0: CPU)")
 COMMANDS = [
     command(
         "train_tiny_vae",

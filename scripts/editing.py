@@ -3,7 +3,7 @@ function of the same name in workflow.editing.stage."""
 
 import json
 
-from workflow.common.cli import Arg, command, main
+from workflow.common.cli import GPUS, Arg, command, main
 from workflow.editing.settings import EditSettings, PlanSettings
 from workflow.prompts.settings import PromptSettings
 
@@ -29,7 +29,7 @@ COMMANDS = [
         Arg("--settings", EditSettings.from_json, "editing method settings (JSON)"),
         Arg("--mask-classes", json.loads, "dataset.mask_classes (JSON)"),
         Arg("--shard", int),
-        Arg("--gpus", int, "GPUs of the job (0: CPU)"),
+        GPUS,
         "--images",
         "--table",
         Arg(

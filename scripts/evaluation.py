@@ -3,7 +3,7 @@ function of the same name in workflow.evaluation.stage."""
 
 import json
 
-from workflow.common.cli import Arg, command, main
+from workflow.common.cli import GPUS, Arg, command, main
 from workflow.evaluation.settings import (
     ConditionalSettings,
     EvaluationSettings,
@@ -24,6 +24,7 @@ COMMANDS = [
             json.loads,
             "JSON: extractor kind -> its local model folder or weights file (those the workflow tracks)",
         ),
+        GPUS,
         "--report",
         "--table",
     ),
@@ -35,6 +36,7 @@ COMMANDS = [
         Arg("--real-metrics", help="results/classifier/real/metrics.json"),
         Arg("--settings", ConditionalSettings.from_json, "evaluation.conditional_fidelity (JSON)"),
         "--report",
+        GPUS,
         Arg("--threads", int),
     ),
     command(
@@ -42,7 +44,7 @@ COMMANDS = [
         "train the mask-faithfulness segmenter on the real training images and masks; resumes by itself",
         Arg("--dataset", help="results/data/dataset.parquet"),
         Arg("--settings", MaskFaithfulnessSettings.from_json, "evaluation.mask_faithfulness (JSON)"),
-        Arg("--gpus", int, "GPUs of the job; 0 trains on the CPU"),
+        GPUS,
         "--model",
         "--report",
         Arg("--checkpoints", help="checkpoint folder (kept across a killed job)"),
@@ -55,7 +57,7 @@ COMMANDS = [
         Arg("--model", help="results/evaluation/segmenter/model"),
         Arg("--segmenter-report", help="results/evaluation/segmenter/train_report.json"),
         Arg("--settings", MaskFaithfulnessSettings.from_json, "evaluation.mask_faithfulness (JSON)"),
-        Arg("--gpus", int, "GPUs of the job; 0 runs on the CPU"),
+        GPUS,
         "--report",
     ),
     command(
@@ -76,6 +78,7 @@ COMMANDS = [
         Arg("--real-metrics", optional=True, help="results/classifier/real/metrics.json"),
         Arg("--settings", ConditionalSettings.from_json, "evaluation.conditional_fidelity (JSON)"),
         "--report",
+        GPUS,
         Arg("--threads", int),
     ),
     command(

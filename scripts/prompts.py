@@ -3,7 +3,7 @@ of the same name in workflow.prompts.stage."""
 
 import json
 
-from workflow.common.cli import Arg, command, main
+from workflow.common.cli import GPUS, Arg, command, main
 from workflow.prompts.settings import ClusterSettings, EmbedSettings, PromptSettings
 
 LABELS = Arg("--labels", json.loads, "dataset.labels (JSON)")
@@ -15,6 +15,7 @@ COMMANDS = [
         Arg("--model", help="hub id or model folder"),
         Arg("--settings", EmbedSettings.from_json, "embedding settings (JSON)"),
         Arg("--shard", int),
+        GPUS,
         Arg("--threads", int),
         "--embeddings",
     ),

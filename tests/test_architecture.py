@@ -119,6 +119,17 @@ def test_each_rule_calls_its_stage_function_with_matching_arguments(stage):
         assert sorted(options) == sorted(parameters), rule
 
 
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_gpu_rule_tells_its_function_how_many_gpus_the_job_has(stage):
+    """A rule that declares a `gpu` resource passes `--gpus {resources.gpu}`, so that `gpus: 0` computes on
+    the CPU even where a GPU is visible (a job given no GPU must not take one from the jobs that were);
+    several computed on any visible GPU before."""
+    text = (ROOT / "rules" / f"{stage}.smk").read_text(encoding="utf-8")
+    for rule, body in RULE.findall(text):
+        if re.search(r"^\s+gpu=", body, re.M):
+            assert "--gpus {resources.gpu}" in body, rule
+
+
 def test_config_sections_are_owned_by_stages():
     """Every top-level config section belongs to a stage: its settings classes live in that stage."""
     schema = yaml.safe_load((ROOT / "resources" / "config.schema.yaml").read_text(encoding="utf-8"))

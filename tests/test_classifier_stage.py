@@ -49,7 +49,7 @@ def trained(tmp_path_factory) -> dict:
     dataset_path, model = str(root / "dataset.parquet"), str(out / "model.pt")
     stage.train_classifier(
         "real", dataset_path, {}, LABELS, training_settings(log_with="tensorboard"), 1.0, model,
-        paths["training.json"], str(out / "checkpoints"), 1, str(out / "logs"),
+        paths["training.json"], str(out / "checkpoints"), 0, 1, str(out / "logs"),
     )  # fmt: skip
     assert list((out / "logs" / "train_classifier").glob("events.out.tfevents.*"))  # the curves
     stage.evaluate_classifier(
@@ -63,6 +63,7 @@ def trained(tmp_path_factory) -> dict:
         predictions=str(out / "test.parquet"),
         roc=str(out / "roc.png"),
         subgroups=str(out / "subgroups.png"),
+        gpus=0,
         threads=1,
     )
     stage.classifier_focus(dataset_path, model, FOCUS, paths["focus.json"], str(out / "cam.png"), 1)

@@ -350,7 +350,7 @@ def test_soundness_scores_before_the_edit_on_its_reference_and_notes_unmatched_g
     report = tmp_path / "soundness.json"
     model = str(tmp_path / "model")
     stage.counterfactual_soundness(
-        str(counterfactuals), str(plan), model, str(metrics), settings, str(report), 1
+        str(counterfactuals), str(plan), model, str(metrics), settings, str(report), 0, 1
     )
     result = json.loads(report.read_text())
     effect = result["overall"]["effectiveness"]

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from workflow.common.errors import InputError
@@ -60,8 +61,9 @@ def test_images_are_rescaled_once(tiny, tmp_path):
 def test_cls_embeddings_are_deterministic_and_order_preserving(tiny, dataset):
     network, processor = embeddings.load(tiny)
     paths = pd.read_parquet(dataset)["image"].tolist()
-    first, none = embeddings.embed(network, processor, paths, batch_size=3, threads=2)
-    second, _ = embeddings.embed(network, processor, paths[::-1], batch_size=7, threads=1)
+    cpu = torch.device("cpu")
+    first, none = embeddings.embed(network, processor, paths, device=cpu, batch_size=3, threads=2)
+    second, _ = embeddings.embed(network, processor, paths[::-1], device=cpu, batch_size=7, threads=1)
     assert first.shape == (7, 32) and first.dtype == np.float32 and none is None
     np.testing.assert_allclose(first, second[::-1], atol=1e-5)
     assert np.linalg.matrix_rank(first) > 1
@@ -71,10 +73,10 @@ def test_shards_merge_into_the_unsharded_result(tiny, dataset, tmp_path):
     settings = EmbedSettings(batch_size=2, shards=3, outlier_features=True)
     parts = [str(tmp_path / f"{k}.parquet") for k in range(3)]
     for k, part in enumerate(parts):
-        stage.embed_images(dataset, tiny, settings, k, 1, part)
+        stage.embed_images(dataset, tiny, settings, k, 0, 1, part)
     stage.merge_embeddings(parts[::-1], str(tmp_path / "merged.parquet"))
     whole = tmp_path / "whole.parquet"
-    stage.embed_images(dataset, tiny, replace(settings, shards=1), 0, 1, str(whole))
+    stage.embed_images(dataset, tiny, replace(settings, shards=1), 0, 0, 1, str(whole))
     merged, single = pd.read_parquet(tmp_path / "merged.parquet"), pd.read_parquet(whole)
     assert merged["image_id"].tolist() == sorted(merged["image_id"]) == single["image_id"].tolist()
     np.testing.assert_allclose(np.stack(merged["embedding"]), np.stack(single["embedding"]), atol=1e-5)
@@ -82,7 +84,16 @@ def test_shards_merge_into_the_unsharded_result(tiny, dataset, tmp_path):
     meta = read_parquet_meta(tmp_path / "merged.parquet")
     assert meta["weights"] == "random-init tiny ViT (demo)" and meta["rows"] == 7
     with pytest.raises(InputError, match=r"prompts\.mep\.shards"):
-        stage.embed_images(dataset, tiny, settings, 3, 1, str(tmp_path / "x.parquet"))
+        stage.embed_images(dataset, tiny, settings, 3, 0, 1, str(tmp_path / "x.parquet"))
+
+
+def test_a_job_given_no_gpu_embeds_on_the_cpu_where_a_gpu_is_visible(tiny, dataset, tmp_path, monkeypatch):
+    """`prompts.mep.gpus: 0` keeps the job off a visible GPU (this CPU-only torch cannot move a model to one,
+    which is how the test sees where it computed; it took any visible GPU before)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    settings = EmbedSettings(batch_size=4, shards=1, outlier_features=False)
+    stage.embed_images(dataset, tiny, settings, 0, 0, 1, str(tmp_path / "cpu.parquet"))
+    assert read_parquet_meta(tmp_path / "cpu.parquet")["device"] == "cpu"
 
 
 def test_unloadable_model_names_the_key(tmp_path):

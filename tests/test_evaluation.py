@@ -377,7 +377,7 @@ def test_feature_spaces_side_by_side_in_fid_json(tiny, tiny_inception, inception
     args = [str(tmp_path / f"{n}.parquet") for n in ("dataset", "samples", "prompts")]
     local = {"tiny": tiny, "torchvision-inception": tiny_inception}
     report, table = tmp_path / "image_metrics.json", tmp_path / "per_group.csv"
-    stage.image_metrics(*args, settings, local, str(report), str(table))
+    stage.image_metrics(*args, settings, local, 0, str(report), str(table))
     quality = json.loads(report.read_text())
     spaces = quality["feature_spaces"]
     assert list(spaces) == ["tiny", "torchvision-inception"]
@@ -426,11 +426,11 @@ def test_missing_image_and_empty_split_name_the_file(tiny, sets, tmp_path):
     settings = evaluation_settings(tmp_path / "cache")
     with pytest.raises(InputError, match=r"samples.parquet row 2: cannot read image '.*gone.png'"):
         stage.image_metrics(
-            *args, settings, {"tiny": tiny}, str(tmp_path / "a.json"), str(tmp_path / "a.csv")
+            *args, settings, {"tiny": tiny}, 0, str(tmp_path / "a.json"), str(tmp_path / "a.csv")
         )
     with pytest.raises(InputError, match="no images to evaluate in split 'val'"):
         stage.image_metrics(
-            *args, replace(settings, reference_split="val"), {"tiny": tiny}, "a.json", "a.csv"
+            *args, replace(settings, reference_split="val"), {"tiny": tiny}, 0, "a.json", "a.csv"
         )
 
 

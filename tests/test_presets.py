@@ -114,6 +114,7 @@ GPU_RULES = {
     "finetune_sd",
     "sample_images",
     "train_classifier",
+    "evaluate_classifier",
     "image_metrics",
     "conditional_fidelity",
     "train_mask_guided",

@@ -45,6 +45,7 @@ def train_classifier(
     model: str,
     report: str,
     work_dir: str,
+    gpus: int,
     threads: int,
     logs: str,
 ) -> None:
@@ -55,6 +56,7 @@ def train_classifier(
     Args:
         run: ``<regime>`` or ``<regime>/<source>`` (:func:`workflow.classifier.regimes.runs`).
         sources: the extra manifests of the run by kind (:func:`workflow.classifier.regimes.run_sources`).
+        gpus: GPUs of the job (``resources.gpu``); 0 computes on the CPU.
     """
     import torch  # here, not at the top: compare_classifiers starts in a second without torch
 
@@ -82,7 +84,7 @@ def train_classifier(
         weights=networks.describe_weights(settings.weights),
     )
     fingerprint = config_hash({k: meta[k] for k in ("config_hash", "inputs", "weights")})
-    where = pick_device()
+    where = pick_device(gpus)
     trackers = Trackers(settings.log_with, logs, "train_classifier", step)
     with attempt_log(work_dir):
         result = training.fit(data, spec, settings, work_dir, fingerprint, where, trackers)
@@ -126,9 +128,11 @@ def evaluate_classifier(
     predictions: str,
     roc: str,
     subgroups: str,
+    gpus: int,
     threads: int,
 ) -> None:
-    """Test metrics, fairness, predictions and figures of one trained classifier."""
+    """Test metrics, fairness, predictions and figures of one trained classifier (on a GPU when ``gpus``,
+    the job's ``resources.gpu``, is above 0 and one is visible)."""
     import torch
 
     from workflow.classifier import fairness, figures, metrics, networks, training
@@ -139,7 +143,7 @@ def evaluate_classifier(
     trained_on = json.loads(Path(training_report).read_text())
     rows = pd.read_parquet(dataset)
     splits = regimes.real_splits(rows, dataset)
-    where = pick_device()
+    where = pick_device(gpus)
     network.to(where)
     truth = {name: _truth(splits[name], spec.labels) for name in ("val", "test")}
     scores = {

@@ -42,6 +42,10 @@ class Arg:
     many: bool = False
 
 
+GPUS = Arg("--gpus", int, "GPUs of the job (its resources.gpu; 0: the CPU)")
+"""The GPU count of a GPU rule's job, which every GPU rule passes to its function."""
+
+
 @dataclass(frozen=True)
 class Command:
     """A rule's subcommand: its name (= the rule's and the stage function's) and arguments."""

@@ -66,6 +66,7 @@ def image_metrics(
     prompts: str,
     settings: EvaluationSettings,
     extractors: Mapping[str, str],
+    gpus: int,
     report: str,
     table: str,
 ) -> None:
@@ -83,13 +84,13 @@ def image_metrics(
         prompts: the prompts table of the reference split (prompt ids of the real images).
         extractors: extractor kind -> its local folder or weights file, for those the workflow tracks
             (:func:`workflow.evaluation.settings.extractor_inputs`).
+        gpus: GPUs of the job (``resources.gpu``); 0 computes the features on the CPU.
 
     Raises:
         InputError: for an empty reference split or synthetic set, a missing image, or ``evaluation.also``
             repeating ``evaluation.extractor``.
     """
-    import torch
-
+    from workflow.common.devices import pick_device
     from workflow.evaluation import fidelity
     from workflow.evaluation.features import resolve_policy
 
@@ -97,7 +98,7 @@ def image_metrics(
     kinds = settings.feature_spaces()
     real, fake = fidelity.read_sets(dataset, samples, prompts, split)
     policy = resolve_policy(settings, real["image"].tolist(), fake["image"].tolist())
-    cuda = torch.cuda.is_available()
+    cuda = pick_device(gpus).type == "cuda"
     sources = {"fake": samples, "real": f"{dataset} split {split}"}
     spaces, frames, seeds = {}, [], {"kid": settings.seed}
     for kind in kinds:
@@ -194,10 +195,17 @@ def _feature_space(
 
 
 def conditional_fidelity(
-    samples: str, model: str, real_metrics: str, settings: ConditionalSettings, report: str, threads: int
+    samples: str,
+    model: str,
+    real_metrics: str,
+    settings: ConditionalSettings,
+    report: str,
+    gpus: int,
+    threads: int,
 ) -> None:
     """The real-data classifier ``model`` (its test metrics ``real_metrics``) on a generator's ``samples``,
-    against the labels their prompts asked for (:func:`workflow.evaluation.conditional.score`)."""
+    against the labels their prompts asked for (:func:`workflow.evaluation.conditional.score`); on a GPU when
+    ``gpus`` (the job's ``resources.gpu``) is above 0 and one is visible."""
     import torch
 
     from workflow.classifier import networks
@@ -206,7 +214,7 @@ def conditional_fidelity(
 
     torch.set_num_threads(threads)
     network, spec, trained = networks.load(model)
-    where = pick_device()
+    where = pick_device(gpus)
     result = conditional.score(
         pd.read_parquet(samples), network.to(where), spec, json.loads(Path(real_metrics).read_text()),
         settings, where,
@@ -227,6 +235,7 @@ def counterfactual_soundness(
     real_metrics: str | None,
     settings: ConditionalSettings,
     report: str,
+    gpus: int,
     threads: int,
 ) -> None:
     """Soundness of one counterfactual set (:mod:`workflow.editing.soundness`): the per-edit measures of the
@@ -237,7 +246,8 @@ def counterfactual_soundness(
     refused. Without a real-data classifier (``real`` not in ``classifier.regimes``) effectiveness is left
     out and the report says so; with ``editing.ground_truth`` set but matching no edit, the notes say that;
     ``lpips`` is the editing stage's LPIPS (net, weights file), and without weights the notes say why its
-    measures are null.
+    measures are null. The classifier runs on a GPU when ``gpus`` (the job's ``resources.gpu``) is above 0
+    and one is visible.
     """
     from workflow.editing import edits, soundness
 
@@ -256,7 +266,7 @@ def counterfactual_soundness(
 
         torch.set_num_threads(threads)
         network, spec, trained = networks.load(model)
-        where = pick_device()
+        where = pick_device(gpus)
         network = network.to(where)
         columns = {}
         for side, column in (("source", "reference"), ("edited", "image")):

@@ -6,8 +6,8 @@ ICCV 2021) and keeps the CLS token of the last hidden state, ``last_hidden_state
 normalised). As there, the model's own image processor resizes and normalises; unlike there, it receives
 8-bit PIL images, so pixels are rescaled to [0, 1] exactly once (MEP passes [0, 1] floats, which the
 processor divides by 255 again; seeds_spec 2.2). Images are decoded and processed by DataLoader worker
-processes while the main process runs the model on the GPU when there is one (``torch.cuda.is_available``),
-else on the CPU, in float32.
+processes while the main process runs the model on the device it is given (the GPU when the job has one),
+in float32.
 
 ``prompts.mep.model`` is a hub id (loaded with ``AutoModel``/``AutoImageProcessor`` on a machine that can
 reach the hub), a local folder in the same layout, or ``tiny``: :func:`build_tiny` writes a randomly
@@ -30,7 +30,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessor, ViTModel
 
-from workflow.common.devices import pick_device
 from workflow.common.errors import InputError
 from workflow.common.image_files import ImageFiles
 from workflow.common.model_card import write_card
@@ -108,6 +107,7 @@ def embed(
     processor: Any,
     paths: Sequence[str],
     *,
+    device: torch.device,
     batch_size: int,
     threads: int,
     feature_paths: Sequence[str] | None = None,
@@ -118,31 +118,31 @@ def embed(
         network: a ViT-like model returning ``last_hidden_state``.
         processor: its image processor (given 8-bit PIL images).
         paths: image files.
+        device: where the model runs (:func:`workflow.common.devices.pick_device`).
         batch_size: images per forward pass.
         threads: CPU threads of the job: ``threads - 1`` DataLoader worker processes decode images while
             the main process runs the model (with ``threads`` intra-op threads when on the CPU).
         feature_paths: files to compute MEP's outlier features on (one per image), or None.
     """
-    target = pick_device()
     torch.set_num_threads(max(threads, 1))
     workers = max(threads - 1, 0)
-    network = network.to(target)
+    network = network.to(device)
     items = list(zip(paths, feature_paths or [None] * len(paths), strict=True))
     loader = DataLoader(
         ImageFiles(items, functools.partial(load_item, processor)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        pin_memory=target.type == "cuda",
+        pin_memory=device.type == "cuda",
         worker_init_fn=_one_thread if workers else None,
     )
     tokens, features = [], []
     for pixels, extra in loader:
-        hidden = network(pixel_values=pixels.to(target, non_blocking=True)).last_hidden_state
+        hidden = network(pixel_values=pixels.to(device, non_blocking=True)).last_hidden_state
         tokens.append(hidden[:, 0].float().cpu().numpy())
         features.append(extra.numpy())
     matrix = np.concatenate(tokens) if tokens else np.empty((0, network.config.hidden_size), np.float32)
-    log.info("embedded %d images on %s", len(matrix), target)
+    log.info("embedded %d images on %s", len(matrix), device)
     if feature_paths is None:
         return matrix, None
     return matrix, (np.concatenate(features) if features else np.empty((0, len(FEATURES))))

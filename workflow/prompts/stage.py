@@ -74,9 +74,10 @@ PROMPT_COLUMNS: dict[str, str] = {
 
 
 def embed_images(
-    dataset: str, model: str, settings: EmbedSettings, shard: int, threads: int, embeddings: str
+    dataset: str, model: str, settings: EmbedSettings, shard: int, gpus: int, threads: int, embeddings: str
 ) -> None:
-    """Embed shard ``shard`` of ``settings.shards`` (contiguous blocks of the images sorted by id)."""
+    """Embed shard ``shard`` of ``settings.shards`` (contiguous blocks of the images sorted by id), on a GPU
+    when ``gpus`` (the job's ``resources.gpu``) is above 0 and one is visible."""
     from workflow.common.devices import pick_device
     from workflow.prompts import embeddings as vit
     from workflow.prompts import outliers
@@ -90,10 +91,12 @@ def embed_images(
     frame = frame.sort_values("image_id", kind="stable").reset_index(drop=True)
     part = frame.iloc[np.array_split(np.arange(len(frame)), settings.shards)[shard]]
     network, processor = vit.load(model)
+    device = pick_device(gpus)
     matrix, features = vit.embed(
         network,
         processor,
         part["image"].tolist(),
+        device=device,
         batch_size=settings.batch_size,
         threads=threads,
         feature_paths=part["path"].tolist() if settings.outlier_features else None,
@@ -103,7 +106,7 @@ def embed_images(
         table[list(outliers.FEATURES)] = features
     meta = provenance(settings, inputs={"dataset": dataset}, weights=weights_label(model)) | {
         "model": model,
-        "device": str(pick_device()),
+        "device": str(device),
         "shard": shard,
         "dimension": int(matrix.shape[1]),
     }
