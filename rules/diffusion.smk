@@ -8,7 +8,8 @@
 # label volumes, one NIfTI per volume and its slices as the samples) has train_mask_text and sharded
 # sample_mask_text, collected by collect_mask_guided too, and with diffusion.mask_text.differences.changes
 # difference_maps (DGM-VLC's voxel difference maps of changed clinical fields).
-# Functions: workflow/diffusion/stage.py (one per rule; the pixel generators' in pixel_stage.py); settings: workflow/diffusion/settings.py.
+# Functions: workflow/diffusion/stage.py (one per rule; the pixel generators' in pixel_stage.py, the difference
+# maps' in differences.py); settings: workflow/diffusion/settings.py.
 import re
 import shlex
 

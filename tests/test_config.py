@@ -44,6 +44,10 @@ def test_presets_are_valid(preset):
         (lambda c: c.update(sedd=1), "sedd"),
         (lambda c: c["split"]["fractions"].update(test=0), "test"),
         (lambda c: c["dataset"].update(adapter="csv"), "csv"),
+        # {} named no group, and the adapter fell back to the default groups without a word
+        (lambda c: c["dataset"]["chexpert"].update(race_groups={}), "race_groups"),
+        # one device per job: a second GPU sat idle
+        (lambda c: c["classifier"].update(gpus=2), "gpus"),
     ],
 )
 def test_invalid_config_names_the_key(edit, names):

@@ -133,9 +133,10 @@ def difference_map(
 ) -> np.ndarray:
     """The signed differences ``after - before`` (n x ``mask``'s shape, float32) between the image generated
     from ``mask`` with each caption embedding of ``afters`` (n x tokens x features) and the one with
-    ``before``, from the same seed and noise, in the units of ``window`` (:func:`in_units`: a volume's
-    intensity window; the default, the images' [-1, 1]). ``before``'s image is generated once and every
-    other alone, and an embedding equal to ``before`` is not generated again, so equal captions give exactly
+    ``before``, from the same seed and noise, in the units of ``window``
+    (:func:`workflow.diffusion.mask_text.in_units`: a volume's intensity window; the default, the images'
+    [-1, 1]). ``before``'s image is generated once and every other alone, and an embedding equal to
+    ``before`` is not generated again, so equal captions give exactly
     zero (DGM-VLC's difference maps for a changed clinical field)."""
     import torch
 

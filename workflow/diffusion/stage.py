@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -54,9 +53,6 @@ from workflow.diffusion.settings import (
     TrainSettings,
 )
 from workflow.prompts.settings import CaptionSettings
-
-if TYPE_CHECKING:
-    pass
 
 
 def train_tiny_vae(dataset: str, base_model: str, settings: TinyVaeSettings, gpus: int, model: str) -> None:
