@@ -162,6 +162,25 @@ def test_generator_kind_defaults_to_sd_and_each_kind_has_its_rules_pattern():
     assert not re.fullmatch(name_pattern([]), "") and not re.fullmatch(name_pattern([]), "seg")
 
 
+@pytest.mark.parametrize(
+    ("kind", "key", "value"),
+    [
+        ("mask-guided", "strategies", ["labels"]),
+        ("mask-guided", "images_per_prompt", 4),
+        ("mask-text", "method", "lora"),
+        ("mask-text", "images_per_prompt", 4),
+    ],
+)
+def test_keys_only_stable_diffusion_reads_are_refused_for_pixel_generators(kind, key, value):
+    """A pixel generator samples once per real mask, without a fine-tuning method (and a mask-guided one
+    without text): these keys were ignored without a word."""
+    study = validated({"diffusion": {"generators": {"arm": {"kind": kind, key: value}}}})
+    with pytest.raises(
+        InputError, match=rf"diffusion\.generators\.arm: \['{key}'\] do not apply to kind {kind}"
+    ):
+        generators(study)
+
+
 def job(plan: str, rule: str, generator: str) -> str:
     """The block of a dry run's plan describing ``rule``'s job for ``generator``."""
     blocks = [b for b in plan.split("rule ")[1:] if b.startswith(f"{rule}:")]

@@ -72,6 +72,15 @@ class Generator:
         return variant_name(self.strategies)
 
 
+SD_KEYS = {
+    "mask-guided": ("method", "images_per_prompt", "strategies"),
+    "mask-text": ("method", "images_per_prompt"),
+}
+"""Keys of a ``diffusion.generators`` entry that only Stable Diffusion generators read, by the pixel kinds
+that refuse them: those sample once per real mask (no fine-tuning method, no images per prompt), and a
+mask-guided generator reads no text (no prompt strategies)."""
+
+
 def sd_generator(method: str) -> str:
     """The name of Stable Diffusion fine-tuned with ``method`` (``full`` or ``lora``)."""
     return f"sd-{method}"
@@ -83,6 +92,13 @@ def generators(config: Mapping[str, Any]) -> dict[str, Generator]:
     section = diffusion["generators"] or {sd_generator(diffusion["method"]): {}}
     out = {}
     for name, entry in section.items():
+        ignored = [key for key in SD_KEYS.get(entry.get("kind") or "sd", ()) if key in entry]
+        if ignored:
+            raise InputError(
+                f"diffusion.generators.{name}: {ignored} do not apply to kind {entry['kind']} "
+                f"(it samples once per real mask{'' if entry['kind'] == 'mask-text' else ', without text'}); "
+                "remove them"
+            )
         chosen = tuple(entry.get("strategies") or strategies)
         unknown = [s for s in chosen if s not in strategies]
         if unknown:
