@@ -238,3 +238,14 @@ def test_split_report_says_which_mode(tmp_path):
         assert ("predefined" in written) == predefined
         test = pd.read_parquet(tmp_path / f"{predefined}.parquet").query("split == 'test'")
         assert (test["official_split"] == "test").all() == predefined
+
+
+def test_pcam_is_split_by_its_own_slide_disjoint_splits_only():
+    """PCam's patches carry no slide ids: a split drawn by patch put patches of one slide in train and test
+    (only the docs said to keep PCam's own split)."""
+    from configs import validated
+
+    pcam = {"dataset": {"adapter": "pcam", "labels": ["Tumor"], "pcam": {"root": "."}}}
+    with pytest.raises(InputError, match=r"split\.predefined: PCam has no patient or slide ids"):
+        SplitSettings.of(validated(pcam))
+    assert SplitSettings.of(validated(pcam | {"split": {"predefined": True}})).predefined

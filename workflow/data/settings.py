@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from workflow.common.errors import InputError
 from workflow.common.settings import Settings
 
 
@@ -51,6 +52,24 @@ class SplitSettings(Settings):
     fractions: dict[str, float]
     seed: int
     predefined: bool = False
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Self:
+        """``split``.
+
+        Raises:
+            InputError: naming ``split.predefined`` for PCam without it: PCam has no patient or slide ids
+                (each patch is its own patient), so a split drawn here would put patches of one slide in
+                training and test.
+        """
+        settings = super().of(config)
+        if config["dataset"]["adapter"] == "pcam" and not settings.predefined:
+            raise InputError(
+                "split.predefined: PCam has no patient or slide ids (each patch is its own patient), so a "
+                "split drawn here would put patches of one slide in train and test; set split.predefined: "
+                "true to keep PCam's own train/valid/test, drawn from disjoint slides"
+            )
+        return settings
 
 
 @dataclass(frozen=True)
