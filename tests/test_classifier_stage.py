@@ -134,6 +134,24 @@ def test_comparison_table_has_one_row_per_run(trained, tmp_path):
     assert pd.isna(table.loc[0, "auroc[B]"]) and "sex_max_eod" in table
     rows = json.loads(out.read_text())
     assert rows["rows"][0]["auroc[B]"] is None and "metrics[real]" in rows["provenance"]["inputs"]
+    assert table["findings"].tolist() == [1, 1] and rows["shared_findings"] == ["A"]
+
+
+def test_runs_are_compared_on_the_findings_they_share():
+    """A synthetic regime whose prompts never name a rare finding cannot train on it, and its own macro
+    AUROC averages the easier rest: macro_auroc_shared averages the findings every run has, and each row
+    says how many its own macro covers (its macro stood beside the real run's without a word before)."""
+    from workflow.classifier import comparison
+
+    rows = [
+        {"run": "real", "findings": 2, "auroc[A]": 0.9, "auroc[B]": 0.6},
+        {"run": "synthetic", "findings": 1, "auroc[A]": 0.95, "auroc[B]": None},
+    ]
+    shared, names = comparison.with_shared_macro(rows)
+    assert names == ["A"]
+    assert [row["macro_auroc_shared"] for row in shared] == [0.9, 0.95]
+    none_shared, names = comparison.with_shared_macro([rows[1], rows[1] | {"auroc[A]": None}])
+    assert names == [] and none_shared[0]["macro_auroc_shared"] is None
 
 
 def test_script_trains_the_mixed_regime_from_a_synthetic_manifest(trained, tmp_path):
@@ -147,7 +165,8 @@ def test_script_trains_the_mixed_regime_from_a_synthetic_manifest(trained, tmp_p
         "--sources", json.dumps({"synthetic": str(tmp_path / "manifest.parquet")}),
         "--labels", json.dumps(LABELS), "--settings", training_settings(epochs=1).to_json(),
         "--synthetic-per-real", "0.5", "--model", str(tmp_path / "model.pt"), "--report", str(report),
-        "--work-dir", str(tmp_path / "checkpoints"), "--threads", "1", "--logs", str(tmp_path / "logs"),
+        "--work-dir", str(tmp_path / "checkpoints"), "--gpus", "0", "--threads", "1",
+        "--logs", str(tmp_path / "logs"),
     ]  # fmt: skip
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     training = json.loads(report.read_text())

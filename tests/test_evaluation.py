@@ -318,7 +318,7 @@ def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path
     inputs = [f"--{name}={tmp_path / name}.parquet" for name in ("dataset", "samples", "prompts")]
     outputs = [f"--report={tmp_path / 'quality.json'}", f"--table={tmp_path / 'per_group.csv'}"]
     command = [sys.executable, "-m", "scripts.evaluation", "image_metrics", *inputs, *outputs]
-    command += ["--settings", settings.to_json(), "--extractors", json.dumps({"tiny": tiny})]
+    command += ["--settings", settings.to_json(), "--extractors", json.dumps({"tiny": tiny}), "--gpus", "0"]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -4,7 +4,12 @@ One row per run (a regime and the source of its extra images), from its ``metric
 and ``focus.json``:
 
 - ``training_rows``: training images (real + synthetic + counterfactual);
+- ``findings``: how many findings its macro AUROC averages, and ``skipped_findings``, those it could not
+  train on (no positive or no negative training image: a synthetic set whose prompts never name a rare
+  finding), with their reasons in its ``training.json``;
 - ``macro_<metric>`` (test, macro mean over findings) and the bootstrap CI of macro AUROC and AUPRC;
+- ``macro_auroc_shared``: the macro test AUROC over the findings every run of the table has an AUROC for
+  (:func:`with_shared_macro`), the one macro that compares runs on the same findings;
 - per fairness attribute: ``<attribute>_max_auroc_gap`` and ``<attribute>_max_eod`` (the largest subgroup
   AUROC gap and equalized-odds difference over findings) and ``<attribute>_underdiagnosis_gap``;
 - ``cam_mean_entropy``, ``cam_mean_sparsity_85``, ``cam_mean_region_fraction`` (Grad-CAM focus);
@@ -17,7 +22,10 @@ Empty cells are undefined values (their reasons are in the run's JSON files). Wr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from workflow.classifier.metrics import MACRO_METRICS
 
@@ -34,6 +42,8 @@ def run_row(run: str, scores: dict[str, Any], fair: dict[str, Any], focus: dict[
         "run": run,
         "regime": scores["regime"],
         "training_rows": sum(scores["training"]["training_rows"].values()),
+        "findings": len(set(scores["labels"]) - set(macro.get("excluded", {}).get("auroc", []))),
+        "skipped_findings": "; ".join(sorted(scores["training"]["skipped_labels"])),
     }
     row |= {f"macro_{m}": macro[m] for m in MACRO_METRICS}
     for statistic in ("auroc", "auprc"):
@@ -47,3 +57,19 @@ def run_row(run: str, scores: dict[str, Any], fair: dict[str, Any], focus: dict[
     overall = focus["overall"]
     row |= {f"cam_{k}": overall[k] for k in ("mean_entropy", "mean_sparsity_85", "mean_region_fraction")}
     return row | {f"auroc[{name}]": r["auroc"] for name, r in scores["labels"].items()}
+
+
+def with_shared_macro(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``rows`` (:func:`run_row`) with ``macro_auroc_shared``, the mean test AUROC over the findings whose
+    AUROC every row has (a run's own macro averages only the findings it trained on and could score), and
+    those shared findings in order."""
+    shared = [
+        column.removeprefix("auroc[").removesuffix("]")
+        for column in rows[0]
+        if column.startswith("auroc[") and all(row.get(column) is not None for row in rows)
+    ]
+    out = []
+    for row in rows:
+        values = [row[f"auroc[{name}]"] for name in shared]
+        out.append(row | {"macro_auroc_shared": float(np.mean(values)) if values else None})
+    return out, shared

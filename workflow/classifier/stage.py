@@ -212,16 +212,17 @@ def compare_classifiers(
     table: str,
     summary: str,
 ) -> None:
-    """One row per run (:func:`workflow.classifier.comparison.run_row`): ``table`` (CSV) and the same rows
-    with provenance (``summary``, JSON)."""
+    """One row per run (:func:`workflow.classifier.comparison.run_row`, with the macro AUROC over the
+    findings all runs share, :func:`workflow.classifier.comparison.with_shared_macro`): ``table`` (CSV) and
+    the same rows with provenance and the shared findings (``summary``, JSON)."""
     paths = zip(runs, metrics_reports, fairness_reports, focus_reports, strict=True)
-    rows = [
-        comparison.run_row(run, *(json.loads(Path(p).read_text()) for p in files)) for run, *files in paths
-    ]
+    rows, shared = comparison.with_shared_macro(
+        [comparison.run_row(run, *(json.loads(Path(p).read_text()) for p in files)) for run, *files in paths]
+    )
     frame = pd.DataFrame(rows)
     write_csv(table, frame)
     kinds = {"metrics": metrics_reports, "fairness": fairness_reports, "focus": focus_reports}
     inputs = {f"{kind}[{r}]": p for kind, files in kinds.items() for r, p in zip(runs, files, strict=True)}
     meta = provenance({"runs": list(runs)}, inputs=inputs)
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    write_json(summary, {"provenance": meta, "rows": records})
+    write_json(summary, {"provenance": meta, "shared_findings": shared, "rows": records})
