@@ -48,7 +48,12 @@ rule image_metrics:
     input:
         dataset=DATASET,
         samples=samples_manifest("{generator}"),
-        prompts=f"{PROMPTS}/{EVALUATION['reference_split']}.parquet",
+        # the real images' prompt ids under the generator's own prompt variant, which its samples' ids number
+        prompts=lambda wildcards: prompts_table(
+            STUDY_GENERATORS[wildcards.generator].variant,
+            STRATEGIES,
+            EVALUATION["reference_split"],
+        ),
         extractors=list(EXTRACTORS.values()),
     output:
         report=f"{QUALITY}/image_metrics.json",

@@ -307,6 +307,9 @@ def test_groups_per_label_per_prompt_and_per_slice_position():
     assert low.reason == "the synthetic images carry no slice position (slice_index)"
     flat = real.assign(volume_id=None)
     assert not any(group.kind == "slice_bin" for group in fidelity.groups(fake, flat, slice_bins=2))
+    # a mask-text generator's prompt ids are text: they match the table's integers (they matched none before)
+    texted = {(g.kind, g.name): g for g in fidelity.groups(fake.assign(prompt_id=["0", "1", "1"]), real, 2)}
+    assert texted[("prompt", "1")].real.tolist() == [False, False, True, False]
 
 
 def test_script_writes_report_and_per_class_table(tiny, sets, features, tmp_path):

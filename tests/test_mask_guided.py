@@ -216,6 +216,10 @@ def test_a_mask_guided_generator_feeds_image_metrics_in_the_dag(tmp_path):
         assert f"results/samples/dgm/shards/{shard}.parquet" in job(plan, "collect_mask_guided", "dgm")
     for rule in ("image_metrics", "mask_faithfulness"):
         assert "results/samples/dgm/manifest.parquet" in job(plan, rule, "dgm"), rule
+    # per-prompt image quality matches the real images by the generator's own prompt ids (those of the
+    # study's main table before)
+    assert "results/prompts/variants/labels/" in job(plan, "image_metrics", "dgm")
+    assert "results/prompts/variants/" not in job(plan, "image_metrics", "sd-lora")
     assert "results/models/seg/train_report.json" in job(plan, "train_mask_guided", "seg")
     assert plan.count("rule train_mask_guided:") == 1  # seg-no-devices samples seg's model
     assert "results/models/seg/model" in job(plan, "sample_mask_guided", "seg-no-devices")

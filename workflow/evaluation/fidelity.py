@@ -138,14 +138,17 @@ def has_volumes(frame: pd.DataFrame) -> bool:
 def groups(fake: pd.DataFrame, real: pd.DataFrame, slice_bins: int) -> Iterator[Group]:
     """The per-label, per-prompt and (for volumes) per-slice-position comparisons (module docstring).
 
-    Both frames carry ``prompt_id`` (``real``: from the reference split's prompts table; NA for none).
+    Both frames carry ``prompt_id`` (``real``: from the reference split's prompts table of the generator's
+    prompt variant; NA for none), compared as text (a mask-text generator's ids are text, the tables'
+    integers).
     """
     for name in [n for n in label_names(fake) if label_column(n) in real]:
         column = label_column(name)
         yield Group("label", name, (fake[column] == 1).to_numpy(), (real[column] == 1).to_numpy())
-    for prompt_id, rows in fake.groupby("prompt_id", sort=True):
-        fake_rows = (fake["prompt_id"] == prompt_id).to_numpy(dtype=bool, na_value=False)
-        real_rows = (real["prompt_id"] == prompt_id).to_numpy(dtype=bool, na_value=False)
+    fake_ids, real_ids = (frame["prompt_id"].astype("string") for frame in (fake, real))
+    for prompt_id, rows in fake.groupby(fake_ids, sort=True):
+        fake_rows = (fake_ids == prompt_id).to_numpy(dtype=bool, na_value=False)
+        real_rows = (real_ids == prompt_id).to_numpy(dtype=bool, na_value=False)
         yield Group(
             "prompt", str(prompt_id), fake_rows, real_rows, extra={"prompt": str(rows["prompt"].iloc[0])}
         )
