@@ -341,7 +341,9 @@ def test_soundness_scores_before_the_edit_on_its_reference_and_notes_unmatched_g
     no_lpips = {"net": "alex", "weights": None, "reason": "no LPIPS: editing.lpips.weights is null"}
     write_parquet(counterfactuals, pd.DataFrame([row]), {"weights": "tiny", "lpips": no_lpips})
     plan = tmp_path / "plan.parquet"
-    planned_rows = pd.DataFrame({"edit_id": ["1"], "edit": ["remove Cardiomegaly"], "status": ["edited"]})
+    planned_rows = pd.DataFrame(
+        {"edit_id": ["1"], "edit": ["remove Cardiomegaly"], "status": ["edited"], "split": ["train"]}
+    )
     write_parquet(plan, planned_rows.assign(reason=None), {"ground_truth": {"file": "cf.csv", "matched": 0}})
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"labels": {"Cardiomegaly": {"threshold": {"value": 0.5}}}}))
@@ -359,6 +361,8 @@ def test_soundness_scores_before_the_edit_on_its_reference_and_notes_unmatched_g
     assert any("cf.csv" in note and "matches none" in note for note in result["notes"])
     assert result["overall"]["reconstruction_lpips"] is None and result["lpips"] == no_lpips
     assert no_lpips["reason"] in result["notes"]
+    # training images edited (the real+counterfactual regime's): the report says its measures are in-sample
+    assert result["source_split"] == ["train"] and any("in-sample" in note for note in result["notes"])
 
 
 @pytest.mark.parametrize("reconstructed", [True, False])

@@ -296,6 +296,13 @@ def counterfactual_soundness(
     lpips = read_parquet_meta(counterfactuals).get("lpips")
     if lpips and lpips["reason"]:
         notes.append(lpips["reason"])
+    source_splits = sorted(pd.read_parquet(plan, columns=["split"])["split"].dropna().unique())
+    if source_splits not in ([], ["test"]):
+        notes.append(
+            f"the edited images are from split {', '.join(source_splits)} (editing.split), not test: the "
+            "generator trained on train images and the judging classifier on train (its thresholds on val), "
+            "so effectiveness and reconstruction there are in-sample"
+        )
     truth = read_parquet_meta(plan).get("ground_truth")
     if truth and not truth["matched"]:
         notes.append(
@@ -310,6 +317,7 @@ def counterfactual_soundness(
             "weights": {"editor": generated, "classifier": weights},
             "classifier": model,
             "edited": len(rows),
+            "source_split": source_splits,
             "ground_truth_edits": int(rows["true_counterfactual"].notna().sum()) if len(rows) else 0,
             "skipped": skipped.to_dict("records"),
             "notes": notes,
