@@ -41,17 +41,21 @@ def test_known_gaps_and_equalized_odds_difference_excluding_missing():
     assert a["auroc_ci"][0] <= a["auroc"] <= a["auroc_ci"][1]
 
 
-def test_missing_attribute_forms_an_unknown_group_and_empty_groups_are_listed():
+def test_missing_attribute_forms_an_unknown_group_outside_the_disparities_and_empty_groups_are_listed():
     sex = _assess()["sex"]
     assert sex["groups"] == ["a", "b", "c", "unknown"]
     assert sex["missing"] == {"policy": "unknown", "rows": 2}
     by_group = sex["labels"]["F"]["by_group"]
     assert by_group["c"] == {"n": 0, "note": "no test image in this group"}
     assert by_group["unknown"]["tpr"] == 0 and by_group["unknown"]["fpr"] == 1
-    # with the unknown group, TPR gap 2/3 and FPR gap 1: the equalized-odds difference is 1
-    assert sex["labels"]["F"]["equalized_odds_difference"]["value"] == pytest.approx(1.0)
-    assert sex["underdiagnosis"]["by_group"]["a"] == pytest.approx(1 / 3)
-    assert sex["underdiagnosis"]["gap"]["value"] == pytest.approx(1.0)
+    # the images without a recorded sex are reported but are not a group the disparities compare: with them,
+    # TPR gap 2/3 and FPR gap 1 made an equalized-odds difference of 1 (the worst possible) out of two rows
+    odds = sex["labels"]["F"]["equalized_odds_difference"]
+    assert odds["value"] == pytest.approx(1 / 3) and odds["groups"] == ["a", "b"]
+    assert odds["excluded"] == {"unknown": "attribute not recorded: not a group"}
+    assert sex["labels"]["F"]["gaps"]["fpr"]["max"] == ["a", pytest.approx(1 / 3)]
+    assert sex["underdiagnosis"]["by_group"]["unknown"] == 1
+    assert sex["underdiagnosis"]["gap"]["value"] == pytest.approx(1 / 3)
 
 
 def test_groups_with_one_class_are_null_with_reason_and_left_out_of_equalized_odds():

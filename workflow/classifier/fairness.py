@@ -4,8 +4,10 @@
 ``age_group``: age cut at ``classifier.fairness.age_bins`` (upper edges, inclusive; the default 30, 50, 70
 gives the LoRA-fairness groups <=30, 31-50, 51-70, 71+, names that assume whole-year ages).
 
-**Missing values**: with ``missing: unknown`` rows without the attribute form the group ``unknown``; with
-``missing: exclude`` they are left out of that attribute. Either way their number is recorded.
+**Missing values**: with ``missing: unknown`` rows without the attribute form the group ``unknown``, whose
+metrics are reported but which takes no part in the disparities below (it is the images whose attribute was
+not recorded, not a demographic group); with ``missing: exclude`` they are left out of that attribute.
+Either way their number is recorded.
 
 **Groups** are the values the attribute takes anywhere in the real dataset (all splits) and every age group,
 so a group without test images (an empty subgroup) is listed with ``n`` = 0 and a note rather than vanishing.
@@ -44,8 +46,10 @@ from workflow.classifier.settings import FairnessSettings
 
 UNKNOWN = "unknown"
 DEFINITIONS = {
-    "gap": "largest minus smallest value over the groups where it is defined",
-    "equalized_odds_difference": "max(TPR gap, FPR gap) over the groups with both classes (Hardt 2016)",
+    "gap": "largest minus smallest value over the groups where it is defined (not 'unknown')",
+    "equalized_odds_difference": (
+        "max(TPR gap, FPR gap) over the groups with both classes, not 'unknown' (Hardt 2016)"
+    ),
     "underdiagnosis": "per group: P(predicted No Finding | No Finding = 0), the FPR of No Finding",
 }
 
@@ -129,8 +133,12 @@ def _gap(values: pd.Series) -> dict[str, Any]:
 def _equalized_odds(y: np.ndarray, score: np.ndarray, groups: pd.Series, threshold: float) -> dict[str, Any]:
     frame = pd.DataFrame({"y": y, "group": groups.to_numpy()})
     both = frame.groupby("group")["y"].agg(lambda v: (v == 1).any() and (v == 0).any())
-    eligible = sorted(both.index[both.astype(bool)])
-    excluded = {str(g): "only one class in this group" for g in both.index if g not in eligible}
+    eligible = sorted(g for g in both.index[both.astype(bool)] if g != UNKNOWN)
+    excluded = {
+        str(g): "attribute not recorded: not a group" if g == UNKNOWN else "only one class in this group"
+        for g in both.index
+        if g not in eligible
+    }
     if len(eligible) < 2:
         return {
             "value": None,
@@ -169,7 +177,7 @@ def label_by_group(
     }
     for g in expected:
         by_group.setdefault(g, {"n": 0, "note": "no test image in this group"})
-    scalar = frame.by_group[["auroc", "tpr", "fpr"]].astype(float)
+    scalar = frame.by_group[["auroc", "tpr", "fpr"]].astype(float).drop(index=UNKNOWN, errors="ignore")
     return {
         "threshold": threshold,
         "by_group": {g: by_group[g] for g in [*expected, *sorted(set(by_group) - set(expected))]},
