@@ -148,7 +148,10 @@ def test_self_fid_is_zero_and_metrics_equal_torch_fidelity_on_the_folders(tiny, 
     )
     assert ours["fid"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-5)
     assert ours["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], rel=1e-5)
-    assert ours["kid_std"] == pytest.approx(direct["kernel_inception_distance_std"], rel=1e-3, abs=1e-9)
+    # the two sets are equally large, so every KID subset is both sets whole: torch-fidelity's std over
+    # equal subsets is rounding noise, which synthmed reports as null
+    assert ours["kid_subset_size"] == len(a) == len(c) and ours["kid_std"] is None
+    assert direct["kernel_inception_distance_std"] < 1e-3 * direct["kernel_inception_distance_mean"]
     assert (ours["precision"], ours["recall"]) == (direct["precision"], direct["recall"])
 
 
@@ -173,6 +176,20 @@ def test_kid_subset_is_clamped_and_small_sets_are_flagged(features):
     few = fidelity.compare(a[:5], c, metric_settings(min_images=10))
     assert few["fid"] is None and few["kid_mean"] is None
     assert few["reason"] == "fewer than evaluation.min_images = 10 images (synthetic 5, real 62)"
+    # both sets whole in every subset: all subsets are equal, and a std of 0 claimed a certainty there is not
+    whole = fidelity.compare(a[:12], c[:12], metric_settings(kid_subset_size=1000))
+    assert whole["kid_mean"] is not None and whole["kid_std"] is None
+    assert any("no std over subsets" in w for w in whole["warnings"])
+
+
+def test_precision_recall_of_large_sets_are_computed_in_batches_with_the_same_values(features, monkeypatch):
+    """Beyond PRC_FULL_MATRIX images torch-fidelity's batched distances (save_cpu_ram) replace the N x N
+    matrix (a PCam-sized reference, 262,144 patches, needed 275 GB); the values are the same."""
+    a, c = features["site_a"], features["site_c"]
+    whole = fidelity.compare(c, a, metric_settings())
+    monkeypatch.setattr(fidelity, "PRC_FULL_MATRIX", 10)
+    batched = fidelity.compare(c, a, metric_settings())
+    assert (batched["precision"], batched["recall"]) == (whole["precision"], whole["recall"])
 
 
 def test_kid_takes_the_studys_100_subsets_of_100():

@@ -11,9 +11,14 @@ the same images the numbers equal ``calculate_metrics``' (tested):
   images than feature dimensions the covariance is rank-deficient: a warning says so;
 - KID, unbiased MMD² with the cubic polynomial kernel, mean and std over ``kid_subsets`` random subsets
   (Bińkowski et al., "Demystifying MMD GANs", ICLR 2018); the subset size is
-  ``min(evaluation.kid_subset_size, n_real, n_synthetic)`` and a warning says when it was clamped;
+  ``min(evaluation.kid_subset_size, n_real, n_synthetic)`` and a warning says when it was clamped (when
+  it is both sets whole, every subset is the same and the std is null);
 - improved precision and recall, k-NN manifold estimates with k = ``prc_neighborhood`` (Kynkäänniemi et al.,
-  "Improved precision and recall metric for assessing generative models", NeurIPS 2019).
+  "Improved precision and recall metric for assessing generative models", NeurIPS 2019), in the same
+  feature space as FID (Inception pool3 for the standard extractor; the paper and torch-fidelity's default
+  use VGG-16 fc2 features, so these values compare with other synthmed runs, not with published VGG
+  figures). Beyond :data:`PRC_FULL_MATRIX` images in a set the distances are computed in batches
+  (torch-fidelity's ``save_cpu_ram``, the same values) instead of as one N x N matrix.
 
 Groups (:func:`groups`), each with its own FID/KID/precision/recall, or null values and the reason when
 either side has fewer than ``evaluation.min_images`` images:
@@ -50,6 +55,9 @@ log = logging.getLogger(__name__)
 
 METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall")
 GROUP_KINDS = ("label", "prompt", "slice_bin")
+PRC_FULL_MATRIX = 20_000
+"""Images in a set up to which precision/recall compute the whole N x N distance matrix (1.6 GB in float32;
+PCam's 262,144 training patches would take 275 GB)."""
 SLICEWISE = (
     "every 2D slice is one image: the overall metrics pool all slices of all volumes; per_slice_bin compares "
     "slices by relative position slice_index / (n_slices - 1) in their volume, in evaluation.slice_bins bins"
@@ -100,8 +108,12 @@ def compare(fake: torch.Tensor, real: torch.Tensor, settings: EvaluationSettings
     row["fid"] = fid_statistics_to_metric(*stats, False)[KEY_METRIC_FID]
     kid = kid_features_to_metric(fake, real, **options)
     row |= {"kid_mean": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD]}
+    if n_fake == n_real == row["kid_subset_size"]:
+        row["kid_std"] = None
+        row["warnings"].append("KID: every subset is both sets whole, so there is no std over subsets")
     if smallest > settings.prc_neighborhood:
-        prc = prc_features_to_metric(fake, real, **options)
+        large = max(n_fake, n_real) > PRC_FULL_MATRIX
+        prc = prc_features_to_metric(fake, real, **options, save_cpu_ram=large)
         row |= {"precision": prc[KEY_METRIC_PRECISION], "recall": prc[KEY_METRIC_RECALL]}
     else:
         row["warnings"].append(
