@@ -30,9 +30,10 @@ symbolic links followed) on both sides, so a relative dataset path and the csv's
 
 **Seeds, batches, shards.** Each planned edit's seed is derived from (``editing.seed``, image id, edit); edits
 to run are batched by ``batch_size`` in plan order and whole batches are dealt to ``shards`` jobs in
-contiguous runs (as the diffusion stage's sampling plan). A method call gets its batch's first seed (the
-method signature's one seed; ``sdedit`` derives each image's noise from it and the image's place in the
-batch), and batches do not depend on the number of shards, so any shard re-run gives the same pixels.
+contiguous runs (as the diffusion stage's sampling plan). A method call gets every edit's own seed
+(:mod:`workflow.editing.methods`: ``sdedit`` and LEDITS++ draw each image's noise from its edit's seed), so an
+edit's pixels depend neither on its batch nor on the number of shards, and any shard re-run gives the same
+pixels.
 """
 
 from __future__ import annotations
