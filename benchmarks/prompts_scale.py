@@ -66,6 +66,7 @@ def bench_vit(images: int, batch_size: int, threads: int) -> dict[str, float | s
     from workflow.prompts import embeddings
 
     torch.manual_seed(0)
+    device = pick_device()
     network = ViTModel(embeddings.dino_vitb8_config(), add_pooling_layer=False).eval()
     processor = embeddings.image_processor(224)
     with tempfile.TemporaryDirectory() as folder:
@@ -74,12 +75,13 @@ def bench_vit(images: int, batch_size: int, threads: int) -> dict[str, float | s
         for i in range(images):
             paths.append(str(Path(folder) / f"{i}.png"))
             Image.fromarray(rng.integers(0, 256, size=(96, 96, 3), dtype=np.uint8)).save(paths[-1])
-        embeddings.embed(network, processor, paths[:batch_size], batch_size=batch_size, threads=threads)
+        embed = {"device": device, "batch_size": batch_size, "threads": threads}
+        embeddings.embed(network, processor, paths[:batch_size], **embed)
         start = time.perf_counter()
-        matrix, _ = embeddings.embed(network, processor, paths, batch_size=batch_size, threads=threads)
+        matrix, _ = embeddings.embed(network, processor, paths, **embed)
         seconds = time.perf_counter() - start
     return {
-        "device": str(pick_device()),
+        "device": str(device),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
         "images": images,
         "dimension": int(matrix.shape[1]),

@@ -284,3 +284,17 @@ def test_colour_images_train_a_classifier_that_sees_colour(tmp_path):
     test = data[data["split"] != "train"]
     scores = training.predict(result.model, test, spec, 32, torch.device("cpu"))
     assert roc_auc_score(test[label_column("A")], scores["A"]) > 0.9
+
+
+def test_a_model_saved_before_colour_input_loads_as_grayscale(tmp_path):
+    """model.pt files written before ModelSpec had `color` load (KeyError before), reading grayscale."""
+    spec = networks.ModelSpec("small-cnn", "repeat", ("A",), 32)
+    model = networks.build(spec).eval()
+    payload = {
+        "state_dict": model.state_dict(),
+        "spec": {k: v for k, v in vars(spec).items() if k != "color"},
+    }
+    torch.save(payload | {"provenance": {}}, tmp_path / "old.pt")
+    assert networks.load(str(tmp_path / "old.pt"))[1] == spec
+    with pytest.raises(InputError, match=r"classifier\.training\.channels: adapt"):
+        networks.ModelSpec("resnet18", "adapt", ("A",), 32, "rgb")  # a one-channel network for colour images

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from workflow.classifier import networks
+from workflow.common.errors import InputError
 from workflow.evaluation import conditional, extractors, stage
 from workflow.evaluation.settings import ConditionalSettings, EvaluationSettings
 
@@ -98,6 +99,16 @@ def test_the_real_classifier_serves_as_torch_fidelity_extractor(tmp_path):
     torch.testing.assert_close(features, expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(Exception, match=r"add real to classifier\.regimes"):
         extractors.resolve(settings, "classifier", None)
+
+
+def test_the_classifier_extractor_gets_images_in_the_colour_it_was_trained_on():
+    """evaluation.color converts the images before any extractor: a colour study's classifier must not be
+    handed their luma (nor a grayscale one colour)."""
+    colour = {"preprocess": {"color": "rgb"}, "evaluation": {"extractor": "classifier"}}
+    with pytest.raises(InputError, match=r"evaluation\.color: grayscale images would reach the classifier"):
+        EvaluationSettings.of(validated(colour))
+    both = colour | {"evaluation": {"extractor": "classifier", "color": "rgb"}}
+    assert EvaluationSettings.of(validated(both)).color == "rgb"
 
 
 def test_a_classifier_of_colour_images_extracts_features_of_their_colour(tmp_path):

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from workflow.classifier.settings import check_channels
 from workflow.common.errors import InputError
 from workflow.common.files import atomic_output
 from workflow.common.provenance import file_hash
@@ -58,6 +59,10 @@ class ModelSpec:
     image_size: int
     color: str = "grayscale"
     """``preprocess.color`` of the images it reads: ``grayscale`` (1 channel) or ``rgb`` (3)."""
+
+    def __post_init__(self) -> None:
+        """Raises InputError for ``adapt`` with colour images (:func:`check_channels`)."""
+        check_channels(self.channels, self.color)
 
     @property
     def input_channels(self) -> int:
@@ -209,9 +214,9 @@ def load(path: str) -> tuple[Classifier, ModelSpec, dict[str, Any]]:
     """Rebuild a classifier saved by :func:`save`; returns the model (eval mode), its spec and provenance."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     raw = payload["spec"]
-    spec = ModelSpec(
-        raw["backbone"], raw["channels"], tuple(raw["labels"]), int(raw["image_size"]), raw["color"]
-    )
+    # models saved before colour input (no "color") read grayscale images
+    color = raw.get("color", "grayscale")
+    spec = ModelSpec(raw["backbone"], raw["channels"], tuple(raw["labels"]), int(raw["image_size"]), color)
     model = build(spec)
     model.load_state_dict(payload["state_dict"])
     return model.eval(), spec, payload["provenance"]

@@ -44,18 +44,23 @@ class TrainSettings(Settings):
         return cls.from_dict(section | {"color": config["preprocess"]["color"]})
 
     def __post_init__(self) -> None:
-        """Raises InputError naming ``classifier.training.channels`` when it asks for a one-channel network
-        (``adapt``) for colour images (when the study is read)."""
-        if self.color == "rgb" and self.channels == "adapt":
-            raise InputError(
-                "classifier.training.channels: adapt makes a one-channel network for grayscale images, but "
-                "preprocess.color is rgb; use repeat (colour images go in as their three channels, "
-                "ImageNet-normalised)"
-            )
+        """Checks ``channels`` against the images' colour when the study is read (:func:`check_channels`)."""
+        check_channels(self.channels, self.color)
 
     def weights_inputs(self) -> list[str]:
         """The pretrained weights file, when ``weights`` names one (none for random or imagenet)."""
         return [] if self.weights in ("random", "imagenet") else [self.weights]
+
+
+def check_channels(channels: str, color: str) -> None:
+    """Raises InputError naming ``classifier.training.channels`` when it asks for a one-channel network
+    (``adapt``) for colour images (``preprocess.color: rgb``)."""
+    if color == "rgb" and channels == "adapt":
+        raise InputError(
+            "classifier.training.channels: adapt makes a one-channel network for grayscale images, but "
+            "preprocess.color is rgb; use repeat (colour images go in as their three channels, "
+            "ImageNet-normalised)"
+        )
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,8 @@ class ClassifierExtractor(torch_fidelity.FeatureExtractorBase):
     extractor (feature ``"penultimate"``: the globally pooled features its linear head reads).
 
     The uint8 ``B x 3 x H x W`` images torch-fidelity hands over are turned gray with the ITU-R 601 luma
-    weights (kept in colour for a classifier of colour images, its spec's ``color`` ``rgb``) and resized to
+    weights (kept in colour for a classifier of colour images, its spec's ``color`` ``rgb``; they arrive in
+    colour then, as ``evaluation.color`` must be ``preprocess.color`` with this extractor) and resized to
     the classifier's input side (bilinear, antialiased), then scaled to [0, 1]: the input the classifier was
     trained on.
 

@@ -158,9 +158,9 @@ def groups(fake: pd.DataFrame, real: pd.DataFrame, slice_bins: int) -> Iterator[
         column = label_column(name)
         yield Group("label", name, (fake[column] == 1).to_numpy(), (real[column] == 1).to_numpy())
     fake_ids, real_ids = (frame["prompt_id"].astype("string") for frame in (fake, real))
-    for prompt_id, rows in fake.groupby(fake_ids, sort=True):
-        fake_rows = (fake_ids == prompt_id).to_numpy(dtype=bool, na_value=False)
-        real_rows = (real_ids == prompt_id).to_numpy(dtype=bool, na_value=False)
+    for prompt_id, rows in fake.groupby("prompt_id", sort=True):
+        fake_rows = (fake_ids == str(prompt_id)).to_numpy(dtype=bool, na_value=False)
+        real_rows = (real_ids == str(prompt_id)).to_numpy(dtype=bool, na_value=False)
         yield Group(
             "prompt", str(prompt_id), fake_rows, real_rows, extra={"prompt": str(rows["prompt"].iloc[0])}
         )

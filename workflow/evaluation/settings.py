@@ -44,8 +44,22 @@ class EvaluationSettings(Settings):
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Self:
+        """The section's settings.
+
+        Raises:
+            InputError: naming ``evaluation.color`` when the real classifier is a feature space (extractor
+                ``classifier``) and the images would reach it in another colour than it was trained on
+                (``preprocess.color``).
+        """
         skip = {*RESOURCE_KEYS, "tiny_seed", "conditional_fidelity", "mask_faithfulness", "volume_similarity"}
-        return cls.from_dict({k: v for k, v in config["evaluation"].items() if k not in skip})
+        settings = cls.from_dict({k: v for k, v in config["evaluation"].items() if k not in skip})
+        trained_on = config["preprocess"]["color"]
+        if "classifier" in settings.feature_spaces() and settings.color != trained_on:
+            raise InputError(
+                f"evaluation.color: {settings.color} images would reach the classifier extractor, which was "
+                f"trained on preprocess.color {trained_on} images; set evaluation.color: {trained_on}"
+            )
+        return settings
 
     def feature_spaces(self) -> tuple[str, ...]:
         """Every extractor the metrics are computed with: ``extractor`` first, then ``also``.
