@@ -53,7 +53,7 @@ class EvaluationSettings(Settings):
         """
         skip = {*RESOURCE_KEYS, "tiny_seed", "conditional_fidelity", "mask_faithfulness", "volume_similarity"}
         settings = cls.from_dict({k: v for k, v in config["evaluation"].items() if k not in skip})
-        trained_on = config["preprocess"]["color"]
+        trained_on = config.get("preprocess", {}).get("color", "grayscale")  # the schema's default
         if "classifier" in settings.feature_spaces() and settings.color != trained_on:
             raise InputError(
                 f"evaluation.color: {settings.color} images would reach the classifier extractor, which was "
