@@ -241,7 +241,7 @@ def test_saved_model_rebuilds_identically(tmp_path, channels, color):
     networks.save(str(tmp_path / "model.pt"), model, spec, {"weights": "random-init (demo)"})
     loaded, loaded_spec, meta = networks.load(str(tmp_path / "model.pt"))
     assert loaded_spec == spec and meta == {"weights": "random-init (demo)"}
-    images = torch.rand(3, spec.input_channels, 32, 32)
+    images = torch.rand(3, 3 if color == "rgb" else 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(images), loaded(images))
 

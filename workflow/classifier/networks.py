@@ -64,11 +64,6 @@ class ModelSpec:
         """Raises InputError for ``adapt`` with colour images (:func:`check_channels`)."""
         check_channels(self.channels, self.color)
 
-    @property
-    def input_channels(self) -> int:
-        """Channels of the images the model takes: 3 for colour, 1 for grayscale."""
-        return 3 if self.color == "rgb" else 1
-
 
 class SmallCNN(nn.Module):
     """Four conv-BN-ReLU blocks with max-pooling between them, global average pooling, a linear head."""

@@ -284,8 +284,8 @@ def counterfactual_soundness(
         weights = networks.trained_weights(trained, model)
         inputs |= {"model": model, "real_metrics": real_metrics}
     summary = soundness.summarise(rows, probabilities, thresholds, soundness.MEASURES)
-    skipped = pd.read_parquet(plan, columns=["edit_id", "edit", "status", "reason"])
-    skipped = skipped[skipped["status"] == edits.SKIPPED].drop(columns="status")
+    planned = pd.read_parquet(plan, columns=["edit_id", "edit", "status", "reason", "split"])
+    skipped = planned[planned["status"] == edits.SKIPPED].drop(columns=["status", "split"])
     generated = read_parquet_meta(counterfactuals).get("weights", "unknown")
     meta = provenance(settings, inputs=inputs, weights=f"editor: {generated}; classifier: {weights}")
     notes = (
@@ -296,7 +296,7 @@ def counterfactual_soundness(
     lpips = read_parquet_meta(counterfactuals).get("lpips")
     if lpips and lpips["reason"]:
         notes.append(lpips["reason"])
-    source_splits = sorted(pd.read_parquet(plan, columns=["split"])["split"].dropna().unique())
+    source_splits = sorted(planned["split"].dropna().unique())
     if source_splits not in ([], ["test"]):
         notes.append(
             f"the edited images are from split {', '.join(source_splits)} (editing.split), not test: the "
